@@ -1,0 +1,190 @@
+"""Update compression: 8-bit quantization and top-k sparsification with error feedback.
+
+A site sends its model UPDATE (trained weights minus the global weights it
+received), not its weights: updates are small and centred on zero, so they
+quantize well and are naturally sparse. Both codecs are lossy; the part of the
+update that a round could not send is kept per site as a residual and added
+to the next round's update (error feedback, Seide et al. 2014; Karimireddy et
+al. 2019), so nothing is lost for good, only delayed.
+
+Payloads pack all tensors of an update into a few flat arrays, because every
+array on the wire carries a NumPy header: the receiver always knows the
+shapes (it sent the global model), so the payload does not repeat them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
+
+from .settings import SettingsError
+
+METHODS = ("none", "int8", "topk")
+RESIDUAL_RECORD = "compression-residual"
+
+_INT8_CODES = "int8.codes"
+_INT8_RANGES = "int8.ranges"
+_TOPK_INDICES = "topk.indices"
+_TOPK_VALUES = "topk.values"
+_DENSE = "dense.values"
+_LEVELS = 255  # uint8 codes 0..255
+
+
+@dataclass(frozen=True)
+class CompressionSettings:
+    """How a site encodes its update (run config `compression`, `compression-topk-fraction`)."""
+
+    method: str = "none"
+    topk_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SettingsError(
+                f"run config compression: {self.method!r} must be one of {', '.join(METHODS)}"
+            )
+        if not 0.0 < self.topk_fraction <= 1.0:
+            raise SettingsError(
+                f"run config compression-topk-fraction: {self.topk_fraction!r} must be in (0, 1]"
+            )
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> CompressionSettings:
+        return cls(
+            method=str(run_config.get("compression", "none")),
+            topk_fraction=float(run_config.get("compression-topk-fraction", 0.05)),
+        )
+
+
+Payload = dict[str, np.ndarray]
+
+
+def encode(update: Sequence[np.ndarray], settings: CompressionSettings) -> Payload:
+    """Encode a list of float arrays into a compact payload (lossy unless method is none)."""
+    flat = [np.asarray(a, dtype=np.float32).ravel() for a in update]
+    if settings.method == "int8":
+        return _encode_int8(flat)
+    if settings.method == "topk":
+        return _encode_topk(flat, settings.topk_fraction)
+    return {_DENSE: np.concatenate(flat) if flat else np.zeros(0, np.float32)}
+
+
+def decode(payload: Mapping[str, np.ndarray], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Invert `encode`, given the shapes of the encoded arrays in order."""
+    sizes = [math.prod(s) for s in shapes]
+    if _INT8_CODES in payload:
+        flat = _decode_int8(payload, sizes)
+    elif _TOPK_INDICES in payload:
+        flat = np.zeros(sum(sizes), np.float32)
+        flat[payload[_TOPK_INDICES].astype(np.int64)] = payload[_TOPK_VALUES]
+    elif _DENSE in payload:
+        flat = np.asarray(payload[_DENSE], dtype=np.float32)
+    else:
+        raise ValueError(f"not a compressed payload: keys {sorted(payload)}")
+    if flat.size != sum(sizes):
+        raise ValueError(f"payload holds {flat.size} values, the shapes need {sum(sizes)}")
+    pieces = np.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
+    return [p.reshape(s) for p, s in zip(pieces, shapes, strict=True)]
+
+
+def encode_with_feedback(
+    update: Sequence[np.ndarray],
+    residual: Sequence[np.ndarray] | None,
+    settings: CompressionSettings,
+) -> tuple[Payload, list[np.ndarray]]:
+    """Encode update + residual; return the payload and the part it did not carry."""
+    shapes = [np.shape(a) for a in update]
+    corrected = [np.asarray(u, np.float32) for u in update]
+    if residual is not None:
+        corrected = [u + r for u, r in zip(corrected, residual, strict=True)]
+    payload = encode(corrected, settings)
+    sent = decode(payload, shapes)
+    return payload, [c - s for c, s in zip(corrected, sent, strict=True)]
+
+
+def payload_nbytes(payload: Mapping[str, np.ndarray]) -> int:
+    """Bytes the payload takes on the wire (Flower's count of the serialized record)."""
+    return ArrayRecord({k: Array(v) for k, v in payload.items()}).count_bytes()
+
+
+# --- Flower glue: an update as the app sends it (named arrays in an ArrayRecord) ---
+
+
+def is_compressed(record: ArrayRecord) -> bool:
+    return any(k in record for k in (_INT8_CODES, _TOPK_INDICES, _DENSE))
+
+
+def encode_update(
+    update: Mapping[str, np.ndarray], run_config: Mapping[str, Any], state: RecordDict
+) -> ArrayRecord:
+    """Client side: encode this site's update, keeping the error-feedback residual in `state`."""
+    settings = CompressionSettings.from_run_config(run_config)
+    names = list(update)
+    previous = state.array_records.get(RESIDUAL_RECORD)
+    residual = None
+    if previous is not None and list(previous.keys()) == names:
+        residual = previous.to_numpy_ndarrays()
+    payload, residual = encode_with_feedback([update[n] for n in names], residual, settings)
+    state.array_records[RESIDUAL_RECORD] = ArrayRecord(
+        {n: Array(r) for n, r in zip(names, residual, strict=True)}
+    )
+    return ArrayRecord({k: Array(v) for k, v in payload.items()})
+
+
+def decode_update(
+    record: ArrayRecord, like: Mapping[str, np.ndarray] | ArrayRecord
+) -> dict[str, np.ndarray]:
+    """Server side: decode a site's update; `like` (the global arrays sent) gives names and shapes."""
+    if isinstance(like, ArrayRecord):
+        shapes = {k: tuple(a.shape) for k, a in like.items()}
+    else:
+        shapes = {k: np.shape(a) for k, a in like.items()}
+    payload = {k: a.numpy() for k, a in record.items()}
+    arrays = decode(payload, list(shapes.values()))
+    return dict(zip(shapes, arrays, strict=True))
+
+
+def _encode_int8(flat: list[np.ndarray]) -> Payload:
+    # Per-tensor min/max: layers differ in scale by orders of magnitude, and
+    # one shared range would flatten the small ones to zero.
+    ranges = np.zeros((len(flat), 2), np.float32)
+    codes = []
+    for i, values in enumerate(flat):
+        low = float(values.min()) if values.size else 0.0
+        high = float(values.max()) if values.size else 0.0
+        step = (high - low) / _LEVELS
+        ranges[i] = (low, step)
+        scaled = (values - low) / step if step > 0 else np.zeros_like(values)
+        codes.append(np.clip(np.rint(scaled), 0, _LEVELS).astype(np.uint8))
+    return {_INT8_CODES: np.concatenate(codes) if codes else np.zeros(0, np.uint8), _INT8_RANGES: ranges}
+
+
+def _decode_int8(payload: Mapping[str, np.ndarray], sizes: list[int]) -> np.ndarray:
+    codes, ranges = payload[_INT8_CODES], payload[_INT8_RANGES]
+    if len(ranges) != len(sizes):
+        raise ValueError(f"payload has ranges for {len(ranges)} tensors, the shapes name {len(sizes)}")
+    low = np.repeat(ranges[:, 0], sizes)
+    step = np.repeat(ranges[:, 1], sizes)
+    return (low + codes.astype(np.float32) * step).astype(np.float32)
+
+
+def _encode_topk(flat: list[np.ndarray], fraction: float) -> Payload:
+    # Top-k per tensor, not over the whole model: a global top-k starves the
+    # layers whose updates are small in absolute terms (e.g. biases).
+    indices, values, offset = [], [], 0
+    for tensor in flat:
+        k = min(tensor.size, max(1, math.ceil(fraction * tensor.size)))
+        if tensor.size:
+            top = np.argpartition(np.abs(tensor), tensor.size - k)[tensor.size - k :]
+            top.sort()
+            indices.append((top + offset).astype(np.int32))
+            values.append(tensor[top])
+        offset += tensor.size
+    return {
+        _TOPK_INDICES: np.concatenate(indices) if indices else np.zeros(0, np.int32),
+        _TOPK_VALUES: np.concatenate(values) if values else np.zeros(0, np.float32),
+    }
