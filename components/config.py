@@ -1,0 +1,449 @@
+"""The stack configuration: the ONLY reader of `pulumi.Config`, typed and validated.
+
+`parse` is pure (plain dicts in, frozen dataclasses out) and checks the whole
+configuration before anything is declared, so a config that cannot work fails
+`pulumi preview` with one message naming the field and what is allowed.
+`load` reads the stack's `flowerbed:*` values and calls `parse`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+# A Kubernetes resource quantity as users write them ("500m", "2", "16Gi", "1.5").
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
+DATA_MODES = ("ro", "rw")
+TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
+# Names this program derives from the federation and site names must stay DNS labels.
+SERVER_NAMESPACE_SUFFIX = "-server"
+
+
+class ConfigError(ValueError):
+    """A stack configuration that cannot work; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Images:
+    platform: str
+    job: str
+    pull_policy: str
+    pull_secrets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    render_dir: str | None
+    kubeconfig: str | None
+    context: str | None
+    # Where the executors may reach the Kubernetes API (NetworkPolicy cannot name it).
+    api_server_cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Storage:
+    size: str
+    storage_class: str | None
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str
+    memory: str
+    gpus: int
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    cluster: str
+    endpoint: str
+    namespace: str
+    service_type: str
+    load_balancer_ip: str | None
+    service_annotations: Mapping[str, str]
+    public_port: int
+    # The addresses `endpoint` resolves to; client sites may dial only these.
+    endpoint_cidrs: tuple[str, ...]
+    state_storage: Storage
+    artifacts_storage: Storage
+    server_app: Resources
+
+
+@dataclass(frozen=True)
+class StudyData:
+    study: str
+    dataset: str
+    size: str | None
+    storage_class: str | None
+    existing_claim: str | None
+    mode: str
+
+    @property
+    def read_only(self) -> bool:
+        return self.mode == "ro"
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str
+    cluster: str
+    namespace: str
+    gpus: int
+    cpu: str
+    memory: str
+    max_concurrent_tasks: int
+    node_selector: Mapping[str, str]
+    tolerations: tuple[Mapping[str, Any], ...]
+    study_data: tuple[StudyData, ...]
+    scratch_size: str
+
+
+@dataclass(frozen=True)
+class PkiConfig:
+    ca_validity_days: int
+    validity_days: int
+    renew_before_days: int
+
+
+@dataclass(frozen=True)
+class DataSafety:
+    retain_on_delete: bool
+    protect: bool
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    federation: str
+    images: Images
+    clusters: Mapping[str, ClusterConfig]
+    server: ServerConfig
+    sites: tuple[SiteConfig, ...]
+    pki: PkiConfig
+    data_safety: DataSafety
+
+
+# --- small typed readers: each raises ConfigError naming the field ----------------------
+
+
+def _fail(field: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{field}: {value!r} is not allowed; expected {allowed}")
+
+
+def _mapping(value: Any, field: str, allowed: Sequence[str], required: Sequence[str] = ()) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(field, value, f"a mapping with keys {', '.join(allowed)}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{field}.{unknown[0]}: unknown key; allowed keys are {', '.join(allowed)}")
+    for key in required:
+        if value.get(key) in (None, ""):
+            raise ConfigError(f"{field}.{key}: missing; it is required")
+    return value
+
+
+def _string(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(field, value, "a non-empty string")
+    return value
+
+
+def _optional_string(value: Any, field: str) -> str | None:
+    return None if value is None else _string(value, field)
+
+
+def _dns_label(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+        raise ConfigError(f"{field}: {value!r} is not a DNS label (lowercase a-z, 0-9, '-', max 63)")
+    return value
+
+
+def _dns_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _DNS_NAME.match(value):
+        raise ConfigError(f"{field}: {value!r} is not a DNS name (lowercase labels separated by '.', max 253)")
+    return value
+
+
+def _integer(value: Any, field: str, minimum: int, maximum: int | None = None) -> int:
+    in_range = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if not in_range or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise _fail(field, value, f"an integer of at least {minimum}{upper}")
+    return int(value)
+
+
+def _boolean(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(field, value, "true or false")
+    return value
+
+
+def _choice(value: Any, field: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise _fail(field, value, f"one of {', '.join(choices)}")
+    return str(value)
+
+
+def _quantity(value: Any, field: str) -> str:
+    text = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _QUANTITY.match(text):
+        raise _fail(field, value, "a Kubernetes quantity such as 500m, 2, 4Gi")
+    return text
+
+
+def _cidrs(value: Any, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(field, value, "a non-empty list of CIDRs such as 203.0.113.10/32")
+    for index, cidr in enumerate(value):
+        try:
+            ipaddress.ip_network(cidr)
+        except (TypeError, ValueError):
+            raise _fail(f"{field}[{index}]", cidr, "a CIDR such as 203.0.113.10/32") from None
+    return tuple(value)
+
+
+def _string_map(value: Any, field: str, *, label_keys: bool = False) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise _fail(field, value, "a mapping of strings to strings")
+    for key, item in value.items():
+        if not isinstance(key, str) or (label_keys and not _LABEL_KEY.match(key)):
+            raise _fail(f"{field}", key, "keys that are Kubernetes label keys")
+        if not isinstance(item, str):
+            raise _fail(f"{field}.{key}", item, "a string")
+    return dict(value)
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(field, value, "a list")
+    return value
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _images(raw: Any) -> Images:
+    field = "images"
+    images = _mapping(raw, field, ("platform", "job", "pullPolicy", "pullSecrets"), ("platform", "job"))
+    secrets = _list(images.get("pullSecrets", []), f"{field}.pullSecrets")
+    return Images(
+        platform=_string(images["platform"], f"{field}.platform"),
+        job=_string(images["job"], f"{field}.job"),
+        pull_policy=_choice(images.get("pullPolicy", "IfNotPresent"), f"{field}.pullPolicy", PULL_POLICIES),
+        pull_secrets=tuple(_dns_name(s, f"{field}.pullSecrets[{i}]") for i, s in enumerate(secrets)),
+    )
+
+
+def _clusters(raw: Any) -> dict[str, ClusterConfig]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise _fail("clusters", raw, "a non-empty mapping of cluster name to {renderDir} or {kubeconfig, context}")
+    clusters = {}
+    for name, value in raw.items():
+        field = f"clusters.{name}"
+        _dns_label(name, field)
+        entry = _mapping(value, field, ("renderDir", "kubeconfig", "context", "apiServerCidrs"))
+        if ("renderDir" in entry) == ("kubeconfig" in entry):
+            raise ConfigError(f"{field}: set exactly one of renderDir (write YAML) or kubeconfig (a real cluster)")
+        if "context" in entry and "renderDir" in entry:
+            raise ConfigError(f"{field}.context: only allowed with kubeconfig")
+        clusters[name] = ClusterConfig(
+            name=name,
+            render_dir=_optional_string(entry.get("renderDir"), f"{field}.renderDir"),
+            kubeconfig=_optional_string(entry.get("kubeconfig"), f"{field}.kubeconfig"),
+            context=_optional_string(entry.get("context"), f"{field}.context"),
+            api_server_cidrs=_cidrs(entry.get("apiServerCidrs", ["0.0.0.0/0"]), f"{field}.apiServerCidrs"),
+        )
+    return clusters
+
+
+def _storage(raw: Any, field: str, default_size: str) -> Storage:
+    storage = _mapping(raw, field, ("size", "storageClass"))
+    return Storage(
+        size=_quantity(storage.get("size", default_size), f"{field}.size"),
+        storage_class=_optional_string(storage.get("storageClass"), f"{field}.storageClass"),
+    )
+
+
+def _cluster_ref(value: Any, field: str, clusters: Mapping[str, ClusterConfig]) -> str:
+    if value not in clusters:
+        raise _fail(field, value, f"one of the configured clusters ({', '.join(clusters)})")
+    return str(value)
+
+
+def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) -> ServerConfig:
+    field = "server"
+    keys = ("cluster", "endpoint", "namespace", "serviceType", "loadBalancerIP", "serviceAnnotations",
+            "publicPort", "endpointCidrs", "stateStorage", "artifactsStorage", "serverApp")
+    server = _mapping(raw, field, keys, ("cluster", "endpoint"))
+    service_type = _choice(server.get("serviceType", "LoadBalancer"), f"{field}.serviceType", SERVICE_TYPES)
+    load_balancer_ip = server.get("loadBalancerIP")
+    if load_balancer_ip is not None:
+        if service_type != "LoadBalancer":
+            raise ConfigError(f"{field}.loadBalancerIP: only allowed with serviceType LoadBalancer")
+        try:
+            ipaddress.ip_address(load_balancer_ip)
+        except (TypeError, ValueError):
+            raise _fail(f"{field}.loadBalancerIP", load_balancer_ip, "an IP address") from None
+    app = _mapping(server.get("serverApp", {}), f"{field}.serverApp", ("cpu", "memory", "gpus"))
+    return ServerConfig(
+        cluster=_cluster_ref(server["cluster"], f"{field}.cluster", clusters),
+        endpoint=_dns_name(server["endpoint"], f"{field}.endpoint"),
+        namespace=_dns_label(server.get("namespace", f"{federation}{SERVER_NAMESPACE_SUFFIX}"), f"{field}.namespace"),
+        service_type=service_type,
+        load_balancer_ip=load_balancer_ip,
+        service_annotations=_string_map(server.get("serviceAnnotations", {}), f"{field}.serviceAnnotations"),
+        public_port=_integer(server.get("publicPort", 443), f"{field}.publicPort", 1, 65535),
+        endpoint_cidrs=_cidrs(server.get("endpointCidrs", ["0.0.0.0/0"]), f"{field}.endpointCidrs"),
+        state_storage=_storage(server.get("stateStorage", {}), f"{field}.stateStorage", "5Gi"),
+        artifacts_storage=_storage(server.get("artifactsStorage", {}), f"{field}.artifactsStorage", "10Gi"),
+        server_app=Resources(
+            cpu=_quantity(app.get("cpu", "2"), f"{field}.serverApp.cpu"),
+            memory=_quantity(app.get("memory", "4Gi"), f"{field}.serverApp.memory"),
+            gpus=_integer(app.get("gpus", 0), f"{field}.serverApp.gpus", 0),
+        ),
+    )
+
+
+def _study_data(raw: Any, field: str) -> StudyData:
+    entry = _mapping(raw, field, ("study", "dataset", "size", "storageClass", "existingClaim", "mode"),
+                     ("study", "dataset"))
+    if ("size" in entry) == ("existingClaim" in entry):
+        raise ConfigError(f"{field}: set exactly one of size (a new volume) or existingClaim (an existing PVC)")
+    if "storageClass" in entry and "existingClaim" in entry:
+        raise ConfigError(f"{field}.storageClass: only allowed with size, not with existingClaim")
+    return StudyData(
+        study=_dns_label(entry["study"], f"{field}.study"),
+        dataset=_dns_label(entry["dataset"], f"{field}.dataset"),
+        size=_quantity(entry["size"], f"{field}.size") if "size" in entry else None,
+        storage_class=_optional_string(entry.get("storageClass"), f"{field}.storageClass"),
+        existing_claim=_dns_name(entry["existingClaim"], f"{field}.existingClaim") if "existingClaim" in entry else None,
+        mode=_choice(entry.get("mode", "ro"), f"{field}.mode", DATA_MODES),
+    )
+
+
+def _tolerations(raw: Any, field: str) -> tuple[Mapping[str, Any], ...]:
+    return tuple(dict(_mapping(t, f"{field}[{i}]", TOLERATION_KEYS)) for i, t in enumerate(_list(raw, field)))
+
+
+def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterConfig]) -> SiteConfig:
+    field = f"sites[{index}]"
+    keys = ("name", "cluster", "namespace", "gpus", "cpu", "memory", "maxConcurrentTasks", "nodeSelector",
+            "tolerations", "studyData", "scratchSize")
+    site = _mapping(raw, field, keys, ("name", "cluster"))
+    name = _dns_label(site["name"], f"{field}.name")
+    study_data = tuple(
+        _study_data(entry, f"{field}.studyData[{i}]")
+        for i, entry in enumerate(_list(site.get("studyData", []), f"{field}.studyData"))
+    )
+    seen: set[tuple[str, str]] = set()
+    for i, data in enumerate(study_data):
+        if (data.study, data.dataset) in seen:
+            raise ConfigError(f"{field}.studyData[{i}]: {data.study}/{data.dataset} is listed twice; "
+                              "each study/dataset may appear once per site")
+        seen.add((data.study, data.dataset))
+    return SiteConfig(
+        name=name,
+        cluster=_cluster_ref(site["cluster"], f"{field}.cluster", clusters),
+        namespace=_dns_label(site.get("namespace", f"{federation}-{name}"), f"{field}.namespace"),
+        gpus=_integer(site.get("gpus", 0), f"{field}.gpus", 0),
+        cpu=_quantity(site.get("cpu", "2"), f"{field}.cpu"),
+        memory=_quantity(site.get("memory", "8Gi"), f"{field}.memory"),
+        max_concurrent_tasks=_integer(site.get("maxConcurrentTasks", 1), f"{field}.maxConcurrentTasks", 1),
+        node_selector=_string_map(site.get("nodeSelector", {}), f"{field}.nodeSelector", label_keys=True),
+        tolerations=_tolerations(site.get("tolerations", []), f"{field}.tolerations"),
+        study_data=study_data,
+        scratch_size=_quantity(site.get("scratchSize", "10Gi"), f"{field}.scratchSize"),
+    )
+
+
+def _sites(raw: Any, federation: str, server: ServerConfig,
+           clusters: Mapping[str, ClusterConfig]) -> tuple[SiteConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _fail("sites", raw, "a non-empty list of sites")
+    sites = tuple(_site(entry, i, federation, clusters) for i, entry in enumerate(raw))
+    names: set[str] = set()
+    namespaces = {(server.cluster, server.namespace): "server.namespace"}
+    for i, site in enumerate(sites):
+        if site.name in names:
+            raise ConfigError(f"sites[{i}].name: {site.name!r} is used by another site; site names must be unique")
+        names.add(site.name)
+        owner = namespaces.setdefault((site.cluster, site.namespace), f"sites[{i}].namespace")
+        if owner != f"sites[{i}].namespace":
+            raise ConfigError(f"sites[{i}].namespace: {site.namespace!r} on cluster {site.cluster!r} is already "
+                              f"used by {owner}; every site needs its own namespace")
+    return sites
+
+
+def _pki(raw: Any) -> PkiConfig:
+    field = "pki"
+    pki = _mapping(raw, field, ("caValidityDays", "validityDays", "renewBeforeDays"))
+    ca_days = _integer(pki.get("caValidityDays", 3650), f"{field}.caValidityDays", 2)
+    days = _integer(pki.get("validityDays", 365), f"{field}.validityDays", 2)
+    renew = _integer(pki.get("renewBeforeDays", 30), f"{field}.renewBeforeDays", 1)
+    if renew >= days:
+        raise _fail(f"{field}.renewBeforeDays", renew, f"fewer days than {field}.validityDays ({days})")
+    if days > ca_days:
+        raise _fail(f"{field}.validityDays", days, f"at most {field}.caValidityDays ({ca_days})")
+    return PkiConfig(ca_validity_days=ca_days, validity_days=days, renew_before_days=renew)
+
+
+def _data_safety(raw: Any) -> DataSafety:
+    field = "dataSafety"
+    safety = _mapping(raw, field, ("retainOnDelete", "protect"))
+    return DataSafety(
+        retain_on_delete=_boolean(safety.get("retainOnDelete", True), f"{field}.retainOnDelete"),
+        protect=_boolean(safety.get("protect", False), f"{field}.protect"),
+    )
+
+
+TOP_LEVEL_KEYS = ("federation", "images", "clusters", "server", "sites", "pki", "dataSafety")
+
+
+def parse(raw: Mapping[str, Any]) -> FederationConfig:
+    """Validate the stack's `flowerbed:*` values (without the prefix) as a whole."""
+    unknown = sorted(k for k, v in raw.items() if k not in TOP_LEVEL_KEYS and v is not None)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; allowed keys are {', '.join(TOP_LEVEL_KEYS)}")
+    for key in ("federation", "images", "clusters", "server", "sites"):
+        if raw.get(key) in (None, "", [], {}):
+            raise ConfigError(f"{key}: missing; it is required")
+    federation = _dns_label(raw["federation"], "federation")
+    clusters = _clusters(raw["clusters"])
+    server = _server(raw["server"], federation, clusters)
+    return FederationConfig(
+        federation=federation,
+        images=_images(raw["images"]),
+        clusters=clusters,
+        server=server,
+        sites=_sites(raw["sites"], federation, server, clusters),
+        pki=_pki(raw.get("pki") or {}),
+        data_safety=_data_safety(raw.get("dataSafety") or {}),
+    )
+
+
+def load() -> FederationConfig:
+    """Read the current stack's `flowerbed:*` configuration and validate it."""
+    import pulumi  # only here: parse() stays importable without the Pulumi engine
+
+    config = pulumi.Config("flowerbed")
+    return parse({key: _decode(config.get(key)) for key in TOP_LEVEL_KEYS})
+
+
+def _decode(text: str | None) -> Any:
+    """Stack values arrive as text: structured ones as JSON, plain strings as themselves."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
