@@ -1,0 +1,130 @@
+"""Run the real ServerApp and ClientApp objects in one process, without Ray or SuperLink.
+
+`InProcessGrid` implements Flower's `Grid` interface: every pushed message is
+serialized to protobuf and back (as on the wire), handed to the ClientApp with
+that site's own persistent `Context`, and the reply travels back the same way.
+Sites can be scripted to crash (the ClientApp raises, so Flower's error reply
+arrives) or to stay silent (a straggler or a dropped site: no reply within the
+round timeout) in given rounds, and to answer again afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.config import get_fused_config_from_dir
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.serverapp import Grid, ServerApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+TRAINING_APP_DIR = Path(__file__).resolve().parents[2] / "training"
+RUN_ID = 1
+# Flower's error code for an exception raised inside a ClientApp.
+CLIENT_APP_RAISED_EXCEPTION = 300
+
+
+@dataclass
+class Site:
+    node_id: int
+    node_config: dict[str, Any]
+    crash_rounds: set[int] = field(default_factory=set)  # ClientApp raises while training
+    silent_rounds: set[int] = field(default_factory=set)  # no reply (straggler past the timeout)
+    state: RecordDict = field(default_factory=RecordDict)
+    handled: list[str] = field(default_factory=list)  # "<message type>@<round>" it processed
+
+
+def _round_of(message: Message) -> int:
+    config = message.content.config_records.get("config")
+    return int(config.get("server-round", 0)) if config is not None else 0
+
+
+def _over_the_wire(message: Message) -> Message:
+    return message_from_proto(message_to_proto(message))
+
+
+class InProcessGrid(Grid):
+    def __init__(self, client_app: ClientApp, sites: list[Site], run_config: Mapping[str, Any]) -> None:
+        self.client_app = client_app
+        self.sites = {site.node_id: site for site in sites}
+        self.run_config = dict(run_config)
+        self._run = Run.create_empty(RUN_ID)
+        self._replies: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.sites)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            message.metadata.__dict__["_run_id"] = RUN_ID
+            ids.append(message.metadata.message_id)
+            reply = self._deliver(_over_the_wire(message))
+            if reply is not None:
+                self._replies[message.metadata.message_id] = _over_the_wire(reply)
+        return ids
+
+    def _deliver(self, message: Message) -> Message | None:
+        site = self.sites[message.metadata.dst_node_id]
+        server_round = _round_of(message)
+        if server_round in site.silent_rounds:
+            return None
+        site.handled.append(f"{message.metadata.message_type}@{server_round}")
+        context = Context(RUN_ID, site.node_id, site.node_config, site.state, self.run_config)
+        try:
+            if message.metadata.message_type == "train" and server_round in site.crash_rounds:
+                raise RuntimeError(f"site {site.node_config.get('site-name')} crashed (scripted)")
+            return self.client_app(message, context)
+        except Exception as err:  # the SuperNode turns a ClientApp exception into an error reply
+            return Message(Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}"), reply_to=message)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        # Sites answer synchronously here, so whatever has not answered now never will:
+        # exactly what the server sees once a real round timeout expires.
+        return self.pull_messages(self.push_messages(messages))
+
+
+def run_config_with(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The app's pyproject defaults with overrides, as `flwr run --run-config` fuses them."""
+    return dict(get_fused_config_from_dir(TRAINING_APP_DIR, dict(overrides)))
+
+
+def run_federation(server_app: ServerApp, client_app: ClientApp, sites: list[Site],
+                   run_config: Mapping[str, Any]) -> InProcessGrid:
+    grid = InProcessGrid(client_app, sites, run_config)
+    # What Flower's ServerApp process runner sets before calling the app (messages read it).
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SUPERLINK_NODE_ID
+    server_app(grid, Context(RUN_ID, 0, {}, RecordDict(), dict(run_config)))
+    return grid
+
+
+def builtin_sites(count: int, **scripted: Any) -> list[Site]:
+    """`count` sites sharing a built-in dataset by partition-id (node ids 101, 102, ...)."""
+    return [
+        Site(node_id=101 + i, node_config={"site-name": f"site-{i}", "data-root": "/nonexistent",
+                                           "partition-id": i, "num-partitions": count},
+             **{k: v.get(i, set()) for k, v in scripted.items()})
+        for i in range(count)
+    ]

@@ -1,0 +1,1 @@
+"""flowerbed's Flower App: federated training that the launched pods run."""

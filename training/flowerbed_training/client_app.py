@@ -1,0 +1,118 @@
+"""ClientApp: runs at each site (one pod per site, with its GPU and study data).
+
+Thin: reads the site's data through `task`, trains or evaluates the model the
+server sent, and answers. Node config (`--node-config`): `site-name`,
+`data-root`, `partition-id`, `num-partitions` (see the brief's contract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flowerbed_training import task
+from flowerbed_training.data import Dataset, check_compatible
+from flowerbed_training.protocol import (
+    ARRAYS,
+    CONFIG,
+    CONTROL,
+    CONTROL_DELTA,
+    METRICS,
+    NUM_EXAMPLES,
+    SITE,
+    from_record,
+    to_record,
+)
+from flowerbed_training.scaffold import client_control_update
+from flowerbed_training.settings import ClientSettings
+from flowerbed_training.survey import spec_from_config, standardizer_from_config, summary_reply
+
+app = ClientApp()
+
+# Context state key for SCAFFOLD's client control variate c_i (stays on the site).
+_CLIENT_CONTROL = "scaffold-client-control"
+
+
+def _site(context: Context) -> str:
+    return str(context.node_config.get("site-name", f"node-{context.node_id}"))
+
+
+def _local_data(context: Context) -> tuple[Dataset, Dataset]:
+    return task.local_split(task.site_dataset(context.run_config, context.node_config), context.run_config)
+
+
+def _prepared(context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
+    """The site's train/validation data, checked against and standardized like the federation's."""
+    train_set, val_set = _local_data(context)
+    check_compatible(_site(context), train_set.spec, config)  # type: ignore[arg-type]
+    standardizer = standardizer_from_config(config)
+    return standardizer.apply(train_set), standardizer.apply(val_set)
+
+
+def _model(context: Context, config: ConfigRecord, arrays: ArrayRecord) -> torch.nn.Module:
+    model = task.model_for(context.run_config, spec_from_config(config))
+    task.set_weights(model, from_record(arrays))
+    return model
+
+
+def _reply(message: Message, context: Context, records: Mapping[str, object]) -> Message:
+    content = RecordDict({**records, SITE: ConfigRecord({"name": _site(context)})})  # type: ignore[dict-item]
+    return Message(content, reply_to=message)
+
+
+@app.query("data_summary")
+def describe(message: Message, context: Context) -> Message:
+    """Feature count, classes, image shape and per-feature sums of the site's training split."""
+    train_set, _ = _local_data(context)
+    return summary_reply(message, _site(context), train_set.spec, task.FeatureSums.of(train_set.x))
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    settings = ClientSettings.from_run_config(context.run_config)
+    config = message.content.config_records[CONFIG]
+    server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
+    task.seed_everything(settings.seed + server_round)
+    train_set, _ = _prepared(context, config)
+    model = _model(context, config, message.content.array_records[ARRAYS])
+    global_model = task.get_weights(model)
+    dev = task.device()
+    train_loader = task.loader(train_set, settings.batch_size, shuffle=True, seed=settings.seed + server_round)
+    optimizer = task.sgd(model, settings.lr)
+
+    proximal_mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]  # set by FedProx
+    global_params = {k: torch.from_numpy(v).to(dev) for k, v in global_model.items()} if proximal_mu else None
+    scaffold = CONTROL in message.content.array_records
+    if scaffold:
+        c = from_record(message.content.array_records[CONTROL])
+        stored = context.state.array_records.get(_CLIENT_CONTROL)
+        c_i = from_record(stored) if stored is not None else {k: np.zeros_like(v) for k, v in c.items()}
+        correction = {k: torch.from_numpy(c[k] - c_i[k]).to(dev) for k in c}
+    stats = task.train(model, train_loader, optimizer, settings.local_epochs, dev,
+                       proximal_mu=proximal_mu, global_params=global_params,
+                       gradient_correction=correction if scaffold else None, amp=settings.amp)
+    trained = task.get_weights(model)
+
+    records: dict[str, object] = {
+        ARRAYS: to_record(trained),
+        METRICS: MetricRecord({NUM_EXAMPLES: stats.examples, "train-loss": stats.loss}),
+    }
+    if scaffold:
+        c_i_new = client_control_update(c_i, c, global_model, trained, stats.steps, settings.lr)
+        context.state[_CLIENT_CONTROL] = to_record(c_i_new)
+        records[CONTROL_DELTA] = to_record({k: c_i_new[k] - c_i[k] for k in c_i_new})
+    return _reply(message, context, records)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    config = message.content.config_records[CONFIG]
+    _, val_set = _prepared(context, config)
+    model = _model(context, config, message.content.array_records[ARRAYS])
+    loss, accuracy = task.evaluate(model, task.loader(val_set, 256, shuffle=False), task.device())
+    metrics = MetricRecord({NUM_EXAMPLES: len(val_set.y), "eval-loss": loss, "eval-accuracy": accuracy})
+    return _reply(message, context, {METRICS: metrics})

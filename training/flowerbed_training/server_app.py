@@ -1,0 +1,77 @@
+"""ServerApp: runs once per run in the server cluster (artifacts volume at `artifacts-dir`).
+
+Thin: survey the sites' data, build the model and the strategy chosen by run
+config, resume from the latest checkpoint if asked, and let Flower's strategy
+loop run the rounds through the RoundRecorder.
+"""
+
+from __future__ import annotations
+
+from logging import INFO
+
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from flowerbed_training import task
+from flowerbed_training.checkpoints import CheckpointStore, save_final_model
+from flowerbed_training.protocol import from_record, to_record
+from flowerbed_training.recording import CentralEvaluation, RoundRecorder
+from flowerbed_training.settings import ClientSettings, ServerSettings
+from flowerbed_training.strategies import build_strategy, restore_strategy_state
+from flowerbed_training.survey import FederationData, survey_sites
+
+app = ServerApp()
+
+
+def central_evaluation(context: Context, federation: FederationData) -> CentralEvaluation | None:
+    """Accuracy on the global held-out test set (built-in sources only; study data stays at sites)."""
+    test_set = task.server_test_set(context.run_config)
+    if test_set is None:
+        return None
+    test_loader = task.loader(federation.standardizer.apply(test_set), 256, shuffle=False)
+    model = task.model_for(context.run_config, federation.spec)
+    dev = task.device()
+
+    def evaluate(weights: dict) -> tuple[float, float]:
+        task.set_weights(model, weights)
+        return task.evaluate(model, test_loader, dev)
+
+    return evaluate
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = ServerSettings.from_run_config(context.run_config)
+    local_lr = ClientSettings.from_run_config(context.run_config).lr
+    federation = survey_sites(grid, settings.min_available_sites, settings.round_timeout)
+
+    strategy = build_strategy(settings, local_lr)
+    checkpoints = CheckpointStore(settings.artifacts_dir, settings.checkpoint_keep)
+    weights = task.get_weights(task.model_for(context.run_config, federation.spec))
+    done = 0
+    if settings.resume and (latest := checkpoints.latest()) is not None:
+        weights, done = latest.model, latest.round
+        restore_strategy_state(strategy, latest.strategy_state)
+        log(INFO, "Resuming after round %d from %s", done, checkpoints.directory)
+    remaining = settings.num_rounds - done
+    if remaining <= 0:
+        log(INFO, "All %d rounds are done already; nothing to resume", settings.num_rounds)
+        return
+
+    recorder = RoundRecorder(
+        strategy, settings.artifacts_dir, min_train_sites=settings.min_train_sites,
+        checkpoints=checkpoints, central_evaluation=central_evaluation(context, federation),
+        round_offset=done,
+    )
+    result = recorder.start(
+        grid=grid,
+        initial_arrays=to_record(weights),
+        num_rounds=remaining,
+        timeout=settings.round_timeout,
+        train_config=ConfigRecord(federation.config()),
+        evaluate_config=ConfigRecord(federation.config()),
+        evaluate_fn=recorder.end_round,
+    )
+    path = save_final_model(settings.artifacts_dir, from_record(result.arrays))
+    log(INFO, "Final model saved to %s", path)

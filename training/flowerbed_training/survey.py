@@ -1,0 +1,133 @@
+"""Before the first round the server asks every site to describe its data.
+
+Sites answer with their feature count, label range, image shape and
+per-feature sums (never rows). The server checks that the sites agree, then
+derives the model's input shape and a federation-wide standardizer from the
+pooled sums. Both travel in every train/evaluate config, so a site that joins
+later with different data fails with a clear error instead of training garbage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from flowerbed_training.data import DataError, DataSpec
+from flowerbed_training.protocol import (
+    FEATURE_MEAN,
+    FEATURE_STD,
+    NUM_CLASSES,
+    NUM_FEATURES,
+    QUERY_DATA_SUMMARY,
+    SITE,
+    SUMMARY,
+    SUMS,
+    from_record,
+    site_name,
+    to_record,
+)
+from flowerbed_training.task import FeatureSums, Standardizer
+
+IMAGE_SHAPE = "image-shape"
+# How often to look for connecting sites while waiting for the minimum.
+_POLL_SECONDS = 1.0
+
+
+class FederationNotReady(RuntimeError):
+    """Too few sites connected or described their data in time."""
+
+
+@dataclass(frozen=True)
+class FederationData:
+    spec: DataSpec
+    standardizer: Standardizer
+    examples: dict[str, int]  # site -> training examples
+
+    def config(self) -> dict[str, int | list[int] | list[float]]:
+        """What every train/evaluate ConfigRecord carries (see protocol.py)."""
+        return {
+            NUM_FEATURES: self.spec.num_features,
+            NUM_CLASSES: self.spec.num_classes,
+            IMAGE_SHAPE: list(self.spec.image_shape or []),
+            FEATURE_MEAN: self.standardizer.mean.tolist(),
+            FEATURE_STD: self.standardizer.std.tolist(),
+        }
+
+
+def spec_from_config(config: Mapping[str, object]) -> DataSpec:
+    shape = tuple(int(v) for v in config[IMAGE_SHAPE])  # type: ignore[attr-defined]
+    return DataSpec(int(config[NUM_FEATURES]), int(config[NUM_CLASSES]), shape or None)  # type: ignore[arg-type]
+
+
+def standardizer_from_config(config: Mapping[str, object]) -> Standardizer:
+    return Standardizer(np.asarray(config[FEATURE_MEAN], dtype=np.float32),
+                        np.asarray(config[FEATURE_STD], dtype=np.float32))
+
+
+def summary_reply(message: Message, site: str, spec: DataSpec, sums: FeatureSums) -> Message:
+    """The ClientApp's answer to QUERY_DATA_SUMMARY."""
+    content = RecordDict({
+        SUMMARY: ConfigRecord({NUM_FEATURES: spec.num_features, NUM_CLASSES: spec.num_classes,
+                               IMAGE_SHAPE: list(spec.image_shape or []), "count": sums.count}),
+        SUMS: to_record({"total": sums.total, "total-sq": sums.total_sq}),
+        SITE: ConfigRecord({"name": site}),
+    })
+    return Message(content, reply_to=message)
+
+
+def survey_sites(grid: Grid, min_sites: int, timeout: float) -> FederationData:
+    node_ids = _wait_for_sites(grid, min_sites, timeout)
+    queries = [Message(RecordDict(), dst_node_id=node, message_type=QUERY_DATA_SUMMARY) for node in node_ids]
+    replies = list(grid.send_and_receive(queries, timeout=timeout))
+    answered = [m for m in replies if not m.has_error()]
+    for message in replies:
+        if message.has_error():
+            log(WARNING, "Site %s cannot train: %s", site_name(message), message.error.reason)
+    if len(answered) < min_sites:
+        problems = "; ".join(f"{site_name(m)}: {m.error.reason}" for m in replies if m.has_error())
+        raise FederationNotReady(
+            f"{len(answered)} of {len(node_ids)} sites described their data within {timeout:g}s, "
+            f"min-train-sites is {min_sites}" + (f" ({problems})" if problems else "")
+        )
+    return _combine(answered)
+
+
+def _wait_for_sites(grid: Grid, min_sites: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < min_sites:
+        if time.monotonic() > deadline:
+            raise FederationNotReady(
+                f"{len(node_ids)} site(s) connected within {timeout:g}s, min-available-sites is {min_sites}"
+            )
+        time.sleep(_POLL_SECONDS)
+    return node_ids
+
+
+def _combine(answered: list[Message]) -> FederationData:
+    summaries = {site_name(m): m.content.config_records[SUMMARY] for m in answered}
+    for key, what in ((NUM_FEATURES, "feature count"), (IMAGE_SHAPE, "image shape")):
+        values = {site: tuple(s[key]) if key == IMAGE_SHAPE else s[key] for site, s in summaries.items()}
+        if len(set(values.values())) > 1:
+            listing = ", ".join(f"{site}={value}" for site, value in sorted(values.items()))
+            raise DataError(f"sites disagree on the {what}: {listing}; every site needs the same feature columns")
+    first = next(iter(summaries.values()))
+    spec = DataSpec(
+        num_features=int(first[NUM_FEATURES]),  # type: ignore[arg-type]
+        num_classes=max(int(s[NUM_CLASSES]) for s in summaries.values()),  # type: ignore[arg-type]
+        image_shape=tuple(first[IMAGE_SHAPE]) or None,  # type: ignore[arg-type]
+    )
+    total = FeatureSums(0, np.zeros(spec.num_features), np.zeros(spec.num_features))
+    for message in answered:
+        sums = from_record(message.content.array_records[SUMS])
+        total = total + FeatureSums(int(message.content.config_records[SUMMARY]["count"]),  # type: ignore[arg-type]
+                                    sums["total"], sums["total-sq"])
+    log(INFO, "Federation data: %s from %d sites (%d examples)", spec, len(answered), total.count)
+    return FederationData(spec, Standardizer.from_sums(total),
+                          {site: int(s["count"]) for site, s in summaries.items()})  # type: ignore[arg-type]

@@ -1,0 +1,327 @@
+"""Models, data selection, training and evaluation: pure PyTorch, no Flower.
+
+`client_app.py` and `server_app.py` stay thin and call into this module; so do
+the tests and `bench/` (through `centralized_baseline`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from flowerbed_training.data import (
+    BUILTIN_PREFIX,
+    BuiltinOptions,
+    DataError,
+    Dataset,
+    DataSpec,
+    builtin_partition,
+    builtin_split,
+    load_directory,
+    subset,
+    train_test_split,
+)
+
+MODELS = ("auto", "mlp", "cnn")
+# Opacus wraps a model in GradSampleModule, which prefixes every state key.
+_OPACUS_PREFIX = "_module."
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+def builtin_options(run_config: Mapping[str, Any]) -> BuiltinOptions:
+    return BuiltinOptions(
+        partitioning=str(run_config.get("partitioning", "dirichlet")),
+        alpha=float(run_config.get("dirichlet-alpha", 0.5)),
+        test_fraction=float(run_config.get("test-fraction", 0.2)),
+        seed=int(run_config.get("seed", 42)),
+    )
+
+
+def builtin_name(dataset: str) -> str | None:
+    """`builtin:digits` -> `digits`; a study path -> None."""
+    return dataset[len(BUILTIN_PREFIX) :] if dataset.startswith(BUILTIN_PREFIX) else None
+
+
+def site_dataset(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Dataset:
+    """The data this site trains on, chosen by run config `dataset` (see the brief's contract)."""
+    dataset = str(run_config.get("dataset", ""))
+    name = builtin_name(dataset)
+    if name is not None:
+        for key in ("partition-id", "num-partitions"):
+            if key not in node_config:
+                raise DataError(f"node config {key} is required for dataset {dataset!r}")
+        return builtin_partition(
+            name, int(node_config["partition-id"]), int(node_config["num-partitions"]),
+            builtin_options(run_config),
+        )
+    if dataset.count("/") != 1 or ".." in dataset or dataset.startswith("/"):
+        raise DataError(
+            f"dataset: {dataset!r} must be builtin:breast-cancer, builtin:digits or <study>/<dataset>"
+        )
+    data_root = Path(str(node_config.get("data-root", "/data")))
+    return load_directory(data_root / dataset, str(run_config.get("label-column", "label")))
+
+
+def local_split(data: Dataset, run_config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+    """A site's own train/validation split, used for federated evaluation."""
+    opts = builtin_options(run_config)
+    split = train_test_split(data, opts.test_fraction, opts.seed)
+    return split.train, split.test
+
+
+def server_test_set(run_config: Mapping[str, Any]) -> Dataset | None:
+    """The global held-out test set: exists for built-in sources only (study data stays at sites)."""
+    name = builtin_name(str(run_config.get("dataset", "")))
+    return builtin_split(name, builtin_options(run_config)).test if name else None
+
+
+# --- standardization (federated: sites share sums, never rows) ---------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSums:
+    count: int
+    total: np.ndarray  # (num_features,)
+    total_sq: np.ndarray
+
+    @staticmethod
+    def of(x: np.ndarray) -> FeatureSums:
+        x64 = x.astype(np.float64)
+        return FeatureSums(len(x), x64.sum(axis=0), (x64**2).sum(axis=0))
+
+    def __add__(self, other: FeatureSums) -> FeatureSums:
+        return FeatureSums(self.count + other.count, self.total + other.total,
+                           self.total_sq + other.total_sq)
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    mean: np.ndarray
+    std: np.ndarray
+
+    @staticmethod
+    def from_sums(sums: FeatureSums) -> Standardizer:
+        mean = sums.total / sums.count
+        var = np.maximum(sums.total_sq / sums.count - mean**2, 0.0)
+        std = np.sqrt(var)
+        # Constant features (e.g. blank border pixels) are centred, not divided by zero.
+        return Standardizer(mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+
+    def apply(self, data: Dataset) -> Dataset:
+        return Dataset(x=(data.x - self.mean) / self.std, y=data.y, spec=data.spec)
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+class TabularMLP(nn.Module):
+    def __init__(self, num_features: int, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(num_features, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 convolutions for small images (8x8 digits). No BatchNorm: Opacus cannot
+    compute per-sample gradients through it, and its running statistics do not average."""
+
+    def __init__(self, image_shape: tuple[int, ...], num_classes: int, hidden: int) -> None:
+        super().__init__()
+        channels, height, width = image_shape
+        self.image_shape = tuple(image_shape)
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * (height // 2) * (width // 2), hidden), nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(-1, *self.image_shape)))
+
+
+def build_model(name: str, spec: DataSpec, hidden: int = 64) -> nn.Module:
+    """`mlp`, `cnn` (image data only) or `auto` (cnn for images, mlp otherwise)."""
+    if name not in MODELS:
+        raise DataError(f"model: {name!r} is not one of {', '.join(MODELS)}")
+    if name == "auto":
+        name = "cnn" if spec.image_shape else "mlp"
+    if name == "cnn":
+        if not spec.image_shape:
+            raise DataError("model: cnn needs image data (NPZ x of shape (n, h, w) or (n, c, h, w))")
+        return SmallCNN(spec.image_shape, spec.num_classes, hidden)
+    return TabularMLP(spec.num_features, spec.num_classes, hidden)
+
+
+def model_for(run_config: Mapping[str, Any], spec: DataSpec) -> nn.Module:
+    """The run's model, initialised identically everywhere from the run's seed."""
+    torch.manual_seed(int(run_config.get("seed", 42)))
+    return build_model(str(run_config.get("model", "auto")), spec, int(run_config.get("hidden-units", 64)))
+
+
+def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    return {
+        key.removeprefix(_OPACUS_PREFIX): value.detach().cpu().numpy().copy()
+        for key, value in model.state_dict().items()
+    }
+
+
+def set_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
+    prefix = _OPACUS_PREFIX if any(k.startswith(_OPACUS_PREFIX) for k in model.state_dict()) else ""
+    model.load_state_dict({prefix + k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+
+
+# --- runtime -----------------------------------------------------------------------------
+
+
+def device() -> torch.device:
+    """The pod's GPU when it has one, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def loader(data: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    tensors = TensorDataset(torch.from_numpy(data.x), torch.from_numpy(data.y))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(tensors, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float  # mean training loss over all batches
+    steps: int  # optimizer steps taken (SCAFFOLD's K)
+    examples: int  # examples seen per epoch
+
+
+def _autocast(dev: torch.device, amp: bool):
+    return torch.autocast(device_type="cuda", dtype=torch.float16) if amp and dev.type == "cuda" else nullcontext()
+
+
+def _parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    for key, param in model.named_parameters():
+        yield key.removeprefix(_OPACUS_PREFIX), param
+
+
+def train(
+    model: nn.Module,
+    train_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    dev: torch.device,
+    *,
+    proximal_mu: float = 0.0,
+    global_params: Mapping[str, torch.Tensor] | None = None,
+    gradient_correction: Mapping[str, torch.Tensor] | None = None,
+    amp: bool = False,
+) -> TrainStats:
+    """Local SGD. `proximal_mu` adds FedProx's (mu/2)||w - w_global||^2;
+    `gradient_correction` (SCAFFOLD's c - c_i) is added to every gradient before a step."""
+    model.to(dev).train()
+    criterion = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and dev.type == "cuda")
+    total_loss, steps = 0.0, 0
+    for _ in range(epochs):
+        for x, y in train_loader:
+            if len(y) == 0:  # Opacus' Poisson sampling can draw an empty batch
+                continue
+            x, y = x.to(dev), y.to(dev)
+            optimizer.zero_grad()
+            with _autocast(dev, amp):
+                loss = criterion(model(x), y)
+            objective = loss
+            if proximal_mu > 0 and global_params is not None:
+                drift = sum(((p - global_params[k]) ** 2).sum() for k, p in _parameters(model))
+                objective = loss + 0.5 * proximal_mu * drift
+            scaler.scale(objective).backward()
+            if gradient_correction is not None:
+                scaler.unscale_(optimizer)
+                for key, param in _parameters(model):
+                    if param.grad is not None:
+                        param.grad.add_(gradient_correction[key])
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.item()
+            steps += 1
+    examples = len(train_loader.dataset)  # type: ignore[arg-type]
+    return TrainStats(loss=total_loss / max(steps, 1), steps=steps, examples=examples)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, test_loader: DataLoader, dev: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over the loader."""
+    model.to(dev).eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss, correct, count = 0.0, 0, 0
+    for x, y in test_loader:
+        x, y = x.to(dev), y.to(dev)
+        logits = model(x)
+        loss += criterion(logits, y).item()
+        correct += (logits.argmax(dim=1) == y).sum().item()
+        count += len(y)
+    return loss / max(count, 1), correct / max(count, 1)
+
+
+def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Plain SGD: FedProx's and SCAFFOLD's analyses assume it (no momentum state to average)."""
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+# --- centralized baseline (the same model on pooled data; bench/ compares against it) ------
+
+
+def centralized_baseline(run_config: Mapping[str, Any]) -> dict[str, float]:
+    """Train the run's model on the pooled built-in training data for
+    `num-server-rounds x local-epochs` epochs; evaluate on the same global test set."""
+    name = builtin_name(str(run_config.get("dataset", "")))
+    if name is None:
+        raise DataError("dataset: the centralized baseline needs a builtin: source (study data never pools)")
+    started = time.perf_counter()
+    seed = int(run_config.get("seed", 42))
+    seed_everything(seed)
+    split = builtin_split(name, builtin_options(run_config))
+    standardizer = Standardizer.from_sums(FeatureSums.of(split.train.x))
+    train_set, test_set = standardizer.apply(split.train), standardizer.apply(split.test)
+    spec = DataSpec(train_set.spec.num_features, int(split.train.y.max()) + 1, train_set.spec.image_shape)
+    model = model_for(run_config, spec)
+    dev = device()
+    epochs = int(run_config.get("num-server-rounds", 10)) * int(run_config.get("local-epochs", 1))
+    batch_size = int(run_config.get("batch-size", 32))
+    train(model, loader(train_set, batch_size, True, seed), sgd(model, float(run_config.get("lr", 0.05))),
+          epochs, dev, amp=bool(run_config.get("amp", False)))
+    loss, accuracy = evaluate(model, loader(test_set, 256, False), dev)
+    return {"accuracy": accuracy, "loss": loss, "seconds": time.perf_counter() - started,
+            "epochs": float(epochs), "examples": float(len(train_set.y))}
+
+
+__all__ = [
+    "FeatureSums", "Standardizer", "TrainStats", "build_model", "centralized_baseline", "device",
+    "evaluate", "get_weights", "loader", "local_split", "model_for", "server_test_set",
+    "set_weights", "sgd", "site_dataset", "subset", "train",
+]
