@@ -1,0 +1,271 @@
+"""Small Kubernetes building blocks shared by the server and the client sites.
+
+Every container flowerbed declares goes through `container()`, so the security
+rules (non-root uid 49999, read-only root filesystem, no privilege escalation,
+no capabilities, seccomp RuntimeDefault, requests and limits) hold by
+construction; the manifest tests check them again on the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.config import Images
+
+# Flower's official images run as `app` (uid/gid 49999); flowerbed's images keep that uid.
+APP_UID = 49999
+ROLE_LABEL = "flowerbed.dev/role"
+FEDERATION_LABEL = "flowerbed.dev/federation"
+SITE_LABEL = "flowerbed.dev/site"
+TMP_VOLUME = "tmp"
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """Requests and limits of one container."""
+
+    cpu_request: str
+    memory_request: str
+    cpu_limit: str
+    memory_limit: str
+
+    def args(self) -> k8s.core.v1.ResourceRequirementsArgs:
+        return k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": self.cpu_request, "memory": self.memory_request},
+            limits={"cpu": self.cpu_limit, "memory": self.memory_limit},
+        )
+
+
+def labels(federation: str, role: str, site: str | None = None) -> dict[str, str]:
+    """Labels of every object; `role` also selects pods (the Flower executor owns app.kubernetes.io/*)."""
+    result = {
+        "app.kubernetes.io/part-of": "flowerbed",
+        "app.kubernetes.io/managed-by": "pulumi",
+        FEDERATION_LABEL: federation,
+        ROLE_LABEL: role,
+    }
+    if site is not None:
+        result[SITE_LABEL] = site
+    return result
+
+
+def selector(federation: str, role: str) -> dict[str, str]:
+    return {FEDERATION_LABEL: federation, ROLE_LABEL: role}
+
+
+def metadata(name: str, namespace: str, object_labels: Mapping[str, str],
+             annotations: Mapping[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=dict(object_labels),
+                                      annotations=dict(annotations) if annotations else None)
+
+
+# --- security contexts: plain camelCase dicts, because the Flower Kubernetes executor takes them
+# verbatim in its YAML config for the pods it launches; Pulumi accepts the same dicts as inputs.
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": APP_UID,
+        "runAsGroup": APP_UID,
+        "fsGroup": APP_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": APP_UID,
+        "runAsGroup": APP_UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container(name: str, image: str, images: Images, *, args: Sequence[str], sizing: Sizing,
+              mounts: Sequence[k8s.core.v1.VolumeMountArgs] = (),
+              ports: Sequence[k8s.core.v1.ContainerPortArgs] = (),
+              env: Mapping[str, str] | None = None,
+              probe: k8s.core.v1.ProbeArgs | None = None,
+              command: Sequence[str] | None = None) -> k8s.core.v1.ContainerArgs:
+    """A hardened container; `/tmp` is always a writable emptyDir (see `pod_spec`)."""
+    return k8s.core.v1.ContainerArgs(
+        name=name,
+        image=image,
+        image_pull_policy=images.pull_policy,
+        command=list(command) if command else None,
+        args=list(args),
+        ports=list(ports) or None,
+        env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted((env or {}).items())] or None,
+        volume_mounts=[k8s.core.v1.VolumeMountArgs(name=TMP_VOLUME, mount_path="/tmp"), *mounts],
+        resources=sizing.args(),
+        security_context=container_security_context(),
+        readiness_probe=probe,
+        liveness_probe=probe,
+    )
+
+
+def pod_spec(images: Images, containers: Sequence[k8s.core.v1.ContainerArgs],
+             volumes: Sequence[k8s.core.v1.VolumeArgs], *, service_account: str | None = None,
+             restart_policy: str | None = None) -> k8s.core.v1.PodSpecArgs:
+    """A pod spec with the restricted security context, pull secrets and a `/tmp` emptyDir."""
+    return k8s.core.v1.PodSpecArgs(
+        containers=list(containers),
+        volumes=[k8s.core.v1.VolumeArgs(name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+            size_limit="1Gi")), *volumes],
+        security_context=pod_security_context(),
+        image_pull_secrets=pull_secrets(images),
+        service_account_name=service_account,
+        # Only pods that call the Kubernetes API get a token.
+        automount_service_account_token=service_account is not None,
+        restart_policy=restart_policy,
+        enable_service_links=False,
+    )
+
+
+def pull_secrets(images: Images) -> list[k8s.core.v1.LocalObjectReferenceArgs] | None:
+    return [k8s.core.v1.LocalObjectReferenceArgs(name=name) for name in images.pull_secrets] or None
+
+
+def https_probe(port: int, path: str = "/health") -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=port, scheme="HTTPS"),
+        period_seconds=10, failure_threshold=6, timeout_seconds=5,
+    )
+
+
+def grpc_probe(port: int) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(grpc=k8s.core.v1.GRPCActionArgs(port=port),
+                                 period_seconds=10, failure_threshold=6, timeout_seconds=5)
+
+
+def secret_volume(name: str, secret: str) -> k8s.core.v1.VolumeArgs:
+    return k8s.core.v1.VolumeArgs(
+        name=name, secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=secret, default_mode=0o440))
+
+
+def config_volume(name: str, config_map: str) -> k8s.core.v1.VolumeArgs:
+    return k8s.core.v1.VolumeArgs(
+        name=name, config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map, default_mode=0o444))
+
+
+def claim_volume(name: str, claim: str, *, read_only: bool = False) -> k8s.core.v1.VolumeArgs:
+    return k8s.core.v1.VolumeArgs(name=name, persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+        claim_name=claim, read_only=read_only or None))
+
+
+def mount(name: str, path: str, *, read_only: bool = True) -> k8s.core.v1.VolumeMountArgs:
+    return k8s.core.v1.VolumeMountArgs(name=name, mount_path=path, read_only=read_only)
+
+
+def namespace(resource_name: str, name: str, object_labels: Mapping[str, str],
+              opts: pulumi.ResourceOptions) -> k8s.core.v1.Namespace:
+    """A namespace that admits only Pod Security `restricted` pods."""
+    psa = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
+    return k8s.core.v1.Namespace(resource_name, metadata=k8s.meta.v1.ObjectMetaArgs(
+        name=name, labels={**object_labels, **psa}), opts=opts)
+
+
+def claim(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, size: str, storage_class: str | None,
+          opts: pulumi.ResourceOptions) -> k8s.core.v1.PersistentVolumeClaim:
+    return k8s.core.v1.PersistentVolumeClaim(resource_name, metadata=meta, spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+        access_modes=["ReadWriteOnce"], storage_class_name=storage_class,
+        resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size})), opts=opts)
+
+
+# --- network policies ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One allowed connection: to/from `peers` (None = anywhere) on TCP `ports`."""
+
+    ports: tuple[int, ...]
+    pods: Mapping[str, str] | None = None
+    cidrs: tuple[str, ...] = ()
+    anywhere: bool = False
+
+    def peers(self) -> list[k8s.networking.v1.NetworkPolicyPeerArgs] | None:
+        if self.anywhere:
+            return None
+        peers = [k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
+                 for c in self.cidrs]
+        if self.pods is not None:
+            peers.append(k8s.networking.v1.NetworkPolicyPeerArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(self.pods))))
+        return peers
+
+    def port_args(self) -> list[k8s.networking.v1.NetworkPolicyPortArgs]:
+        return [k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP") for p in self.ports]
+
+
+def network_policy(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, pods: Mapping[str, str], *,
+                   ingress: Sequence[Flow] = (), egress: Sequence[Flow] = (),
+                   opts: pulumi.ResourceOptions) -> k8s.networking.v1.NetworkPolicy:
+    """Allow exactly `ingress` into and `egress` out of the selected pods (on top of default deny)."""
+    types = [t for t, flows in (("Ingress", ingress), ("Egress", egress)) if flows]
+    return k8s.networking.v1.NetworkPolicy(resource_name, metadata=meta, spec=k8s.networking.v1.NetworkPolicySpecArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(pods)),
+        policy_types=types,
+        ingress=[k8s.networking.v1.NetworkPolicyIngressRuleArgs(from_=f.peers(), ports=f.port_args())
+                 for f in ingress] or None,
+        egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=f.peers(), ports=f.port_args())
+                for f in egress] or None,
+    ), opts=opts)
+
+
+def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[str, str],
+                      opts: pulumi.ResourceOptions) -> list[k8s.networking.v1.NetworkPolicy]:
+    """Deny all traffic in the namespace, then let every pod resolve names through cluster DNS."""
+    deny = k8s.networking.v1.NetworkPolicy(f"{prefix}-default-deny", metadata=metadata(
+        "default-deny", namespace_name, object_labels), spec=k8s.networking.v1.NetworkPolicySpecArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]), opts=opts)
+    dns_peer = k8s.networking.v1.NetworkPolicyPeerArgs(
+        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+            match_labels={"kubernetes.io/metadata.name": "kube-system"}),
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))
+    dns = k8s.networking.v1.NetworkPolicy(f"{prefix}-allow-dns", metadata=metadata(
+        "allow-dns", namespace_name, object_labels), spec=k8s.networking.v1.NetworkPolicySpecArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Egress"],
+        egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=[dns_peer], ports=[
+            k8s.networking.v1.NetworkPolicyPortArgs(port=53, protocol=p) for p in ("UDP", "TCP")])]), opts=opts)
+    return [deny, dns]
+
+
+# --- RBAC for the Flower Kubernetes executor ---------------------------------------------
+
+# Exactly the calls flwr 1.41's KubernetesExecutor makes for cold (one pod per task) dispatch
+# (flwr/supercore/superexec/executor/kubernetes_executor.py): create/list/delete of the task
+# Pod and of its AppIO credential Secret. No get/watch (it lists), no patch or pods/exec (only
+# warm pools use them, and flowerbed configures none).
+EXECUTOR_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pods", ("create", "delete", "list")),
+    ("secrets", ("create", "delete", "list")),
+)
+
+
+def executor_rbac(prefix: str, meta: k8s.meta.v1.ObjectMetaArgs, service_account: str, namespace_name: str,
+                  opts: pulumi.ResourceOptions) -> tuple[k8s.rbac.v1.Role, k8s.rbac.v1.RoleBinding]:
+    role = k8s.rbac.v1.Role(f"{prefix}-role", metadata=meta, rules=[
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=[resource], verbs=list(verbs))
+        for resource, verbs in EXECUTOR_RULES], opts=opts)
+    binding = k8s.rbac.v1.RoleBinding(f"{prefix}-rolebinding", metadata=meta, role_ref=k8s.rbac.v1.RoleRefArgs(
+        api_group="rbac.authorization.k8s.io", kind="Role", name=role.metadata.name),
+        subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=service_account,
+                                          namespace=namespace_name)], opts=opts)
+    return role, binding
+
+
+def service_account(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, images: Images, *, automount: bool,
+                    opts: pulumi.ResourceOptions) -> k8s.core.v1.ServiceAccount:
+    """A ServiceAccount; its pull secrets also reach the pods the executor launches with it."""
+    return k8s.core.v1.ServiceAccount(resource_name, metadata=meta, image_pull_secrets=pull_secrets(images),
+                                      automount_service_account_token=automount, opts=opts)

@@ -1,0 +1,87 @@
+"""Names, ports and small texts that several components and the outputs must agree on (pure)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+# SuperLink serves Fleet, Runtime and Control on one TLS port; in the pod only nginx dials it.
+SUPERLINK_PORT = 8000
+# The nginx sidecar's listeners (components/fleet_filter.py), one per audience.
+FLEET_PORT = 9092
+RUNTIME_PORT = 9091
+CONTROL_PORT = 9093
+# SuperNode's Runtime API (Flower's default), dialled by the site's SuperExec and its task pods.
+SUPERNODE_RUNTIME_PORT = 9094
+# Plain-text gRPC health service of SuperExec (`--health-server-address`), for kubelet probes.
+SUPEREXEC_HEALTH_PORT = 8081
+
+FLEET_SERVICE = "superlink-fleet"
+RUNTIME_SERVICE = "superlink-runtime"
+CONTROL_SERVICE = "superlink-control"
+SUPERNODE_SERVICE = "supernode-runtime"
+
+# Where things live inside the pods.
+TLS_DIR = "/etc/flowerbed/tls"
+CA_DIR = "/etc/flowerbed/ca"
+DATA_ROOT = "/data"
+ARTIFACTS_DIR = "/artifacts"
+SCRATCH_DIR = "/scratch"
+# Task pods have a read-only root filesystem: Flower and Python write under /tmp.
+TASK_ENV = {"HOME": "/tmp", "FLWR_HOME": "/tmp/.flwr", "XDG_CACHE_HOME": "/tmp/.cache", "MPLCONFIGDIR": "/tmp/.mpl"}
+
+# Names that resolve to the control listener from an administrator's machine via port-forward.
+_LOCAL_NAMES = ("localhost",)
+
+
+def service_dns_names(service: str, namespace: str) -> list[str]:
+    """The in-cluster DNS names of a Service (short and fully qualified)."""
+    return [f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
+
+
+def service_address(service: str, namespace: str, port: int) -> str:
+    return f"{service}.{namespace}.svc:{port}"
+
+
+def server_certificate_names(endpoint: str, namespace: str) -> list[str]:
+    """SuperLink certificate SANs: the public endpoint, every in-cluster Service name, localhost.
+
+    Depends on nothing but the endpoint and the namespace, so unrelated config changes never
+    re-issue the certificate. `localhost` serves `kubectl port-forward` and the nginx upstream hop.
+    """
+    names = [endpoint]
+    for service in (FLEET_SERVICE, RUNTIME_SERVICE, CONTROL_SERVICE):
+        names += service_dns_names(service, namespace)
+    return names + list(_LOCAL_NAMES)
+
+
+def supernode_runtime_names(namespace: str) -> list[str]:
+    return service_dns_names(SUPERNODE_SERVICE, namespace)
+
+
+def node_config(site: str, partition_id: int, num_partitions: int) -> str:
+    """The SuperNode's `--node-config` (TOML values; read by the ClientApp as context.node_config)."""
+    values = {"site-name": site, "data-root": DATA_ROOT, "partition-id": partition_id,
+              "num-partitions": num_partitions}
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+
+
+def study_mount_path(study: str, dataset: str) -> str:
+    return f"{DATA_ROOT}/{study}/{dataset}"
+
+
+def study_claim_name(study: str, dataset: str) -> str:
+    return f"study-{study}-{dataset}"
+
+
+def flwr_connection(federation: str, ca_file: str, address: str = f"localhost:{CONTROL_PORT}") -> str:
+    """A `$FLWR_HOME/config.toml` entry for administrators (through `kubectl port-forward`)."""
+    return (f"[superlink.{federation}]\n"
+            f"address = {json.dumps(address)}\n"
+            f"root-certificates = {json.dumps(ca_file)}\n")
+
+
+def port_forward_command(namespace: str, context: str | None = None) -> str:
+    flags: Sequence[str] = [f"--context {context}"] if context else []
+    return " ".join(["kubectl", *flags, "-n", namespace, "port-forward", f"svc/{CONTROL_SERVICE}",
+                     f"{CONTROL_PORT}:{CONTROL_PORT}"])

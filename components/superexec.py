@@ -1,0 +1,76 @@
+"""A SuperExec with Flower's Kubernetes executor: its Deployment and its executor config.
+
+Both sites run one: the server's launches ServerApp pods, each client site's
+launches ClientApp pods. The executor config's keys are flwr 1.41's
+(flwr/supercore/superexec/executor/factory.py); the executor takes the pod and
+container security contexts verbatim, so the launched pods get the same
+hardening as every container flowerbed declares itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi_kubernetes as k8s
+
+from components import kube, naming
+from components.config import Images
+
+CONFIG_DIR = "/etc/flowerbed/executor"
+CONFIG_FILE = "executor.yaml"
+_SIZING = kube.Sizing("100m", "256Mi", "500m", "512Mi")
+
+
+def executor_config(*, namespace: str, images: Images, federation: str, task_role: str,
+                    resources: Mapping[str, Any], volumes: Sequence[Mapping[str, Any]],
+                    volume_mounts: Sequence[Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
+    """Config for launched task pods; `extra` adds optional executor keys (kebab-case)."""
+    return {
+        "namespace": namespace,
+        "image": images.job,
+        "image-pull-policy": images.pull_policy,
+        # The task ServiceAccount carries the pull secrets (the executor has no imagePullSecrets key)
+        # and mounts no API token.
+        "service-account-name": task_role,
+        "labels": kube.labels(federation, task_role),
+        "resources": dict(resources),
+        "pod-security-context": kube.pod_security_context(),
+        "container-security-context": kube.container_security_context(),
+        "env": [{"name": k, "value": v} for k, v in sorted(naming.TASK_ENV.items())],
+        "volumes": [*volumes, {"name": kube.TMP_VOLUME, "emptyDir": {"sizeLimit": "4Gi"}}],
+        "volume-mounts": [*volume_mounts, {"name": kube.TMP_VOLUME, "mountPath": "/tmp"}],
+        **extra,
+    }
+
+
+def task_resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        # Extended resources are limits only (the request defaults to the limit).
+        limits["nvidia.com/gpu"] = gpus
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
+
+
+def deployment_spec(*, federation: str, role: str, images: Images, runtime_address: str,
+                    ca_secret: str) -> k8s.apps.v1.DeploymentSpecArgs:
+    """SuperExec dialling `runtime_address` over TLS; its ServiceAccount and config are named `role`."""
+    container = kube.container(
+        "superexec", images.platform, images, command=["flower-superexec"], args=[
+            "--runtime-api-address", runtime_address,
+            "--root-certificates", f"{naming.CA_DIR}/ca.crt",
+            "--executor", "kubernetes",
+            "--executor-config", f"{CONFIG_DIR}/{CONFIG_FILE}",
+            "--health-server-address", f"0.0.0.0:{naming.SUPEREXEC_HEALTH_PORT}",
+        ], sizing=_SIZING, env={"HOME": "/tmp"},
+        ports=[k8s.core.v1.ContainerPortArgs(name="health", container_port=naming.SUPEREXEC_HEALTH_PORT)],
+        mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("executor", CONFIG_DIR)],
+        probe=kube.grpc_probe(naming.SUPEREXEC_HEALTH_PORT))
+    return k8s.apps.v1.DeploymentSpecArgs(
+        replicas=1,
+        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=kube.selector(federation, role)),
+        template=k8s.core.v1.PodTemplateSpecArgs(
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(federation, role)),
+            spec=kube.pod_spec(images, [container], [
+                kube.secret_volume("ca", ca_secret), kube.config_volume("executor", role)],
+                service_account=role)))
