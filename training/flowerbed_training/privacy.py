@@ -117,9 +117,9 @@ def make_private(
         noise_multiplier = float(saved["noise-multiplier"])  # type: ignore[arg-type]
         history = _history_from(saved)
 
+    _refuse_if_over_budget(history, settings, (noise_multiplier, 1 / len(loader), steps_per_round))
     engine = PrivacyEngine(accountant=RDPAccountant.mechanism())
     engine.accountant.history = history
-    _refuse_if_over_budget(engine, settings, noise_multiplier, 1 / len(loader), steps_per_round)
     hooks, dp_optimizer, dp_loader = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -143,9 +143,15 @@ def epsilon_spent(private: PrivateTraining, state: RecordDict) -> float:
         }
     )
     private.hooks.cleanup()
+    return _epsilon(history, private.settings.target_delta)
+
+
+def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     if not history:
         return 0.0
-    return float(private.engine.get_epsilon(private.settings.target_delta))
+    accountant = RDPAccountant()
+    accountant.history = history
+    return float(accountant.get_epsilon(delta))
 
 
 def _history_from(saved: ConfigRecord) -> list[tuple[float, float, int]]:
@@ -160,17 +166,13 @@ def _history_from(saved: ConfigRecord) -> list[tuple[float, float, int]]:
 
 
 def _refuse_if_over_budget(
-    engine: PrivacyEngine,
+    history: list[tuple[float, float, int]],
     settings: LocalDpSettings,
-    noise_multiplier: float,
-    sample_rate: float,
-    steps: int,
+    this_round: tuple[float, float, int],
 ) -> None:
-    after = RDPAccountant()
-    after.history = [*engine.accountant.history, (noise_multiplier, sample_rate, steps)]
-    epsilon_after = after.get_epsilon(settings.target_delta)
+    epsilon_after = _epsilon([*history, this_round], settings.target_delta)
     if epsilon_after > settings.target_epsilon:
-        spent = engine.get_epsilon(settings.target_delta) if engine.accountant.history else 0.0
+        spent = _epsilon(history, settings.target_delta)
         raise PrivacyBudgetExhausted(
             f"local DP: this site has spent epsilon {spent:.3f} of its {settings.target_epsilon} "
             f"for the run; another round would reach {epsilon_after:.3f} "

@@ -1,0 +1,156 @@
+"""Local DP (Opacus, budget per site per run) and central DP (Flower's wrappers and mod)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+)
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from flowerbed_training import privacy
+from flowerbed_training.settings import SettingsError
+
+RUN_CONFIG = {"local-dp-epsilon": 8.0, "local-dp-delta": 1e-5, "local-dp-max-grad-norm": 1.0,
+              "num-server-rounds": 4, "local-epochs": 2}
+
+
+def _site_data(seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(240, 6, generator=generator)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=24, shuffle=True, generator=generator)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _one_round(model: nn.Module, state: RecordDict, run_config: dict = RUN_CONFIG) -> float:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    private = privacy.make_private(model, optimizer, _site_data(), run_config, state)
+    assert private.model is model
+    for _ in range(run_config["local-epochs"]):
+        for x, y in private.loader:
+            if len(y) == 0:
+                continue
+            private.optimizer.zero_grad()
+            nn.functional.cross_entropy(private.model(x), y).backward()
+            private.optimizer.step()
+    return privacy.epsilon_spent(private, state)
+
+
+def test_budget_covers_the_whole_run_and_is_never_exceeded() -> None:
+    state = RecordDict()  # the site's context.state, which survives between rounds
+    model = _model()
+    spent = [_one_round(model, state) for _ in range(RUN_CONFIG["num-server-rounds"])]
+    assert all(a < b for a, b in zip(spent, spent[1:], strict=False)), spent
+    # Planned for all rounds: the first round spends only part of the budget,
+    # the last one ends just under the target.
+    assert spent[0] < 0.6 * 8.0
+    assert 7.5 < spent[-1] <= 8.0
+    with pytest.raises(privacy.PrivacyBudgetExhausted, match="spent epsilon 7.9"):
+        _one_round(model, state)
+
+
+def test_a_fresh_state_starts_a_fresh_budget_but_a_kept_one_continues() -> None:
+    kept = RecordDict()
+    first = _one_round(_model(), kept)
+    assert _one_round(_model(), RecordDict()) == pytest.approx(first)
+    assert _one_round(_model(), kept) > first
+
+
+def test_model_keeps_its_keys_learns_and_is_released_after_the_round() -> None:
+    model = _model()
+    keys = list(model.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = RecordDict()
+    _one_round(model, state)
+    assert list(model.state_dict()) == keys
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # Hooks are gone: a plain backward leaves no per-sample gradients behind.
+    nn.functional.cross_entropy(model(torch.randn(4, 6)), torch.tensor([0, 1, 0, 1])).backward()
+    assert all(not hasattr(p, "grad_sample") or p.grad_sample is None for p in model.parameters())
+
+
+def test_per_sample_clipping_bounds_each_step() -> None:
+    # One step on a batch with huge inputs: without clipping the update would
+    # be enormous; with max_grad_norm=1 and noise, it stays small.
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    loader = DataLoader(TensorDataset(torch.randn(240, 6) * 1e4, torch.randint(0, 2, (240,))), batch_size=240)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    private = privacy.make_private(model, optimizer, loader, {**RUN_CONFIG, "local-dp-epsilon": 50.0}, RecordDict())
+    x, y = next(iter(private.loader))
+    nn.functional.cross_entropy(model(x), y).backward()
+    private.optimizer.step()
+    privacy.epsilon_spent(private, RecordDict())
+    change = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
+    assert 0 < change < 1.0
+
+
+@pytest.mark.parametrize(
+    ("parse", "override", "message"),
+    [
+        (privacy.LocalDpSettings.from_run_config, {"local-dp-epsilon": 0.0},
+         "run config local-dp-epsilon: 0.0 must be > 0"),
+        (privacy.LocalDpSettings.from_run_config, {"local-dp-delta": 1.5},
+         r"run config local-dp-delta: 1.5 must be in \(0, 1\)"),
+        (privacy.LocalDpSettings.from_run_config, {"local-dp-max-grad-norm": "big"},
+         "run config local-dp-max-grad-norm: 'big' must be a float"),
+        (privacy.CentralDpSettings.from_run_config, {"central-dp": "both"},
+         "run config central-dp: 'both' must be one of off, server, client"),
+        (privacy.CentralDpSettings.from_run_config, {"central-dp": "server", "strategy": "scaffold"},
+         "must be 'off' with strategy 'scaffold'"),
+        (privacy.CentralDpSettings.from_run_config, {"central-dp": "client", "compression": "int8"},
+         "'client' clipping needs the plain weights"),
+    ],
+)
+def test_bad_settings_name_the_key(parse, override: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        parse({**RUN_CONFIG, **override})
+
+
+def test_wrap_central_dp_picks_flowers_wrapper() -> None:
+    inner = FedAvg()
+    assert privacy.wrap_central_dp(inner, {}, 3) is inner
+    server = privacy.wrap_central_dp(inner, {"central-dp": "server", "central-dp-noise-multiplier": 1.0,
+                                             "central-dp-clipping-norm": 2.0}, 3)
+    assert isinstance(server, DifferentialPrivacyServerSideFixedClipping)
+    assert (server.noise_multiplier, server.clipping_norm, server.num_sampled_clients) == (1.0, 2.0, 3)
+    client = privacy.wrap_central_dp(inner, {"central-dp": "client"}, 3)
+    assert isinstance(client, DifferentialPrivacyClientSideFixedClipping)
+
+
+def _train_message(config: dict) -> Message:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(4, np.float32))}),
+                          "config": ConfigRecord(config)})
+    message = Message(content, dst_node_id=7, message_type="train")
+    message.metadata.__dict__["_message_id"] = "m-1"
+    return message
+
+
+def _app_moving_weights_by(delta: float):
+    def app(message: Message, context: Context) -> Message:
+        sent = message.content.array_records["arrays"]["w"].numpy()
+        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(sent + delta)})}), reply_to=message)
+    return app
+
+
+@pytest.mark.parametrize(("config", "expected_norm"), [({}, 20.0), ({KEY_CLIPPING_NORM: 2.0}, 2.0)])
+def test_central_dp_clipping_mod_clips_only_when_asked(config: dict, expected_norm: float) -> None:
+    context = Context(1, 7, {}, RecordDict(), {})
+    reply = privacy.central_dp_clipping_mod(_train_message(config), context, _app_moving_weights_by(10.0))
+    update = reply.content.array_records["arrays"]["w"].numpy()
+    assert np.linalg.norm(update) == pytest.approx(expected_norm)
