@@ -96,6 +96,8 @@ class CertificateAuthority(Resource, module="flowerbed", name="CertificateAuthor
         props = {"common_name": common_name, "validity_days": validity_days,
                  "renew_before_days": renew_before_days, "cert_pem": None, "key_pem": None}
         super().__init__(_CaProvider(), name, props, _secret_outputs(opts))
+        # Secret for everything derived from it too, whatever the engine does with the state.
+        self.key_pem = pulumi.Output.secret(self.key_pem)
 
 
 class ServerCertificate(Resource, module="flowerbed", name="ServerCertificate"):
@@ -110,6 +112,7 @@ class ServerCertificate(Resource, module="flowerbed", name="ServerCertificate"):
                  "validity_days": validity_days, "renew_before_days": renew_before_days,
                  "cert_pem": None, "key_pem": None}
         super().__init__(_ServerCertificateProvider(), name, props, _secret_outputs(opts))
+        self.key_pem = pulumi.Output.secret(self.key_pem)
 
 
 class SupernodeKey(Resource, module="flowerbed", name="SupernodeKey"):
@@ -121,3 +124,4 @@ class SupernodeKey(Resource, module="flowerbed", name="SupernodeKey"):
     def __init__(self, name: str, *, site: str, opts: pulumi.ResourceOptions | None = None) -> None:
         props = {"site": site, "private_openssh": None, "public_openssh": None}
         super().__init__(_SupernodeKeyProvider(), name, props, _secret_outputs(opts))
+        self.private_openssh = pulumi.Output.secret(self.private_openssh)

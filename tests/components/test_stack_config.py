@@ -1,0 +1,122 @@
+"""components/config.py: the dev stack parses; each config that cannot work names its field."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from component_harness import dev_raw_config
+from components.config import ConfigError, parse
+
+Raw = dict[str, Any]
+
+
+def test_dev_stack_matches_the_shared_contract() -> None:
+    config = parse(dev_raw_config())
+    assert config.federation == "demo"
+    assert {c.name: c.render_dir for c in config.clusters.values()} == {
+        "hub": "out/dev/hub", "hospitals": "out/dev/hospitals"}
+    assert (config.server.cluster, config.server.endpoint) == ("hub", "fl.demo.example.org")
+    assert [(s.name, s.cluster, s.gpus) for s in config.sites] == [
+        ("hospital-a", "hospitals", 1), ("hospital-b", "hospitals", 0), ("lab-c", "hub", 0)]
+
+
+def test_namespaces_default_from_the_federation_name() -> None:
+    config = parse(dev_raw_config())
+    assert config.server.namespace == "demo-server"
+    assert [s.namespace for s in config.sites] == ["demo-hospital-a", "demo-hospital-b", "demo-lab-c"]
+
+
+def test_defaults_are_safe() -> None:
+    raw = dev_raw_config()
+    del raw["images"]["pullPolicy"]
+    config = parse(raw)
+    assert config.images.pull_policy == "IfNotPresent"
+    assert config.data_safety.retain_on_delete is True
+    assert config.pki.renew_before_days < config.pki.validity_days <= config.pki.ca_validity_days
+    assert config.server.public_port == 443
+    assert all(d.mode == "ro" for s in config.sites for d in s.study_data)
+
+
+def test_numeric_quantities_are_accepted_as_strings() -> None:
+    raw = dev_raw_config()
+    raw["sites"][0]["cpu"] = 4
+    assert parse(raw).sites[0].cpu == "4"
+
+
+def _set(path: str, value: Any) -> Callable[[Raw], None]:
+    """A mutation that sets `path` (dots and [i]) in the raw config; `...` deletes it."""
+    def mutate(raw: Raw) -> None:
+        keys: list[Any] = [int(k) if k.isdigit() else k for k in path.replace("[", ".").replace("]", "").split(".")]
+        node = raw
+        for key in keys[:-1]:
+            node = node[key]
+        if value is ...:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+    return mutate
+
+
+BAD_INPUTS = [
+    # (mutation, the field the message must name, what the message must say is allowed)
+    (_set("sites[1].cluster", "nowhere"), "sites[1].cluster", "hub, hospitals"),
+    (_set("server.cluster", "nowhere"), "server.cluster", "configured clusters"),
+    (_set("sites[2].name", "hospital-a"), "sites[2].name", "unique"),
+    (_set("sites[1].name", "Hospital_A"), "sites[1].name", "DNS label"),
+    (_set("sites[0].name", "a" * 64), "sites[0].name", "max 63"),
+    (_set("sites[0].gpus", -1), "sites[0].gpus", "at least 0"),
+    (_set("sites[0].gpus", 1.5), "sites[0].gpus", "integer"),
+    (_set("server.endpoint", ...), "server.endpoint", "required"),
+    (_set("server.endpoint", "fl demo"), "server.endpoint", "DNS name"),
+    (_set("sites[0].studyData[0].mode", "readonly"), "sites[0].studyData[0].mode", "ro, rw"),
+    (_set("sites[0].studyData[0].existingClaim", "pacs"), "sites[0].studyData[0]", "exactly one of size"),
+    (_set("sites[1].studyData[0].size", ...), "sites[1].studyData[0]", "exactly one of size"),
+    (_set("sites[0].cpu", "lots"), "sites[0].cpu", "Kubernetes quantity"),
+    (_set("sites[0].maxConcurrentTasks", 0), "sites[0].maxConcurrentTasks", "at least 1"),
+    (_set("sites[0].gpu", 1), "sites[0].gpu", "allowed keys are"),
+    (_set("sites[0].tolerations", [{"key": "x", "effekt": "NoSchedule"}]), "sites[0].tolerations[0].effekt",
+     "allowed keys"),
+    (_set("sites[0].nodeSelector", {"bad key!": "x"}), "sites[0].nodeSelector", "label keys"),
+    (_set("sites[2].namespace", "demo-server"), "sites[2].namespace", "server.namespace"),
+    (_set("sites[1].namespace", "demo-hospital-a"), "sites[1].namespace", "sites[0].namespace"),
+    (_set("server.serviceType", "Ingress"), "server.serviceType", "LoadBalancer, NodePort, ClusterIP"),
+    (_set("server.loadBalancerIP", "not-an-ip"), "server.loadBalancerIP", "IP address"),
+    (_set("server.publicPort", 70000), "server.publicPort", "at most 65535"),
+    (_set("server.endpointCidrs", ["10.0.0.0/33"]), "server.endpointCidrs[0]", "CIDR"),
+    (_set("images.pullPolicy", "Sometimes"), "images.pullPolicy", "Always, IfNotPresent, Never"),
+    (_set("images.job", ...), "images.job", "required"),
+    (_set("clusters.hub.kubeconfig", "apiVersion: v1"), "clusters.hub", "exactly one of renderDir"),
+    (_set("clusters.hub", {}), "clusters.hub", "exactly one of renderDir"),
+    (_set("clusters.hub.context", "x"), "clusters.hub.context", "only allowed with kubeconfig"),
+    (_set("clusters.Hub", {"renderDir": "out"}), "clusters.Hub", "DNS label"),
+    (_set("federation", "Demo"), "federation", "DNS label"),
+    (_set("sites", []), "sites", "required"),
+    (_set("pki", {"validityDays": 30, "renewBeforeDays": 30}), "pki.renewBeforeDays", "fewer days than"),
+    (_set("pki", {"caValidityDays": 100, "validityDays": 365}), "pki.validityDays", "at most pki.caValidityDays"),
+    (_set("dataSafety", {"retainOnDelete": "yes"}), "dataSafety.retainOnDelete", "true or false"),
+    (_set("flavour", "vanilla"), "flavour", "allowed keys are"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "field", "allowed"), BAD_INPUTS,
+                         ids=[f"{field}:{allowed}" for _, field, allowed in BAD_INPUTS])
+def test_bad_input_names_the_field_and_what_is_allowed(mutate: Callable[[Raw], None], field: str,
+                                                       allowed: str) -> None:
+    raw = copy.deepcopy(dev_raw_config())
+    mutate(raw)
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    message = str(err.value)
+    assert message.startswith(f"{field}:") or message.startswith(f"{field}."), message
+    assert allowed in message, message
+
+
+def test_study_data_may_not_repeat_a_dataset() -> None:
+    raw = dev_raw_config()
+    raw["sites"][0]["studyData"].append(dict(raw["sites"][0]["studyData"][0]))
+    with pytest.raises(ConfigError, match=r"sites\[0\]\.studyData\[1\]: default/tabular is listed twice"):
+        parse(raw)
