@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flowerbed_training import task
+from flowerbed_training import compression, privacy, task
 from flowerbed_training.data import Dataset, check_compatible
 from flowerbed_training.protocol import (
     ARRAYS,
@@ -31,7 +31,8 @@ from flowerbed_training.scaffold import client_control_update
 from flowerbed_training.settings import ClientSettings
 from flowerbed_training.survey import spec_from_config, standardizer_from_config, summary_reply
 
-app = ClientApp()
+# The central-DP clipping mod acts only on messages that carry a clipping norm.
+app = ClientApp(mods=[privacy.central_dp_clipping_mod])
 
 # Context state key for SCAFFOLD's client control variate c_i (stays on the site).
 _CLIENT_CONTROL = "scaffold-client-control"
@@ -83,6 +84,11 @@ def train(message: Message, context: Context) -> Message:
     dev = task.device()
     train_loader = task.loader(train_set, settings.batch_size, shuffle=True, seed=settings.seed + server_round)
     optimizer = task.sgd(model, settings.lr)
+    private = None
+    if privacy.local_dp_enabled(context.run_config):
+        # Opacus hooks this same model; the optimizer and loader are its DP versions.
+        private = privacy.make_private(model, optimizer, train_loader, context.run_config, context.state)
+        optimizer, train_loader = private.optimizer, private.loader
 
     proximal_mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]  # set by FedProx
     global_params = {k: torch.from_numpy(v).to(dev) for k, v in global_model.items()} if proximal_mu else None
@@ -97,15 +103,23 @@ def train(message: Message, context: Context) -> Message:
                        gradient_correction=correction if scaffold else None, amp=settings.amp)
     trained = task.get_weights(model)
 
-    records: dict[str, object] = {
-        ARRAYS: to_record(trained),
-        METRICS: MetricRecord({NUM_EXAMPLES: stats.examples, "train-loss": stats.loss}),
-    }
+    metrics = MetricRecord({NUM_EXAMPLES: stats.examples, "train-loss": stats.loss})
+    if private is not None:
+        metrics["epsilon"] = privacy.epsilon_spent(private, context.state)
+    records: dict[str, object] = {ARRAYS: _outgoing(trained, global_model, context), METRICS: metrics}
     if scaffold:
         c_i_new = client_control_update(c_i, c, global_model, trained, stats.steps, settings.lr)
         context.state[_CLIENT_CONTROL] = to_record(c_i_new)
         records[CONTROL_DELTA] = to_record({k: c_i_new[k] - c_i[k] for k in c_i_new})
     return _reply(message, context, records)
+
+
+def _outgoing(trained: dict[str, np.ndarray], global_model: dict[str, np.ndarray], context: Context) -> ArrayRecord:
+    """The trained model, or its compressed update (trained - global) when the run asks for it."""
+    if compression.CompressionSettings.from_run_config(context.run_config).method == "none":
+        return to_record(trained)
+    update = {k: trained[k] - global_model[k] for k in trained}
+    return compression.encode_update(update, context.run_config, context.state)
 
 
 @app.evaluate()

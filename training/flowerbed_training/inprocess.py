@@ -1,5 +1,7 @@
 """Run the real ServerApp and ClientApp objects in one process, without Ray or SuperLink.
 
+For tests and `bench/` (and a quick local try-out): no network, no processes.
+
 `InProcessGrid` implements Flower's `Grid` interface: every pushed message is
 serialized to protobuf and back (as on the wire), handed to the ClientApp with
 that site's own persistent `Context`, and the reply travels back the same way.
@@ -20,12 +22,12 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.config import get_fused_config_from_dir
 from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.serverapp import Grid, ServerApp
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-TRAINING_APP_DIR = Path(__file__).resolve().parents[2] / "training"
+TRAINING_APP_DIR = Path(__file__).resolve().parents[1]  # holds pyproject.toml
 RUN_ID = 1
 # Flower's error code for an exception raised inside a ClientApp.
 CLIENT_APP_RAISED_EXCEPTION = 300
@@ -111,8 +113,13 @@ def run_config_with(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return dict(get_fused_config_from_dir(TRAINING_APP_DIR, dict(overrides)))
 
 
-def run_federation(server_app: ServerApp, client_app: ClientApp, sites: list[Site],
-                   run_config: Mapping[str, Any]) -> InProcessGrid:
+def run_federation(sites: list[Site], run_config: Mapping[str, Any], *,
+                   server_app: ServerApp | None = None, client_app: ClientApp | None = None) -> InProcessGrid:
+    """Run the app's ServerApp (or `server_app`) against `sites` running its ClientApp."""
+    if server_app is None or client_app is None:
+        from flowerbed_training import client_app as client_module, server_app as server_module
+
+        server_app, client_app = server_app or server_module.app, client_app or client_module.app
     grid = InProcessGrid(client_app, sites, run_config)
     # What Flower's ServerApp process runner sets before calling the app (messages read it).
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SUPERLINK_NODE_ID

@@ -23,10 +23,11 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from flowerbed_training.checkpoints import Checkpoint, CheckpointStore
-from flowerbed_training.protocol import ARRAYS, METRICS, from_record, payload_bytes, site_name
-from flowerbed_training.strategies import strategy_state
+from flowerbed_training import compression
+from flowerbed_training.protocol import ARRAYS, METRICS, from_record, payload_bytes, site_name, to_record
 
 Arrays = dict[str, np.ndarray]
+METRICS_FILE = "metrics.jsonl"
 CentralEvaluation = Callable[[Arrays], tuple[float, float]]  # model -> (loss, accuracy)
 
 
@@ -80,7 +81,7 @@ class RoundRecorder(Strategy):
         checkpoints: CheckpointStore,
         central_evaluation: CentralEvaluation | None = None,
         round_offset: int = 0,
-        state_of: Callable[[], dict[str, np.ndarray]] | None = None,
+        state_of: Callable[[], dict[str, np.ndarray]],
     ) -> None:
         self.inner = inner
         self.artifacts_dir = artifacts_dir
@@ -89,7 +90,7 @@ class RoundRecorder(Strategy):
         self.central_evaluation = central_evaluation
         self.round_offset = round_offset
         # The strategy whose state is checkpointed may sit under wrappers (central DP).
-        self.state_of = state_of or (lambda: strategy_state(inner))
+        self.state_of = state_of
         self.current: RoundLog | None = None
         self._global: Arrays = {}
         artifacts_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,8 @@ class RoundRecorder(Strategy):
             log(WARNING, "Round %d: %d site(s) answered, %d required; keeping the previous model",
                 record.round, len(answered), self.min_train_sites)
             return None, None
+        for message in answered:
+            _decompress(message, self._global)
         arrays, metrics = self.inner.aggregate_train(record.round, replies)
         if arrays is None:
             return None, metrics
@@ -176,14 +179,13 @@ class RoundRecorder(Strategy):
             "bytes_down": record.bytes_down,
             "eval_bytes_down": record.eval_bytes_down,
             "seconds": round(time.perf_counter() - record.started, 4),
-            "contribution": record.contribution,
-            "epsilon": record.epsilon,
+            "contribution": dict(sorted(record.contribution.items())),
+            "epsilon": dict(sorted(record.epsilon.items())),
             "train_loss": record.train_loss,
             "federated_loss": record.federated_loss,
             "federated_accuracy": record.federated_accuracy,
         }
-        with (self.artifacts_dir / "metrics.jsonl").open("a") as metrics_file:
-            metrics_file.write(json.dumps(line) + "\n")
+        append_metrics(self.artifacts_dir, line)
         self.checkpoints.save(Checkpoint(round=record.round, model=model, strategy_state=self.state_of()))
         log(INFO, "Round %d: loss=%s accuracy=%s sites=%s", record.round, loss, accuracy, record.sites)
         return _metric_record(central)
@@ -197,6 +199,26 @@ class RoundRecorder(Strategy):
         log(INFO, "\t├──> RoundRecorder: artifacts in %s, minimum %d answering sites",
             self.artifacts_dir, self.min_train_sites)
         self.inner.summary()
+
+
+def append_metrics(artifacts_dir: Path, line: dict) -> None:
+    """One JSON object per round in `<artifacts-dir>/metrics.jsonl` (the brief's contract)."""
+    with (artifacts_dir / METRICS_FILE).open("a") as metrics_file:
+        metrics_file.write(json.dumps(line) + "\n")
+
+
+def read_metrics(artifacts_dir: Path) -> list[dict]:
+    path = artifacts_dir / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _decompress(message: Message, global_model: Arrays) -> None:
+    """Turn a compressed update back into the full model the strategies average (after bytes
+    were counted on the compressed payload)."""
+    record = message.content.array_records[ARRAYS]
+    if compression.is_compressed(record):
+        update = compression.decode_update(record, like=global_model)
+        message.content[ARRAYS] = to_record({k: global_model[k] + update[k] for k in global_model})
 
 
 def _epsilon(message: Message) -> float | None:

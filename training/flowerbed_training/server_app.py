@@ -13,12 +13,12 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from flowerbed_training import task
+from flowerbed_training import privacy, task
 from flowerbed_training.checkpoints import CheckpointStore, save_final_model
 from flowerbed_training.protocol import from_record, to_record
 from flowerbed_training.recording import CentralEvaluation, RoundRecorder
 from flowerbed_training.settings import ClientSettings, ServerSettings
-from flowerbed_training.strategies import build_strategy, restore_strategy_state
+from flowerbed_training.strategies import build_strategy, restore_strategy_state, strategy_state
 from flowerbed_training.survey import FederationData, survey_sites
 
 app = ServerApp()
@@ -46,13 +46,15 @@ def main(grid: Grid, context: Context) -> None:
     local_lr = ClientSettings.from_run_config(context.run_config).lr
     federation = survey_sites(grid, settings.min_available_sites, settings.round_timeout)
 
-    strategy = build_strategy(settings, local_lr)
+    base = build_strategy(settings, local_lr)
+    sampled = max(int(len(federation.examples) * settings.fraction_train), settings.min_train_sites)
+    strategy = privacy.wrap_central_dp(base, context.run_config, sampled)
     checkpoints = CheckpointStore(settings.artifacts_dir, settings.checkpoint_keep)
     weights = task.get_weights(task.model_for(context.run_config, federation.spec))
     done = 0
     if settings.resume and (latest := checkpoints.latest()) is not None:
         weights, done = latest.model, latest.round
-        restore_strategy_state(strategy, latest.strategy_state)
+        restore_strategy_state(base, latest.strategy_state)
         log(INFO, "Resuming after round %d from %s", done, checkpoints.directory)
     remaining = settings.num_rounds - done
     if remaining <= 0:
@@ -62,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RoundRecorder(
         strategy, settings.artifacts_dir, min_train_sites=settings.min_train_sites,
         checkpoints=checkpoints, central_evaluation=central_evaluation(context, federation),
-        round_offset=done,
+        round_offset=done, state_of=lambda: strategy_state(base),
     )
     result = recorder.start(
         grid=grid,

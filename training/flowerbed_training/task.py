@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +33,6 @@ from flowerbed_training.data import (
 )
 
 MODELS = ("auto", "mlp", "cnn")
-# Opacus wraps a model in GradSampleModule, which prefixes every state key.
-_OPACUS_PREFIX = "_module."
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -182,15 +180,11 @@ def model_for(run_config: Mapping[str, Any], spec: DataSpec) -> nn.Module:
 
 
 def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
-    return {
-        key.removeprefix(_OPACUS_PREFIX): value.detach().cpu().numpy().copy()
-        for key, value in model.state_dict().items()
-    }
+    return {key: value.detach().cpu().numpy().copy() for key, value in model.state_dict().items()}
 
 
 def set_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
-    prefix = _OPACUS_PREFIX if any(k.startswith(_OPACUS_PREFIX) for k in model.state_dict()) else ""
-    model.load_state_dict({prefix + k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
 
 
 # --- runtime -----------------------------------------------------------------------------
@@ -224,11 +218,6 @@ def _autocast(dev: torch.device, amp: bool):
     return torch.autocast(device_type="cuda", dtype=torch.float16) if amp and dev.type == "cuda" else nullcontext()
 
 
-def _parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    for key, param in model.named_parameters():
-        yield key.removeprefix(_OPACUS_PREFIX), param
-
-
 def train(
     model: nn.Module,
     train_loader: DataLoader,
@@ -241,11 +230,16 @@ def train(
     gradient_correction: Mapping[str, torch.Tensor] | None = None,
     amp: bool = False,
 ) -> TrainStats:
-    """Local SGD. `proximal_mu` adds FedProx's (mu/2)||w - w_global||^2;
-    `gradient_correction` (SCAFFOLD's c - c_i) is added to every gradient before a step."""
+    """Local SGD on the data loss, plus two data-independent drift terms applied as extra
+    SGD steps: FedProx's gradient mu * (w - w_global) and SCAFFOLD's correction c - c_i.
+
+    They are added to the parameters directly, not to `.grad`, so they work unchanged
+    when Opacus' DP optimizer (which rebuilds `.grad` from clipped per-sample
+    gradients) does the step, and they cost no privacy budget."""
     model.to(dev).train()
     criterion = nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler("cuda", enabled=amp and dev.type == "cuda")
+    named = dict(model.named_parameters())
     total_loss, steps = 0.0, 0
     for _ in range(epochs):
         for x, y in train_loader:
@@ -255,22 +249,39 @@ def train(
             optimizer.zero_grad()
             with _autocast(dev, amp):
                 loss = criterion(model(x), y)
-            objective = loss
-            if proximal_mu > 0 and global_params is not None:
-                drift = sum(((p - global_params[k]) ** 2).sum() for k, p in _parameters(model))
-                objective = loss + 0.5 * proximal_mu * drift
-            scaler.scale(objective).backward()
-            if gradient_correction is not None:
-                scaler.unscale_(optimizer)
-                for key, param in _parameters(model):
-                    if param.grad is not None:
-                        param.grad.add_(gradient_correction[key])
+            scaler.scale(loss).backward()
+            drift = _drift(named, proximal_mu, global_params, gradient_correction)
             scaler.step(optimizer)
             scaler.update()
+            if drift:
+                with torch.no_grad():
+                    lr = optimizer.param_groups[0]["lr"]
+                    for key, delta in drift.items():
+                        named[key].sub_(lr * delta)
             total_loss += loss.item()
             steps += 1
     examples = len(train_loader.dataset)  # type: ignore[arg-type]
     return TrainStats(loss=total_loss / max(steps, 1), steps=steps, examples=examples)
+
+
+def _drift(
+    named: Mapping[str, nn.Parameter],
+    proximal_mu: float,
+    global_params: Mapping[str, torch.Tensor] | None,
+    gradient_correction: Mapping[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor]:
+    """Per-parameter extra gradient, evaluated at the pre-step weights (exact SGD on the sum)."""
+    drift: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, param in named.items():
+            terms = []
+            if proximal_mu > 0 and global_params is not None:
+                terms.append(proximal_mu * (param - global_params[key]))
+            if gradient_correction is not None:
+                terms.append(gradient_correction[key])
+            if terms:
+                drift[key] = sum(terms)  # type: ignore[assignment]
+    return drift
 
 
 @torch.no_grad()
@@ -318,10 +329,3 @@ def centralized_baseline(run_config: Mapping[str, Any]) -> dict[str, float]:
     loss, accuracy = evaluate(model, loader(test_set, 256, False), dev)
     return {"accuracy": accuracy, "loss": loss, "seconds": time.perf_counter() - started,
             "epochs": float(epochs), "examples": float(len(train_set.y))}
-
-
-__all__ = [
-    "FeatureSums", "Standardizer", "TrainStats", "build_model", "centralized_baseline", "device",
-    "evaluate", "get_weights", "loader", "local_split", "model_for", "server_test_set",
-    "set_weights", "sgd", "site_dataset", "subset", "train",
-]
