@@ -1,0 +1,92 @@
+"""tools/build-images (`make images`) against a stand-in `docker` that records its calls."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagefiles import REPO
+
+SCRIPT = REPO / "tools" / "build-images"
+FAKE_DOCKER = """#!/bin/sh
+echo "$*" >> "$DOCKER_CALLS"
+[ "$1" != info ] || exit "$DOCKER_INFO_EXIT"
+"""
+
+
+def build_images(tmp_path: Path, *, engine: bool, **settings: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_CALLS": str(calls),
+           "DOCKER_INFO_EXIT": "0" if engine else "1", **settings}
+    result = subprocess.run([SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    return result, [shlex.split(line) for line in calls.read_text().splitlines()]
+
+
+def _builds(calls: list[list[str]]) -> dict[str, list[str]]:
+    """Image tag -> the `docker build` arguments that built it."""
+    return {call[call.index("--tag") + 1]: call for call in calls if call[0] == "build"}
+
+
+def test_without_an_engine_it_builds_nothing_and_fails(tmp_path):
+    result, calls = build_images(tmp_path, engine=False, TAG="t1")
+    assert result.returncode == 1
+    assert "no Docker engine answers" in result.stderr
+    assert calls == [["info"]]
+
+
+def test_builds_the_platform_image_and_both_job_variants(tmp_path):
+    result, calls = build_images(tmp_path, engine=True, REGISTRY="registry.example.org/flowerbed", TAG="0.1.0")
+    assert result.returncode == 0, result.stderr
+    builds = _builds(calls)
+    assert sorted(builds) == ["registry.example.org/flowerbed/job:0.1.0",
+                              "registry.example.org/flowerbed/job:0.1.0-cpu",
+                              "registry.example.org/flowerbed/platform:0.1.0"]
+    platform = builds["registry.example.org/flowerbed/platform:0.1.0"]
+    assert platform[platform.index("--file") + 1] == "images/platform/Dockerfile"
+    assert platform[-1] == "."  # the repository root: the lock and training/ are in the context
+    for tag, variant in (("0.1.0", "VARIANT=cuda"), ("0.1.0-cpu", "VARIANT=cpu")):
+        job = builds[f"registry.example.org/flowerbed/job:{tag}"]
+        assert job[job.index("--file") + 1] == "images/job/Dockerfile"
+        assert job[job.index("--build-arg") + 1] == variant
+    assert not [c for c in calls if c[0] == "push"]
+    assert "job: registry.example.org/flowerbed/job:0.1.0" in result.stdout
+
+
+def test_push_comes_after_every_build(tmp_path):
+    result, calls = build_images(tmp_path, engine=True, REGISTRY="r.example/f", TAG="v2", JOB_VARIANTS="cuda",
+                                 PUSH="1")
+    assert result.returncode == 0, result.stderr
+    assert [c[0] for c in calls[1:]] == ["build", "build", "push", "push"]
+    assert {c[1] for c in calls if c[0] == "push"} == {"r.example/f/platform:v2", "r.example/f/job:v2"}
+
+
+def test_default_tag_is_the_commit(tmp_path):
+    result, calls = build_images(tmp_path, engine=True, JOB_VARIANTS="cpu")
+    assert result.returncode == 0, result.stderr
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert sorted(_builds(calls)) == [f"localhost:5000/flowerbed/job:{commit}-cpu",
+                                      f"localhost:5000/flowerbed/platform:{commit}"]
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("TAG", "1.0/latest", "TAG: '1.0/latest' is not an image tag"),
+    ("REGISTRY", "Registry.Example.org/flowerbed", "REGISTRY: 'Registry.Example.org/flowerbed' is not"),
+    ("JOB_VARIANTS", "cuda rocm", "JOB_VARIANTS: 'rocm' is not a job image variant (allowed: cuda, cpu)"),
+    ("PUSH", "yes", "PUSH: 'yes' is not 0 or 1"),
+])
+def test_bad_setting_names_the_field_before_touching_docker(tmp_path, setting, value, message):
+    result, calls = build_images(tmp_path, engine=True, **{"TAG": "t1", setting: value})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"build-images: {message}")
+    assert calls == []

@@ -1,0 +1,80 @@
+"""What each image runs exists, and works, in the environment the images are built from."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.supercore.constant import TASK_TYPE_TO_COMMAND, TaskType
+from flwr.supercore.superexec.executor.kubernetes_executor import create_incluster_kubernetes_client
+
+from imagefiles import REPO
+
+BIN = Path(sys.executable).parent
+CHECK_APP = REPO / "images" / "job" / "check_app.py"
+# The platform image's processes: server, client site, task launcher, and the
+# CLI the key-registration Job runs (`flwr supernode register`).
+PLATFORM_COMMANDS = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
+# What Flower's Kubernetes executor sets as the launched pod's command.
+JOB_COMMANDS = tuple(TASK_TYPE_TO_COMMAND[t] for t in (TaskType.SERVER_APP, TaskType.CLIENT_APP))
+
+
+def _console_script(name: str) -> importlib.metadata.EntryPoint:
+    (entry_point,) = importlib.metadata.entry_points(group="console_scripts", name=name)
+    return entry_point
+
+
+# typer (imported by the flwr CLI) warns about its own parameters at import time; not ours to fix.
+@pytest.mark.filterwarnings("ignore:The 'is_flag' and 'flag_value' parameters:DeprecationWarning")
+@pytest.mark.parametrize("command", PLATFORM_COMMANDS + JOB_COMMANDS)
+def test_command_is_installed_and_its_entry_point_loads(command):
+    assert (BIN / command).is_file(), f"{command} is not in {BIN}"
+    assert callable(_console_script(command).load())
+
+
+def test_the_executor_launches_the_commands_the_job_image_provides():
+    assert JOB_COMMANDS == ("flwr-serverapp", "flwr-clientapp")
+
+
+def test_superexec_finds_the_kubernetes_client_it_needs():
+    """Outside a cluster the executor gets past importing `kubernetes` and stops at the config."""
+    with pytest.raises(RuntimeError, match="in-cluster Kubernetes configuration") as raised:
+        create_incluster_kubernetes_client()
+    assert "package is required" not in str(raised.value)
+
+
+def _check_app(app_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, CHECK_APP, app_dir], capture_output=True, text=True,
+                          timeout=300, cwd=app_dir)
+
+
+def test_training_app_components_load_as_the_job_image_build_checks():
+    result = _check_app(REPO / "training")
+    assert result.returncode == 0, result.stderr
+    assert "serverapp: flowerbed_training.server_app:app loads" in result.stdout
+    assert "clientapp: flowerbed_training.client_app:app loads" in result.stdout
+
+
+def _app(tmp_path: Path, clientapp_module: str) -> Path:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "probe"\nversion = "1.0.0"\n'
+        '[tool.flwr.app]\npublisher = "flowerbed"\n'
+        '[tool.flwr.app.components]\nserverapp = "probe_server:app"\nclientapp = "probe_client:app"\n')
+    (tmp_path / "probe_server.py").write_text("from flwr.serverapp import ServerApp\napp = ServerApp()\n")
+    (tmp_path / "probe_client.py").write_text(clientapp_module)
+    return tmp_path
+
+
+def test_check_app_fails_when_a_dependency_is_missing(tmp_path):
+    result = _check_app(_app(tmp_path, "import flowerbed_missing_dependency\napp = None\n"))
+    assert result.returncode != 0
+    assert "No module named 'flowerbed_missing_dependency'" in result.stderr
+
+
+def test_check_app_fails_when_a_component_has_the_wrong_type(tmp_path):
+    result = _check_app(_app(tmp_path, "from flwr.serverapp import ServerApp\napp = ServerApp()\n"))
+    assert result.returncode != 0
+    assert "clientapp = 'probe_client:app' is a ServerApp, not a ClientApp" in result.stderr
