@@ -2,8 +2,8 @@
 
 Why this exists: the official `pulumi-language-python` is a Go module of its own
 (github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3) and the Go
-module proxy reachable from this project's machines refuses it at every version
-(HTTP 403), so `make toolchain` cannot build it. A user with the official CLI
+module proxy reachable from this project's machines refuses it (HTTP 403 for
+every version tried, including pseudo-versions that other projects pin), so `make toolchain` cannot build it. A user with the official CLI
 installed gets the official host (tools/toolchain prefers it).
 
 What it does is what the official host does for `preview`/`up`/`destroy`: it

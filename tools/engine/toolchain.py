@@ -35,6 +35,8 @@ PULUMI_HOME = CACHE / "pulumi-home"
 CLI_MODULE = "github.com/pulumi/pulumi/pkg/v3"
 SDK_MODULE = "github.com/pulumi/pulumi/sdk/v3"
 CLI_VERSION_VAR = "github.com/pulumi/pulumi/sdk/v3/go/common/version.Version"
+# What the engine looks for next to the `pulumi` executable (its "bundled" plugins) for Python programs.
+BUNDLED = ("pulumi-language-python", "pulumi-language-python-exec", "pulumi-resource-pulumi-python")
 
 
 @dataclass(frozen=True)
@@ -189,22 +191,35 @@ def cache_entry(name: str, version: str) -> Iterator[tuple[Path, bool]]:
 
 def on_path(name: str, version_args: list[str], expected: str) -> Path | None:
     """A binary already installed (e.g. the official CLI) at exactly the expected version."""
-    found = shutil.which(name, path=os.environ.get("PATH", "").replace(str(BIN), ""))
+    search = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d) != BIN)
+    found = shutil.which(name, path=search)
     if not found:
         return None
     probe = subprocess.run([found, *version_args], text=True, capture_output=True)
     return Path(found) if probe.returncode == 0 and probe.stdout.strip() == expected else None
 
 
-def cli(version: str) -> Path:
-    """The `pulumi` binary: from PATH when it is the right version, else built from pkg/v3."""
+def installed_plugin(name: str, version: str) -> Path | None:
+    """A provider the official CLI already downloaded into the user's own plugin cache."""
+    home = Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi"))
+    binary = home / "plugins" / f"resource-{name}-v{version}" / f"pulumi-resource-{name}"
+    return binary if binary.exists() and home != PULUMI_HOME else None
+
+
+def official_cli(version: str) -> Path | None:
+    """The directory of an installed official CLI at this version, which bundles the Python language host."""
     installed = on_path("pulumi", ["version"], f"v{version}")
-    if installed and (installed.parent / "pulumi-language-python").exists():
-        log(f"using installed {installed} (v{version})")
-        return installed.parent
+    if installed is None:
+        return None
+    directory = installed.resolve().parent
+    return directory if all((directory / name).exists() for name in BUNDLED) else None
+
+
+def cli(version: str) -> Path:
+    """The `pulumi` binary built from pkg/v3 (once per version)."""
     with cache_entry("pulumi", version) as (entry, build):
         if build:
-            log(f"building pulumi v{version} from {CLI_MODULE} (first time only; tens of minutes cold)")
+            log(f"building pulumi v{version} from {CLI_MODULE} (first time only; several minutes cold)")
             upstream = go_download(CLI_MODULE, f"v{version}")
             work = entry / "src"
             write_wrapper(
@@ -234,13 +249,18 @@ def python_scripts(version: str) -> Path:
 
 
 def provider(name: str, version: str) -> Path | None:
-    """A resource plugin built from its Go module; None when no buildable source is known."""
+    """A resource plugin: the user's installed one, else built from its Go module; None when neither exists."""
+    installed = installed_plugin(name, version)
+    if installed:
+        log(f"using installed {installed}")
+        return installed
     source = PROVIDER_SOURCES.get(name)
     if source is None:
         return None
     with cache_entry(f"pulumi-resource-{name}", version) as (entry, build):
         if build:
-            log(f"building pulumi-resource-{name} {version} from {source.module}@{source.pseudo_version}")
+            log(f"building pulumi-resource-{name} {version} from {source.module}@{source.pseudo_version} "
+                "(first time only; several minutes cold)")
             log(f"  note: {source.note}")
             upstream = go_download(source.module, source.pseudo_version)
             go_mod = Path(upstream["GoMod"]).read_text()
@@ -259,7 +279,7 @@ def provider(name: str, version: str) -> Path | None:
             go_build(work, ".", entry / f"pulumi-resource-{name}", f"-X {source.version_var}={version}")
             (entry / "SOURCE").write_text(f"{source.module}@{source.pseudo_version}\n{source.note}\n")
             shutil.rmtree(work)
-    return entry
+    return entry / f"pulumi-resource-{name}"
 
 
 def embed_generated_files(work: Path, version: str) -> None:
@@ -308,29 +328,36 @@ def install_plugin(pulumi: Path, name: str, version: str, binary: Path) -> None:
     run([str(pulumi), "plugin", "install", "resource", name, version, "--file", str(binary), "--reinstall"], env=env)
 
 
+def place_bundled(version: str) -> None:
+    """The CLI and what it expects beside itself: the Python language host, its runner, the dynamic-provider host."""
+    official = official_cli(version)
+    if official:
+        log(f"using the installed CLI in {official} (v{version})")
+        for name in ("pulumi", *BUNDLED):
+            link(official / name, name)
+        return
+    place_cli(cli(version))
+    link(HERE / "pulumi-language-python", "pulumi-language-python")
+    scripts = python_scripts(version)
+    for name in ("pulumi-language-python-exec", "pulumi-resource-pulumi-python"):
+        link(scripts / name, name)
+
+
 def main() -> None:
     versions = wanted_versions()
     CACHE.mkdir(parents=True, exist_ok=True)
     BIN.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two clones building the same entry at once would corrupt it
-        cli_dir = cli(versions.cli)
-        scripts = python_scripts(versions.cli)
-        providers = {name: provider(name, version) for name, version in versions.plugins.items()}
-
-        place_cli(cli_dir)
-        link(HERE / "pulumi-language-python", "pulumi-language-python")
-        for script in ("pulumi-language-python-exec", "pulumi-resource-pulumi-python"):
-            link(scripts / script, script)
-        for name, entry in providers.items():
-            version = versions.plugins[name]
-            if entry is None:
+        place_bundled(versions.cli)
+        for name, version in sorted(versions.plugins.items()):
+            binary = provider(name, version)
+            if binary is None:
                 log(
-                    f"pulumi-resource-{name} {version}: NOT available (no buildable source is known: the module "
-                    f"proxy here refuses its provider module); programs that use pulumi_{name} cannot run"
+                    f"pulumi-resource-{name} {version}: NOT available: no source for it is known that the module "
+                    f"proxy here serves (see PROVIDER_SOURCES); programs using pulumi_{name} cannot run here"
                 )
                 continue
-            binary = entry / f"pulumi-resource-{name}"
             link(binary, binary.name)
             install_plugin(BIN / "pulumi", name, version, binary)
     log(f"ready in {BIN.relative_to(REPO)}: pulumi v{versions.cli}, plugins {versions.plugins}")

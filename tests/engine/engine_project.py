@@ -1,0 +1,105 @@
+"""Throwaway copies of the Pulumi project for the engine tests, and reading `pulumi preview --json`.
+
+Each copy has its own file backend (.pulumi/state inside the copy) and its own
+Pulumi.dev.yaml, so a test can change config or state without touching the
+repository; the CLI and plugins come from the repository's .toolchain/bin.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tools.engine.offline import REPO, Pulumi
+
+STACK = "dev"
+PROGRAM_FILES = ("Pulumi.yaml", f"Pulumi.{STACK}.yaml", "__main__.py")
+PROGRAM_DIRS = ("components",)
+
+
+def copy_project(target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PROGRAM_FILES:
+        shutil.copy2(REPO / name, target / name)
+    for name in PROGRAM_DIRS:
+        shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (target / ".venv").symlink_to((REPO / ".venv").resolve())
+    return target
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str
+    type: str
+    name: str
+    raw: dict[str, Any]
+
+
+def parse_urn(urn: str) -> tuple[str, str]:
+    """(resource type, resource name) from `urn:pulumi:<stack>::<project>::<parent$...$type>::<name>`."""
+    _, _, qualified_type, name = urn.split("::", 3)
+    return qualified_type.split("$")[-1], name
+
+
+@dataclass
+class StackCopy:
+    """One project copy with a selected stack."""
+
+    root: Path
+    pulumi: Pulumi
+
+    @classmethod
+    def create(cls, root: Path) -> StackCopy:
+        copy = cls(copy_project(root), Pulumi(root, STACK))
+        copy.pulumi.select_or_init()
+        return copy
+
+    @property
+    def stack_file(self) -> Path:
+        return self.root / f"Pulumi.{STACK}.yaml"
+
+    @property
+    def render_root(self) -> Path:
+        return self.root / "out" / STACK
+
+    def up(self) -> None:
+        result = self.pulumi.run(["up", "--yes", "--skip-preview"], capture=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def preview_steps(self) -> list[Step]:
+        """The changes `pulumi preview --json` plans (unchanged resources left out)."""
+        result = self.pulumi.run(["preview", "--json"], capture=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        steps = []
+        for raw in json.loads(result.stdout).get("steps", []):
+            if raw["op"] == "same":
+                continue
+            kind, name = parse_urn(raw["urn"])
+            steps.append(Step(raw["op"], kind, name, raw))
+        return steps
+
+    def read_config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.stack_file.read_text())
+
+    @contextmanager
+    def config_changed(self, change) -> Iterator[None]:
+        """Applies `change(config_dict)` to the stack file for the duration of the block."""
+        original = self.stack_file.read_text()
+        document = yaml.safe_load(original)
+        change(document["config"])
+        self.stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
+        try:
+            yield
+        finally:
+            self.stack_file.write_text(original)
+
+
+def site(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in config["flowerbed:sites"] if s["name"] == name)
