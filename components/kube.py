@@ -22,6 +22,7 @@ APP_UID = 49999
 ROLE_LABEL = "flowerbed.dev/role"
 FEDERATION_LABEL = "flowerbed.dev/federation"
 SITE_LABEL = "flowerbed.dev/site"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TMP_VOLUME = "tmp"
 
 
@@ -45,7 +46,7 @@ def labels(federation: str, role: str, site: str | None = None) -> dict[str, str
     """Labels of every object; `role` also selects pods (the Flower executor owns app.kubernetes.io/*)."""
     result = {
         "app.kubernetes.io/part-of": "flowerbed",
-        "app.kubernetes.io/managed-by": "pulumi",
+        MANAGED_BY_LABEL: "pulumi",
         FEDERATION_LABEL: federation,
         ROLE_LABEL: role,
     }

@@ -33,7 +33,8 @@ def executor_config(*, namespace: str, images: Images, federation: str, task_rol
         # The task ServiceAccount carries the pull secrets (the executor has no imagePullSecrets key)
         # and mounts no API token.
         "service-account-name": task_role,
-        "labels": kube.labels(federation, task_role),
+        # Flower's executor, not Pulumi, manages these pods.
+        "labels": {k: v for k, v in kube.labels(federation, task_role).items() if k != kube.MANAGED_BY_LABEL},
         "resources": dict(resources),
         "pod-security-context": kube.pod_security_context(),
         "container-security-context": kube.container_security_context(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from components.config import FederationConfig, parse
@@ -27,3 +29,27 @@ def large_config() -> FederationConfig:
 @pytest.fixture(scope="session")
 def large(large_config: FederationConfig) -> Deployment:
     return deploy(large_config)
+
+
+def variant_raw_config() -> dict[str, Any]:
+    """The dev stack with every optional knob turned away from its default."""
+    raw = dev_raw_config()
+    raw["images"].update(pullPolicy="Always", pullSecrets=["regcred"])
+    raw["server"].update(serviceType="LoadBalancer", loadBalancerIP="203.0.113.7", publicPort=8443,
+                         serviceAnnotations={"example.org/lb": "internal"}, endpointCidrs=["203.0.113.7/32"])
+    raw["dataSafety"] = {"retainOnDelete": False, "protect": True}
+    return raw
+
+
+@pytest.fixture(scope="session")
+def variant() -> Deployment:
+    return deploy(parse(variant_raw_config()))
+
+
+@pytest.fixture(scope="session")
+def grown() -> Deployment:
+    """The dev stack after unrelated edits: a GPU count changed and a site added."""
+    raw = dev_raw_config()
+    raw["sites"][0]["gpus"] = 4
+    raw["sites"].append({"name": "clinic-d", "cluster": "hub"})
+    return deploy(parse(raw))

@@ -1,0 +1,491 @@
+"""Invariants of what the Federation declares (Pulumi mocks; one invariant per test)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from flwr.common.config import parse_config_args
+
+from component_harness import ROOT, Declared, Deployment, launched_pod
+from components import naming
+from components.config import FederationConfig
+from components.fleet_filter import nginx_conf
+
+SERVER_NS = "demo-server"
+SITE_NS = {"hospital-a": "demo-hospital-a", "hospital-b": "demo-hospital-b", "lab-c": "demo-lab-c"}
+
+
+def containers(deployment: Declared) -> list[dict[str, Any]]:
+    return deployment.manifest()["spec"]["template"]["spec"]["containers"]
+
+
+def container(deployment: Declared, name: str) -> dict[str, Any]:
+    return next(c for c in containers(deployment) if c["name"] == name)
+
+
+def strings(value: Any) -> list[str]:
+    """Every string anywhere inside a nested value."""
+    if isinstance(value, str):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [s for item in items for s in strings(item)]
+
+
+def flag(args: list[str], name: str) -> str:
+    assert name in args, f"{name} missing from {args}"
+    return args[args.index(name) + 1]
+
+
+def executor_yaml(dev: Deployment, namespace: str, name: str) -> dict[str, Any]:
+    return yaml.safe_load(dev.one("ConfigMap", name, namespace).inputs["data"]["executor.yaml"])
+
+
+def site_pod(dev: Deployment, site: str) -> dict[str, Any]:
+    ns = SITE_NS[site]
+    text = dev.one("ConfigMap", "clientapp-executor", ns).inputs["data"]["executor.yaml"]
+    return launched_pod(text, "flwr-clientapp", f"supernode-runtime.{ns}.svc:9094")
+
+
+# --- providers ----------------------------------------------------------------------------
+
+
+def test_one_provider_per_cluster_rendering_to_its_directory(dev: Deployment) -> None:
+    rendered = {p.name: p.inputs.get("renderYamlToDirectory") for p in dev.providers()}
+    assert rendered == {"demo-hub": "out/dev/hub", "demo-hospitals": "out/dev/hospitals"}
+
+
+def test_a_real_cluster_gets_its_kubeconfig_as_a_secret_and_its_context(large: Deployment) -> None:
+    real = [p for p in large.providers() if "kubeconfig" in p.inputs]
+    assert len(real) == 1
+    assert "kubeconfig" in real[0].secret_inputs
+    assert real[0].inputs["context"] == "prod"
+
+
+def test_every_kubernetes_object_uses_its_clusters_provider(dev: Deployment, dev_config: FederationConfig) -> None:
+    cluster_of = {SERVER_NS: dev_config.server.cluster, **{s.namespace: s.cluster for s in dev_config.sites}}
+    for resource in dev.kubernetes():
+        namespace = resource.namespace or resource.k8s_name  # a Namespace names itself
+        assert f"::demo-{cluster_of[namespace]}::" in resource.provider, (resource.name, resource.provider)
+
+
+def test_the_dev_stack_disables_the_default_kubernetes_provider() -> None:
+    stack = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    assert "kubernetes" in stack["pulumi:disable-default-providers"]
+
+
+def test_kubernetes_objects_belong_to_a_site_component(dev: Deployment) -> None:
+    for resource in dev.kubernetes():
+        assert resource.parent.split("::")[-2].endswith(("flowerbed:index:ServerSite", "flowerbed:index:ClientSite"))
+
+
+# --- namespaces and security ----------------------------------------------------------------
+
+
+def test_every_namespace_enforces_restricted_pod_security(dev: Deployment) -> None:
+    namespaces = dev.objects("Namespace")
+    assert {n.k8s_name for n in namespaces} == {SERVER_NS, *SITE_NS.values()}
+    for ns in namespaces:
+        labels = ns.inputs["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_every_container_runs_as_flowers_app_user_hardened(dev: Deployment) -> None:
+    pods = [d.manifest()["spec"]["template"]["spec"] for d in dev.objects("Deployment") + dev.objects("Job")]
+    assert len(pods) == 1 + 1 + 1 + 2 * len(SITE_NS)  # superlink, serverapp executor, job, 2 per site
+    for pod in pods:
+        for c in pod["containers"]:
+            ctx = c["securityContext"]
+            assert (ctx["runAsUser"], ctx["runAsGroup"], ctx["runAsNonRoot"]) == (49999, 49999, True)
+            assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"] == {"drop": ["ALL"]}
+            assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_every_container_has_requests_and_limits(dev: Deployment) -> None:
+    for d in dev.objects("Deployment") + dev.objects("Job"):
+        for c in containers(d):
+            assert set(c["resources"]["requests"]) >= {"cpu", "memory"}
+            assert set(c["resources"]["limits"]) >= {"cpu", "memory"}
+
+
+def test_image_pull_policy_follows_the_config(variant: Deployment) -> None:
+    for d in variant.objects("Deployment") + variant.objects("Job"):
+        assert {c["imagePullPolicy"] for c in containers(d)} == {"Always"}
+    assert executor_yaml(variant, "demo-lab-c", "clientapp-executor")["image-pull-policy"] == "Always"
+
+
+def test_pull_secrets_reach_every_pod_and_the_task_service_accounts(variant: Deployment) -> None:
+    for d in variant.objects("Deployment") + variant.objects("Job"):
+        assert d.manifest()["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    # The executor has no pull-secret key: launched pods inherit them from their ServiceAccount.
+    for sa in variant.objects("ServiceAccount"):
+        assert sa.inputs["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_only_executors_get_a_service_account_token(dev: Deployment) -> None:
+    for d in dev.objects("Deployment") + dev.objects("Job"):
+        spec = d.manifest()["spec"]["template"]["spec"]
+        assert spec["automountServiceAccountToken"] is d.k8s_name.endswith("-executor"), d.k8s_name
+    for sa in dev.objects("ServiceAccount"):
+        assert sa.inputs["automountServiceAccountToken"] is sa.k8s_name.endswith("-executor")
+
+
+# --- server: SuperLink, filter, services ------------------------------------------------
+
+
+def test_superlink_runs_with_the_required_flags(dev: Deployment) -> None:
+    superlink = container(dev.one("Deployment", "superlink", SERVER_NS), "superlink")
+    args = superlink["args"]
+    assert superlink["command"] == ["flower-superlink"]
+    assert flag(args, "--isolation") == "process"
+    assert flag(args, "--host") == "0.0.0.0"
+    assert {"--enable-supernode-auth", "--disable-runtime-dependency-installation"} <= set(args)
+    assert "--insecure" not in args
+    for option, file in (("--ssl-certfile", "tls.crt"), ("--ssl-keyfile", "tls.key"), ("--ssl-ca-certfile", "ca.crt")):
+        assert flag(args, option) == f"{naming.TLS_DIR}/{file}"
+
+
+def test_superlink_keeps_its_database_on_the_state_volume(dev: Deployment) -> None:
+    deployment = dev.one("Deployment", "superlink", SERVER_NS)
+    superlink = container(deployment, "superlink")
+    mount = next(m for m in superlink["volumeMounts"] if m["name"] == "state")
+    assert flag(superlink["args"], "--database").startswith(mount["mountPath"] + "/")
+    volume = next(v for v in deployment.manifest()["spec"]["template"]["spec"]["volumes"] if v["name"] == "state")
+    assert volume["persistentVolumeClaim"]["claimName"] == "superlink-state"
+    assert deployment.manifest()["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_the_sidecar_runs_the_rendered_filter_config(dev: Deployment) -> None:
+    sidecar = container(dev.one("Deployment", "superlink", SERVER_NS), "fleet-filter")
+    conf_path = flag(sidecar["args"], "-c")
+    mount = next(m for m in sidecar["volumeMounts"] if conf_path.startswith(m["mountPath"] + "/"))
+    conf = dev.one("ConfigMap", "superlink-nginx", SERVER_NS).inputs["data"]["nginx.conf"]
+    run_dir = next(m["mountPath"] for m in sidecar["volumeMounts"] if m["name"] == "nginx-run")
+    assert mount["name"] == "nginx-conf"
+    assert conf == nginx_conf(superlink_port=8000, fleet_port=9092, runtime_port=9091, control_port=9093,
+                              cert_file=f"{naming.TLS_DIR}/tls.crt", key_file=f"{naming.TLS_DIR}/tls.key",
+                              ca_file=f"{naming.TLS_DIR}/ca.crt", superlink_server_name="localhost",
+                              runtime_dir=run_dir)
+
+
+def test_the_control_api_is_never_on_a_public_service(large: Deployment) -> None:
+    sidecar_ports = {p["name"]: p["containerPort"] for p in container(
+        large.one("Deployment", "superlink", "demo-server"), "fleet-filter")["ports"]}
+    assert sidecar_ports["fleet"] == naming.FLEET_PORT
+    exposed = [s for s in large.objects("Service") if s.inputs["spec"]["type"] != "ClusterIP"]
+    assert [s.k8s_name for s in exposed] == ["superlink-fleet"]
+    assert [p["targetPort"] for p in exposed[0].inputs["spec"]["ports"]] == ["fleet"]
+
+
+def test_runtime_and_control_services_are_cluster_internal(dev: Deployment) -> None:
+    for name, port in (("superlink-runtime", naming.RUNTIME_PORT), ("superlink-control", naming.CONTROL_PORT)):
+        spec = dev.one("Service", name, SERVER_NS).manifest()["spec"]
+        assert spec["type"] == "ClusterIP"
+        assert [(p["port"], p["targetPort"]) for p in spec["ports"]] == [(port, name.split("-")[1])]
+
+
+def test_public_service_follows_type_port_annotations_and_ip(variant: Deployment) -> None:
+    spec = variant.one("Service", "superlink-fleet", SERVER_NS)
+    assert spec.inputs["metadata"]["annotations"] == {"example.org/lb": "internal"}
+    assert spec.inputs["spec"]["loadBalancerIP"] == "203.0.113.7"
+    assert spec.manifest()["spec"]["ports"][0]["port"] == 8443
+
+
+def test_server_certificate_names_endpoint_and_services(dev: Deployment) -> None:
+    cert = next(r for r in dev.of_type("pulumi-python:dynamic/flowerbed:ServerCertificate")
+                if r.name == "demo-server-certificate")
+    assert cert.inputs["dns_names"] == naming.server_certificate_names("fl.demo.example.org", SERVER_NS)
+    issued = x509.load_pem_x509_certificate(cert.outputs["cert_pem"].encode())
+    sans = issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "superlink-runtime.demo-server.svc" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_tls_secret_carries_the_issued_certificate_and_the_ca(dev: Deployment) -> None:
+    secret = dev.one("Secret", "superlink-tls", SERVER_NS)
+    cert = next(r for r in dev.resources if r.name == "demo-server-certificate")
+    ca = next(r for r in dev.resources if r.name == "demo-ca")
+    assert secret.inputs["stringData"] == {"tls.crt": cert.outputs["cert_pem"], "tls.key": cert.outputs["key_pem"],
+                                           "ca.crt": ca.outputs["cert_pem"]}
+    assert "stringData" in secret.secret_inputs
+
+
+def test_unrelated_changes_keep_the_server_certificate_inputs(dev: Deployment, grown: Deployment) -> None:
+    def cert_inputs(d: Deployment) -> dict[str, Any]:
+        cert = next(r for r in d.resources if r.name == "demo-server-certificate")
+        return {k: v for k, v in cert.inputs.items() if not k.startswith(("__", "ca_"))}
+
+    assert cert_inputs(dev) == cert_inputs(grown)
+
+
+def test_adding_a_site_keeps_the_other_sites_key_inputs(dev: Deployment, grown: Deployment) -> None:
+    def key_inputs(d: Deployment) -> dict[str, Any]:
+        return {r.name: {k: v for k, v in r.inputs.items() if not k.startswith("__")}
+                for r in d.of_type("pulumi-python:dynamic/flowerbed:SupernodeKey")}
+
+    before, after = key_inputs(dev), key_inputs(grown)
+    assert set(after) - set(before) == {"demo-clinic-d-supernode-key"}
+    assert {name: after[name] for name in before} == before
+
+
+# --- server: ServerApp executor, RBAC, registration ------------------------------------------
+
+
+def test_serverapp_executor_runs_the_kubernetes_executor_on_the_runtime_service(dev: Deployment) -> None:
+    superexec = container(dev.one("Deployment", "serverapp-executor", SERVER_NS), "superexec")
+    args = superexec["args"]
+    assert flag(args, "--executor") == "kubernetes"
+    assert flag(args, "--runtime-api-address") == "superlink-runtime.demo-server.svc:9091"
+    assert flag(args, "--root-certificates") == f"{naming.CA_DIR}/ca.crt"
+    assert flag(args, "--executor-config") == "/etc/flowerbed/executor/executor.yaml"
+
+
+def test_serverapp_pods_use_the_job_image_and_write_artifacts_to_the_volume(dev: Deployment) -> None:
+    text = dev.one("ConfigMap", "serverapp-executor", SERVER_NS).inputs["data"]["executor.yaml"]
+    pod = launched_pod(text, "flwr-serverapp", "superlink-runtime.demo-server.svc:9091")
+    task = pod["spec"]["containers"][0]
+    assert task["image"] == "registry.example.org/flowerbed/job:0.1.0"
+    assert task["command"] == ["flwr-serverapp"]
+    mount = next(m for m in task["volumeMounts"] if m["mountPath"] == naming.ARTIFACTS_DIR)
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] == "serverapp-artifacts"
+    assert not mount.get("readOnly")
+
+
+def test_serverapp_pods_get_the_configured_resources(dev: Deployment) -> None:
+    resources = executor_yaml(dev, SERVER_NS, "serverapp-executor")["resources"]
+    assert resources == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+
+
+@pytest.mark.parametrize("namespace", [SERVER_NS, *SITE_NS.values()])
+def test_executor_rbac_is_exactly_the_executors_calls(dev: Deployment, namespace: str) -> None:
+    [role] = dev.objects("Role", namespace)
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role.inputs["rules"]}
+    assert rules == {(("",), ("pods",)): ["create", "delete", "list"],
+                     (("",), ("secrets",)): ["create", "delete", "list"]}
+    [binding] = dev.objects("RoleBinding", namespace)
+    assert binding.inputs["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                         "name": role.k8s_name}
+    executor = next(d.k8s_name for d in dev.objects("Deployment", namespace) if d.k8s_name.endswith("-executor"))
+    assert binding.inputs["subjects"] == [{"kind": "ServiceAccount", "name": executor, "namespace": namespace}]
+
+
+def test_no_cluster_wide_rbac(dev: Deployment) -> None:
+    assert not dev.objects("ClusterRole") and not dev.objects("ClusterRoleBinding")
+
+
+def test_registration_job_registers_every_sites_key(dev: Deployment) -> None:
+    keys = dev.one("ConfigMap", "supernode-public-keys", SERVER_NS).inputs["data"]
+    issued = {r.inputs["site"]: r.outputs["public_openssh"]
+              for r in dev.of_type("pulumi-python:dynamic/flowerbed:SupernodeKey")}
+    assert keys == {f"{site}.pub": key for site, key in issued.items()}
+    [job] = dev.objects("Job", SERVER_NS)
+    script = container(job, "register")["args"][0]
+    assert "flwr supernode register" in script and "already in use" in script
+
+
+def test_adding_a_site_renames_the_registration_job_so_it_runs_again(dev: Deployment, grown: Deployment) -> None:
+    first = dev.objects("Job", SERVER_NS)[0].k8s_name
+    second = grown.objects("Job", SERVER_NS)[0].k8s_name
+    assert first.startswith("register-supernodes-") and second.startswith("register-supernodes-")
+    assert first != second
+
+
+def test_registration_dials_the_control_service_with_the_federation_ca(dev: Deployment) -> None:
+    toml = dev.one("ConfigMap", "registrar-flwr", SERVER_NS).inputs["data"]["config.toml"]
+    assert tomllib.loads(toml)["superlink"]["federation"] == {
+        "address": "superlink-control.demo-server.svc:9093", "root-certificates": f"{naming.CA_DIR}/ca.crt"}
+
+
+# --- client sites ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("site", "index"), [("hospital-a", 0), ("hospital-b", 1), ("lab-c", 2)])
+def test_supernode_dials_the_endpoint_with_its_key_and_node_config(dev: Deployment, site: str, index: int) -> None:
+    supernode = container(dev.one("Deployment", "supernode", SITE_NS[site]), "supernode")
+    args = supernode["args"]
+    assert flag(args, "--superlink") == "fl.demo.example.org:443"
+    assert flag(args, "--root-certificates") == f"{naming.CA_DIR}/ca.crt"
+    assert flag(args, "--isolation") == "process"
+    key_dir = next(m["mountPath"] for m in supernode["volumeMounts"] if m["name"] == "auth")
+    assert flag(args, "--auth-supernode-private-key") == f"{key_dir}/supernode.key"
+    assert parse_config_args([flag(args, "--node-config")]) == {
+        "site-name": site, "data-root": "/data", "partition-id": index, "num-partitions": 3}
+
+
+def test_supernode_home_is_a_writable_volume(dev: Deployment) -> None:
+    supernode = container(dev.one("Deployment", "supernode", "demo-lab-c"), "supernode")
+    home = next(e["value"] for e in supernode["env"] if e["name"] == "FLWR_HOME")
+    mount = next(m for m in supernode["volumeMounts"] if home.startswith(m["mountPath"]))
+    assert mount["readOnly"] is False
+
+
+def test_the_supernode_key_is_secret_and_only_in_its_site(dev: Deployment) -> None:
+    secret = dev.one("Secret", "supernode-auth", "demo-hospital-a")
+    key = next(r for r in dev.resources if r.name == "demo-hospital-a-supernode-key")
+    assert secret.inputs["stringData"] == {"supernode.key": key.outputs["private_openssh"]}
+    assert "stringData" in secret.secret_inputs
+    holders = [r for r in dev.kubernetes() if key.outputs["private_openssh"] in strings(r.inputs)]
+    assert holders == [secret]
+
+
+@pytest.mark.parametrize(("site", "gpus"), [("hospital-a", 1), ("hospital-b", 0), ("lab-c", 0)])
+def test_launched_clientapp_pods_get_the_sites_gpus(dev: Deployment, site: str, gpus: int) -> None:
+    limits = site_pod(dev, site)["spec"]["containers"][0]["resources"]["limits"]
+    assert limits.get("nvidia.com/gpu", 0) == gpus
+
+
+def test_launched_clientapp_pods_get_cpu_memory_placement(dev: Deployment) -> None:
+    pod = site_pod(dev, "hospital-a")
+    assert pod["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["spec"]["serviceAccountName"] == "clientapp-task"
+
+
+def test_study_data_is_mounted_read_only_unless_rw(large: Deployment) -> None:
+    text = large.one("ConfigMap", "clientapp-executor", "demo-site-03").inputs["data"]["executor.yaml"]
+    pod = launched_pod(text, "flwr-clientapp", "supernode-runtime.demo-site-03.svc:9094")
+    mounts = {m["mountPath"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    ro, rw = mounts["/data/default/tabular"], mounts["/data/imaging/scans"]
+    assert ro["readOnly"] is True and volumes[ro["name"]]["persistentVolumeClaim"]["readOnly"] is True
+    assert rw["readOnly"] is False and volumes[rw["name"]]["persistentVolumeClaim"] == {
+        "claimName": "pacs-3", "readOnly": False}
+
+
+def test_scratch_is_a_size_limited_empty_dir(dev: Deployment) -> None:
+    pod = site_pod(dev, "hospital-b")
+    scratch = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == naming.SCRATCH_DIR)
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == scratch["name"])
+    assert volume == {"name": scratch["name"], "emptyDir": {"sizeLimit": "10Gi"}}
+
+
+def test_max_concurrent_tasks_is_the_active_pod_budget(large: Deployment) -> None:
+    assert executor_yaml(large, "demo-site-00", "clientapp-executor")["active-pod-budget"] == 1
+    assert executor_yaml(large, "demo-site-01", "clientapp-executor")["active-pod-budget"] == 2
+
+
+def test_clientapp_executor_dials_its_supernode_runtime(dev: Deployment) -> None:
+    args = container(dev.one("Deployment", "clientapp-executor", "demo-lab-c"), "superexec")["args"]
+    assert flag(args, "--runtime-api-address") == "supernode-runtime.demo-lab-c.svc:9094"
+    assert flag(args, "--executor") == "kubernetes"
+
+
+def test_supernode_runtime_api_is_tls_with_a_certificate_for_its_service(dev: Deployment) -> None:
+    args = container(dev.one("Deployment", "supernode", "demo-lab-c"), "supernode")["args"]
+    assert flag(args, "--ssl-certfile") == f"{naming.TLS_DIR}/tls.crt"
+    cert = next(r for r in dev.resources if r.name == "demo-lab-c-runtime-certificate")
+    assert cert.inputs["dns_names"] == naming.supernode_runtime_names("demo-lab-c")
+
+
+def test_existing_claims_are_referenced_not_created(large: Deployment) -> None:
+    claims = {c.k8s_name for c in large.objects("PersistentVolumeClaim", "demo-site-03")}
+    assert claims == {"study-default-tabular"}
+
+
+# --- data safety ----------------------------------------------------------------------------
+
+
+def test_state_and_study_volumes_are_retained_on_delete(dev: Deployment) -> None:
+    claims = dev.objects("PersistentVolumeClaim")
+    assert {(c.namespace, c.k8s_name) for c in claims} == {
+        (SERVER_NS, "superlink-state"), (SERVER_NS, "serverapp-artifacts"),
+        ("demo-hospital-a", "study-default-tabular"), ("demo-hospital-b", "study-default-tabular")}
+    assert all(c.retain_on_delete and not c.protect for c in claims)
+    assert not any(r.retain_on_delete for r in dev.kubernetes() if r.kind != "PersistentVolumeClaim")
+
+
+def test_data_safety_is_configurable(variant: Deployment) -> None:
+    claims = variant.objects("PersistentVolumeClaim")
+    assert claims and all(c.protect and not c.retain_on_delete for c in claims)
+
+
+# --- network policies ---------------------------------------------------------------------
+
+
+def policies(dev: Deployment, namespace: str) -> dict[str, dict[str, Any]]:
+    return {p.k8s_name: p.manifest()["spec"] for p in dev.objects("NetworkPolicy", namespace)}
+
+
+@pytest.mark.parametrize("namespace", [SERVER_NS, *SITE_NS.values()])
+def test_every_namespace_denies_by_default(dev: Deployment, namespace: str) -> None:
+    deny = policies(dev, namespace)["default-deny"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+def test_superlink_admits_fleet_from_anywhere_runtime_from_executors_control_from_namespace(dev: Deployment) -> None:
+    spec = policies(dev, SERVER_NS)["superlink"]
+    rules = sorted(json.dumps([r["ports"], r.get("from")], sort_keys=True) for r in spec["ingress"])
+
+    def pods(**labels: str) -> list[dict[str, Any]]:
+        return [{"podSelector": {"matchLabels": labels}}]
+
+    executor = {"flowerbed.dev/federation": "demo", "flowerbed.dev/role": "serverapp-executor"}
+    task = {**executor, "flowerbed.dev/role": "serverapp-task"}
+    expected = [([{"port": 9092, "protocol": "TCP"}], None),
+                ([{"port": 9091, "protocol": "TCP"}], pods(**executor)),
+                ([{"port": 9091, "protocol": "TCP"}], pods(**task)),
+                ([{"port": 9093, "protocol": "TCP"}], pods())]
+    assert rules == sorted(json.dumps(list(rule), sort_keys=True) for rule in expected)
+    assert "Egress" not in spec["policyTypes"]
+
+
+def test_no_policy_admits_superlinks_own_port(large: Deployment) -> None:
+    for policy in large.objects("NetworkPolicy"):
+        for rule in policy.manifest()["spec"].get("ingress", []):
+            assert naming.SUPERLINK_PORT not in [p["port"] for p in rule["ports"]]
+
+
+@pytest.mark.parametrize("namespace", SITE_NS.values())
+def test_client_sites_leave_only_for_the_server_endpoint(dev: Deployment, namespace: str) -> None:
+    egress_to_outside = [
+        (name, rule) for name, spec in policies(dev, namespace).items() for rule in spec.get("egress", [])
+        if any("ipBlock" in peer for peer in rule.get("to", []))]
+    names = sorted(name for name, _ in egress_to_outside)
+    assert names == ["clientapp-executor", "supernode"]  # executor: the Kubernetes API only
+    supernode_rule = next(rule for name, rule in egress_to_outside if name == "supernode")
+    assert supernode_rule["ports"] == [{"port": 443, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize("namespace", SITE_NS.values())
+def test_client_sites_admit_nothing_from_outside_the_namespace(dev: Deployment, namespace: str) -> None:
+    for spec in policies(dev, namespace).values():
+        for rule in spec.get("ingress", []):
+            assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"])
+
+
+def test_dns_is_the_only_other_egress(dev: Deployment) -> None:
+    dns = policies(dev, "demo-lab-c")["allow-dns"]
+    assert dns["podSelector"] == {} and dns["policyTypes"] == ["Egress"]
+    assert sorted(p["port"] for p in dns["egress"][0]["ports"]) == [53, 53]
+
+
+def test_endpoint_cidrs_and_port_restrict_supernode_egress(variant: Deployment) -> None:
+    spec = policies(variant, "demo-lab-c")["supernode"]
+    assert spec["egress"] == [{"to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}],
+                               "ports": [{"port": 8443, "protocol": "TCP"}]}]
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+
+def test_outputs_name_endpoint_and_every_site(dev: Deployment) -> None:
+    assert dev.stack_outputs["endpoint"] == "fl.demo.example.org:443"
+    assert dev.stack_outputs["sites"] == {
+        "hospital-a": {"namespace": "demo-hospital-a", "cluster": "hospitals"},
+        "hospital-b": {"namespace": "demo-hospital-b", "cluster": "hospitals"},
+        "lab-c": {"namespace": "demo-lab-c", "cluster": "hub"}}
+
+
+def test_outputs_carry_the_ca_and_a_working_flwr_connection(dev: Deployment) -> None:
+    ca = next(r for r in dev.resources if r.name == "demo-ca")
+    assert dev.stack_outputs["caCertificate"] == ca.outputs["cert_pem"]
+    connection = tomllib.loads(dev.stack_outputs["flwrConnection"])["superlink"]["demo"]
+    assert connection["address"] == f"localhost:{naming.CONTROL_PORT}"
+    assert dev.stack_outputs["controlPortForward"] == (
+        "kubectl -n demo-server port-forward svc/superlink-control 9093:9093")
