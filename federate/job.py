@@ -1,0 +1,111 @@
+"""Submit the Flower App with `flwr run` and follow it round by round until it finishes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from flwr.common.config import flatten_dict, get_project_config
+
+from federate.flwr_cli import FlwrCli
+from federate.processes import ManagedProcess, ProcessDied, Supervisor
+
+COMPLETED = "finished:completed"
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def app_run_config(app_dir: Path) -> dict[str, Any]:
+    """The app's run-config defaults (`[tool.flwr.app.config]` of its pyproject.toml), flattened."""
+    return dict(flatten_dict(get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {})))
+
+
+def effective_run_config(app_dir: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults plus overrides; an override of a key the app does not declare is an error."""
+    defaults = app_run_config(app_dir)
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise RunFailed(
+            f"run config {', '.join(unknown)}: not a key of {app_dir / 'pyproject.toml'} "
+            f"[tool.flwr.app.config]; allowed: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **overrides}
+
+
+@dataclass
+class MetricsFollower:
+    """Reads the lines the ServerApp appends to metrics.jsonl, as they arrive."""
+
+    path: Path
+    offset: int = 0
+
+    def new_rounds(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as file:
+            file.seek(self.offset)
+            chunk = file.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a half-written last line waits for the next poll
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def submit(cli: FlwrCli, app_dir: Path, overrides: Mapping[str, Any], workdir: Path) -> str:
+    """`flwr run APP CONNECTION --run-config FILE`; returns the run id."""
+    overrides_file = workdir / "run-config.toml"  # a TOML file sidesteps shell quoting of values
+    overrides_file.write_text(tomli_w.dumps(dict(overrides)), encoding="utf-8")
+    result = cli.json("run", str(app_dir), "--run-config", str(overrides_file), timeout=120)
+    return str(result["run-id"])
+
+
+def run_status(cli: FlwrCli, run_id: str) -> dict[str, Any]:
+    runs = cli.json("ls", "--run-id", run_id)["runs"]
+    return dict(runs[0])
+
+
+def follow(
+    cli: FlwrCli,
+    run_id: str,
+    supervisor: Supervisor,
+    metrics: MetricsFollower,
+    on_round: Callable[[dict[str, Any]], None],
+    timeout: float,
+) -> dict[str, Any]:
+    """Stream the run's logs into a log file, report each finished round, return the final status.
+
+    `flwr log --stream` ends when the run finishes, so its exit is the signal to
+    ask the SuperLink for the run's final status.
+    """
+    log_stream = supervisor.start("run", cli.argv("log", run_id, cli.connection, "--stream"), cli.env())
+    deadline = time.monotonic() + timeout
+    while log_stream.running():
+        _report(metrics, on_round)
+        supervisor.check(except_for=[log_stream])
+        if time.monotonic() > deadline:
+            raise RunFailed(f"run {run_id} did not finish within {timeout:.0f} s (--timeout)")
+        time.sleep(0.5)
+    _report(metrics, on_round)
+    status = run_status(cli, run_id)
+    if status["status"] != COMPLETED:
+        raise RunFailed(_failure_message(run_id, status, log_stream))
+    return status
+
+
+def _report(metrics: MetricsFollower, on_round: Callable[[dict[str, Any]], None]) -> None:
+    for line in metrics.new_rounds():
+        on_round(line)
+
+
+def _failure_message(run_id: str, status: Mapping[str, Any], log_stream: ManagedProcess) -> str:
+    details = status.get("status-details") or "no details"
+    return f"run {run_id} ended as {status['status']} ({details}); last ServerApp log lines:\n{log_stream.tail(30)}"
+
+
+__all__ = ["COMPLETED", "MetricsFollower", "ProcessDied", "RunFailed", "effective_run_config", "follow", "submit"]

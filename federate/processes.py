@@ -1,0 +1,119 @@
+"""Long-running child processes that always go away: own process group, own log file.
+
+Every child starts in a new session, so one `killpg` also reaches the tasks it
+launched (SuperExec's subprocess executor starts ServerApp/ClientApp processes
+that inherit its group), and a Ctrl-C in the terminal reaches only us: we then
+stop the children in order instead of leaving them half-dead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ProcessDied(RuntimeError):
+    """A child that should still be running has exited."""
+
+    def __init__(self, process: ManagedProcess) -> None:
+        self.process = process
+        super().__init__(
+            f"{process.name} exited with code {process.popen.returncode}; "
+            f"last lines of {process.log_path}:\n{process.tail()}"
+        )
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no log written)"
+        return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (log is empty)"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we cannot signal still counts as alive
+        return True
+    return True
+
+
+@dataclass
+class Supervisor:
+    """Starts children and guarantees they are stopped when the `with` block ends."""
+
+    log_dir: Path
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> ManagedProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+            )
+        process = ManagedProcess(name, list(argv), log_path, popen)
+        self.processes.append(process)
+        return process
+
+    def check(self, *, except_for: Sequence[ManagedProcess] = ()) -> None:
+        """Raise ProcessDied for the first child that exited on its own."""
+        for process in self.processes:
+            if process not in except_for and not process.running():
+                raise ProcessDied(process)
+
+    def stop(self, process: ManagedProcess, timeout: float = 10.0) -> None:
+        """SIGTERM the child's whole group, then SIGKILL whatever is left after `timeout`."""
+        pgid = process.pid  # start_new_session makes the child its group's leader
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if not _group_alive(pgid):
+                break
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                process.popen.poll()  # reap the leader, or the group never empties
+                if not _group_alive(pgid):
+                    break
+                time.sleep(0.1)
+        process.popen.poll()
+
+    def stop_all(self) -> None:
+        # Reverse start order: task launchers before the SuperNodes before the SuperLink.
+        for process in reversed(self.processes):
+            self.stop(process)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()

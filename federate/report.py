@@ -1,0 +1,117 @@
+"""out/federate/summary.json and report.png from the run's metrics lines."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    rounds_answered: int
+    contribution: float | None  # mean cosine score over the rounds it was scored
+    epsilon: float | None  # privacy spent by the end of the run (local DP), else None
+
+
+@dataclass(frozen=True)
+class Summary:
+    run_id: str
+    app: str
+    strategy: str
+    dataset: str
+    rounds: int
+    sites: list[str]
+    final_accuracy: float | None
+    final_loss: float | None
+    centralized_accuracy: float
+    centralized_loss: float
+    centralized_seconds: float
+    seconds: dict[str, float]
+    bytes_up: int
+    bytes_down: int
+    flower_traffic_bytes: dict[str, int]
+    per_site: dict[str, SiteSummary]
+    files: dict[str, str]
+
+    def final_line(self) -> str:
+        return (
+            f"federated accuracy {_fmt(self.final_accuracy)} after {self.rounds} rounds on "
+            f"{len(self.sites)} sites; centralized baseline (same model, pooled data) "
+            f"{self.centralized_accuracy:.3f}; {self.seconds['total']:.0f} s"
+        )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def per_site(rounds: Sequence[Mapping[str, Any]], sites: Sequence[str]) -> dict[str, SiteSummary]:
+    result = {}
+    for site in sites:
+        scores = [r["contribution"][site] for r in rounds if r.get("contribution", {}).get(site) is not None]
+        epsilons = [r["epsilon"][site] for r in rounds if r.get("epsilon", {}).get(site) is not None]
+        result[site] = SiteSummary(
+            rounds_answered=sum(1 for r in rounds if site in (r.get("sites") or [])),
+            contribution=statistics.fmean(scores) if scores else None,
+            epsilon=epsilons[-1] if epsilons else None,  # the accountant reports the total so far
+        )
+    return result
+
+
+def write_summary(summary: Summary, path: Path) -> None:
+    path.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+
+
+def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Accuracy and loss per round against the centralized line, and each site's contribution."""
+    numbers = [r["round"] for r in rounds]
+    fig, (acc_ax, loss_ax, site_ax) = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
+    fig.suptitle(
+        f"flowerbed local federation: {summary.strategy} on {summary.dataset}, "
+        f"{len(summary.sites)} sites, {summary.rounds} rounds, {summary.seconds['total']:.0f} s",
+        fontsize=13,
+    )
+    for ax, key, central, title in (
+        (acc_ax, "accuracy", summary.centralized_accuracy, "Accuracy (higher is better)"),
+        (loss_ax, "loss", summary.centralized_loss, "Loss (lower is better)"),
+    ):
+        values = [r.get(key) for r in rounds]
+        ax.plot(numbers, values, marker="o", color="tab:blue", label="federated (global model)")
+        ax.axhline(central, color="tab:orange", linestyle="--", label=f"centralized, pooled data ({central:.3f})")
+        if values and values[-1] is not None:
+            ax.annotate(f"{values[-1]:.3f}", (numbers[-1], values[-1]), textcoords="offset points",
+                        xytext=(0, 8), ha="center", color="tab:blue")
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.set_xticks(numbers if len(numbers) <= 20 else numbers[:: max(1, len(numbers) // 10)])
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if key == "accuracy" else "upper right")
+    acc_ax.set_ylim(top=1.0)
+
+    names = list(summary.per_site)
+    scores = [summary.per_site[n].contribution or 0.0 for n in names]
+    bars = site_ax.bar(names, scores, color="tab:green")
+    for rect, name in zip(bars, names, strict=True):
+        info = summary.per_site[name]
+        label = f"{info.rounds_answered}/{summary.rounds} rounds"
+        if info.epsilon is not None:
+            label += f"\nε = {info.epsilon:.2f}"
+        site_ax.annotate(label, (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                         textcoords="offset points", xytext=(0, 4), ha="center", fontsize=9)
+    site_ax.set_ylim(min(0.0, *scores) - 0.05, 1.15)
+    site_ax.axhline(0, color="black", linewidth=0.8)
+    site_ax.set_title("Contribution per site (mean cosine of update vs aggregate)")
+    site_ax.set_ylabel("1 = pulled with the federation, 0 = no help")
+    site_ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

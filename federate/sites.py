@@ -1,0 +1,44 @@
+"""Which sites take part: the dev stack's topology, or names given on the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+CONFIG_NAMESPACE = "flowerbed:"
+
+
+@dataclass(frozen=True)
+class Site:
+    """One client site; its index in the stack's site list is its data partition."""
+
+    name: str
+    partition_id: int
+    num_partitions: int
+
+    def node_config(self, data_root: Path) -> str:
+        """The SuperNode's `--node-config` (TOML values), as the pods get it."""
+        return (
+            f'site-name="{self.name}" data-root="{data_root}" '
+            f"partition-id={self.partition_id} num-partitions={self.num_partitions}"
+        )
+
+
+def sites_from_names(names: Sequence[str]) -> list[Site]:
+    return [Site(name, index, len(names)) for index, name in enumerate(names)]
+
+
+def site_names_from_stack(stack_file: Path) -> list[str]:
+    """Site names of a stack file, validated by the same parser the Pulumi program uses."""
+    from components.config import parse  # the one schema for stack config
+
+    document = yaml.safe_load(stack_file.read_text(encoding="utf-8")) or {}
+    raw = {
+        key.removeprefix(CONFIG_NAMESPACE): value
+        for key, value in (document.get("config") or {}).items()
+        if key.startswith(CONFIG_NAMESPACE)
+    }
+    return [site.name for site in parse(raw).sites]
