@@ -23,7 +23,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from components import kube
+from components import kube, superexec
+from components.config import Images
 from imagefiles import DOCKERFILES, REPO, Dockerfile, exec_form, parse_dockerfile
 
 IMAGES = sorted(DOCKERFILES)
@@ -178,10 +179,23 @@ def test_start_up_runs_no_shell(dockerfiles, image):
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_flower_home_is_outside_the_read_only_image_paths(dockerfiles, image):
+def test_flower_home_is_left_to_the_pod(dockerfiles, image):
+    """FLWR_HOME defaults to $HOME/.flwr; the components point HOME or FLWR_HOME at a volume."""
     env = " ".join(dockerfiles[image].final.values("ENV")).split()
-    assert "FLWR_HOME=/home/app/.flwr" in env
+    assert not [e for e in env if e.startswith(("FLWR_HOME=", "HOME="))]
     assert "FLWR_TELEMETRY_ENABLED=0" in env
+
+
+def test_launched_pods_have_flower_home_on_a_writable_volume():
+    """The job image writes the submitted app under FLWR_HOME; its root filesystem is read-only."""
+    config = superexec.executor_config(
+        namespace="ns", images=Images("platform:t", "job:t", "IfNotPresent", ()), federation="demo",
+        task_role="task", resources={}, volumes=[], volume_mounts=[])
+    assert config["container-security-context"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e["value"] for e in config["env"]}
+    flwr_home = env.get("FLWR_HOME") or f"{env['HOME']}/.flwr"
+    writable = [m["mountPath"] for m in config["volume-mounts"] if not m.get("readOnly")]
+    assert any(flwr_home == path or flwr_home.startswith(f"{path}/") for path in writable), (flwr_home, writable)
 
 
 def test_runtime_bases_are_small(dockerfiles):
