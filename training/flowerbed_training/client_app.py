@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flowerbed_training import compression, privacy, task
+from flowerbed_training import compression, privacy, secagg, task
 from flowerbed_training.data import Dataset, check_compatible
 from flowerbed_training.protocol import (
     ARRAYS,
@@ -31,8 +31,9 @@ from flowerbed_training.scaffold import client_control_update
 from flowerbed_training.settings import ClientSettings
 from flowerbed_training.survey import spec_from_config, standardizer_from_config, summary_reply
 
-# The central-DP clipping mod acts only on messages that carry a clipping norm.
-app = ClientApp(mods=[privacy.central_dp_clipping_mod])
+# Both mods act only on the messages meant for them: SecAgg+ protocol / legacy-layout
+# messages, and messages that carry a central-DP clipping norm.
+app = ClientApp(mods=[secagg.secagg_plus_mod, privacy.central_dp_clipping_mod])
 
 # Context state key for SCAFFOLD's client control variate c_i (stays on the site).
 _CLIENT_CONTROL = "scaffold-client-control"

@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from flowerbed_training import privacy, task
+from flowerbed_training import privacy, secagg, task
 from flowerbed_training.checkpoints import CheckpointStore, save_final_model
 from flowerbed_training.protocol import from_record, to_record
 from flowerbed_training.recording import CentralEvaluation, RoundRecorder
@@ -66,14 +66,20 @@ def main(grid: Grid, context: Context) -> None:
         checkpoints=checkpoints, central_evaluation=central_evaluation(context, federation),
         round_offset=done, state_of=lambda: strategy_state(base),
     )
-    result = recorder.start(
-        grid=grid,
-        initial_arrays=to_record(weights),
-        num_rounds=remaining,
-        timeout=settings.round_timeout,
-        train_config=ConfigRecord(federation.config()),
-        evaluate_config=ConfigRecord(federation.config()),
-        evaluate_fn=recorder.end_round,
-    )
-    path = save_final_model(settings.artifacts_dir, from_record(result.arrays))
+    if secagg.secagg_enabled(context.run_config):
+        # SecAgg+ exists only in Flower's legacy workflow API; secagg.py runs it with the same recorder.
+        final = secagg.run_secagg_plus(grid, context, recorder, initial_arrays=weights, num_rounds=remaining,
+                                       train_config=federation.config())
+    else:
+        result = recorder.start(
+            grid=grid,
+            initial_arrays=to_record(weights),
+            num_rounds=remaining,
+            timeout=settings.round_timeout,
+            train_config=ConfigRecord(federation.config()),
+            evaluate_config=ConfigRecord(federation.config()),
+            evaluate_fn=recorder.end_round,
+        )
+        final = from_record(result.arrays)
+    path = save_final_model(settings.artifacts_dir, final)
     log(INFO, "Final model saved to %s", path)

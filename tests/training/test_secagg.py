@@ -1,0 +1,191 @@
+"""SecAgg+: the server only sees masked vectors, and their unmasked sum is FedAvg's aggregate.
+
+Two real in-process federations of the app (3 breast-cancer sites, same
+seeds, 2 rounds): one with `secagg = true`, one plain FedAvg. Every reply the
+server receives is intercepted at the grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common import bytes_to_ndarray
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+from flwr.supercore.task_identity import TaskIdentity
+
+from flowerbed_training import secagg
+from flowerbed_training.inprocess import InProcessGrid, builtin_sites, run_config_with, run_federation
+from flowerbed_training.protocol import ARRAYS, METRICS, NUM_EXAMPLES, from_record
+from flowerbed_training.recording import read_metrics
+from flowerbed_training.settings import SettingsError
+
+SITES = 3
+ROUNDS = 2
+QUANTIZATION_RANGE = 2**22  # SecAggPlusWorkflow's default
+MOD_RANGE = 2**32
+
+
+@dataclass
+class Run:
+    sent: list[Message]  # every message the server pushed
+    received: list[Message]  # every reply the server pulled
+    artifacts: Path
+
+
+def _run(tmp: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Run:
+    """Run the app, intercepting the server's side of the grid."""
+    run = Run([], [], tmp)
+    push, pull = InProcessGrid.push_messages, InProcessGrid.pull_messages
+
+    def recording_push(grid: InProcessGrid, messages):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        run.sent.extend(messages)
+        return push(grid, messages)
+
+    def recording_pull(grid: InProcessGrid, message_ids):  # type: ignore[no-untyped-def]
+        replies = list(pull(grid, message_ids))
+        run.received.extend(replies)
+        return replies
+
+    monkeypatch.setattr(InProcessGrid, "push_messages", recording_push)
+    monkeypatch.setattr(InProcessGrid, "pull_messages", recording_pull)
+    run_config = run_config_with({"num-server-rounds": ROUNDS, "artifacts-dir": str(tmp), "min-train-sites": SITES,
+                                  "min-available-sites": SITES, "dirichlet-alpha": 1.0, **overrides})
+    run_federation(builtin_sites(SITES), run_config)
+    monkeypatch.undo()
+    return run
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _run(tmp_path_factory.mktemp("secure"), monkeypatch, secagg=True)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _run(tmp_path_factory.mktemp("plain"), monkeypatch)
+
+
+def _masked_vectors(replies: list[Message], server_round: int) -> dict[int, list[np.ndarray]]:
+    vectors = {}
+    for reply in replies:
+        configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+        if reply.metadata.group_id == str(server_round) and configs is not None and Key.MASKED_PARAMETERS in configs:
+            vectors[reply.metadata.src_node_id] = [bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]]
+    return vectors
+
+
+def _plain_site_models(replies: list[Message]) -> dict[int, tuple[np.ndarray, int]]:
+    """Round-1 model and example count of each site in the plain run (what SecAgg+ must hide)."""
+    models: dict[int, tuple[np.ndarray, int]] = {}
+    for reply in replies:  # in arrival order: a site's first train reply is its round-1 model
+        if reply.metadata.message_type == "train" and reply.metadata.src_node_id not in models:
+            arrays = from_record(reply.content.array_records[ARRAYS])
+            flat = np.concatenate([a.ravel() for a in arrays.values()])
+            models[reply.metadata.src_node_id] = (flat, int(reply.content.metric_records[METRICS][NUM_EXAMPLES]))
+    return models
+
+
+def test_server_receives_no_site_model_only_masked_vectors(secure: Run, plain: Run) -> None:
+    secure_replies = secure.received
+    train_replies = [r for r in secure_replies if r.metadata.message_type == "train"]
+    assert len(train_replies) == 4 * SITES * ROUNDS  # the protocol's four stages, every site, every round
+    for reply in train_replies:  # no training reply carries a readable model
+        assert all(len(record) == 0 for record in reply.content.array_records.values())
+
+    masked = _masked_vectors(secure_replies, server_round=1)
+    true_models = _plain_site_models(plain.received)
+    assert sorted(masked) == sorted(true_models) and len(masked) == SITES
+    settings = secagg.SecAggSettings.from_run_config(run_config_with({"secagg": True}))
+    for node_id, vector in masked.items():
+        model, examples = true_models[node_id]
+        weight = round(examples / settings.max_weight * QUANTIZATION_RANGE) / QUANTIZATION_RANGE
+        # What the site would send unmasked: its weighted model quantized to [0, 2**22).
+        clip = settings.clipping_range
+        quantized = (np.clip(model * weight, -clip, clip) + clip) * QUANTIZATION_RANGE / (2 * clip)
+        seen = np.concatenate([v.ravel() for v in vector[1:]]).astype(np.float64)
+        distance = np.abs((seen - np.round(quantized)) % MOD_RANGE)
+        distance = np.minimum(distance, MOD_RANGE - distance)
+        # Unmasked, every entry would be within 1 (stochastic rounding); masked, none is.
+        assert np.mean(distance <= 1) < 0.01
+        # The masks are uniform over [0, 2**32): their mean sits near 2**31.
+        assert abs(seen.mean() / MOD_RANGE - 0.5) < 0.05
+
+
+def _secure_global_model_after_round_1(sent: list[Message]) -> np.ndarray:
+    """The model the server sends in round 2 (legacy FitIns layout): SecAgg+'s round-1 aggregate."""
+    for message in sent:
+        if message.metadata.group_id == "2" and "fitins.parameters" in message.content.array_records:
+            arrays = message.content.array_records["fitins.parameters"].values()
+            return np.concatenate([a.numpy().ravel() for a in arrays])
+    raise AssertionError("no round-2 model was sent")
+
+
+def test_secure_aggregate_matches_plain_fedavg(secure: Run, plain: Run) -> None:
+    site_models = _plain_site_models(plain.received)
+    examples = np.array([n for _, n in site_models.values()], dtype=np.float64)
+    fedavg = sum(model * n for model, n in site_models.values()) / examples.sum()
+    secure_model = _secure_global_model_after_round_1(secure.sent)
+    # Each site quantizes its weighted model to 2**22 levels over [-c, c] (stochastic
+    # rounding: error < one level); the sum is divided by the total weight.
+    settings = secagg.SecAggSettings.from_run_config(run_config_with({"secagg": True}))
+    level = 2 * settings.clipping_range / QUANTIZATION_RANGE
+    tolerance = SITES * level / (examples.sum() / settings.max_weight)
+    assert np.abs(secure_model - fedavg).max() <= tolerance
+    assert np.abs(secure_model - fedavg).max() > 0  # it did go through quantization and masking
+
+
+def test_secure_final_model_stays_close_to_plain_fedavg(secure: Run, plain: Run) -> None:
+    # Round 2 trains from the slightly different round-1 models, so only closeness is expected.
+    with np.load(secure.artifacts / "final_model.npz") as secure_model, \
+            np.load(plain.artifacts / "final_model.npz") as plain_model:
+        assert sorted(secure_model.files) == sorted(plain_model.files)
+        for name in plain_model.files:
+            assert secure_model[name].dtype == np.float32
+            np.testing.assert_allclose(secure_model[name], plain_model[name], atol=5e-3)
+
+
+def test_secure_run_records_rounds_like_a_plain_one(secure: Run, plain: Run) -> None:
+    secure_lines, plain_lines = read_metrics(secure.artifacts), read_metrics(plain.artifacts)
+    assert [line["round"] for line in secure_lines] == list(range(1, ROUNDS + 1))
+    for secure_line, plain_line in zip(secure_lines, plain_lines, strict=True):
+        assert secure_line["sites"] == plain_line["sites"] == [f"site-{i}" for i in range(SITES)]
+        assert secure_line["accuracy"] == pytest.approx(plain_line["accuracy"], abs=0.02)
+        assert set(secure_line["contribution"].values()) == {None}  # a masked update cannot be scored
+        # Key exchange and shares make SecAgg+ cost more than sending the model in the clear.
+        assert secure_line["bytes_up"] > plain_line["bytes_up"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"secagg-num-shares": 2}, "run config secagg-num-shares: 2 must be >= 3"),
+        ({"secagg-reconstruction-threshold": 3}, "secagg-reconstruction-threshold: 3 must be >= 2 and < secagg-num-shares"),
+        ({"strategy": "scaffold"}, "run config strategy: 'scaffold' must be 'fedavg' when secagg is true"),
+        ({"compression": "int8"}, "run config compression: 'int8' must be 'none' when secagg is true"),
+        ({"central-dp": "server"}, "run config central-dp: 'server' must be 'off' when secagg is true"),
+    ],
+)
+def test_bad_settings_name_the_key(override: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        secagg.SecAggSettings.from_run_config({"secagg": True, **override})
+
+
+def test_mod_passes_app_layout_messages_through() -> None:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    message = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+    seen = []
+
+    def app(msg: Message, ctxt: Context) -> Message:
+        seen.append(msg)
+        return Message(RecordDict(), reply_to=msg)
+
+    secagg.secagg_plus_mod(message, Context(1, 7, {}, RecordDict(), {}), app)
+    assert seen == [message]
