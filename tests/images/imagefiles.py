@@ -87,11 +87,17 @@ class Dockerfile:
                 words = copy.split()
                 if any(w.startswith("--from=") for w in words):
                     continue
-                sources, dest = [w for w in words[:-1] if not w.startswith("--")], words[-1]
-                if image_path == dest:
-                    return REPO / sources[0]
-                if dest.endswith("/") and image_path.startswith(dest):
-                    return REPO / sources[0] / image_path[len(dest):]
+                dest = words[-1]
+                for source in (REPO / w for w in words[:-1] if not w.startswith("--")):
+                    if not dest.endswith("/"):
+                        found = source if image_path == dest else None
+                    elif source.is_dir():
+                        inside = image_path.startswith(dest)
+                        found = source / image_path[len(dest):] if inside else None
+                    else:
+                        found = source if image_path == dest + source.name else None
+                    if found is not None and found.exists():
+                        return found
         return None
 
     def shell_commands(self) -> list[tuple[Stage, list[str]]]:
