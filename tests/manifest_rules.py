@@ -7,10 +7,14 @@ the YAML a real `pulumi up` renders into out/<stack>/<cluster>/.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import kubernetes_validate
+import jsonschema
+from kubernetes_validate.utils import schema_contents
+from referencing import Registry, Resource
 
 KUBERNETES_VERSION = "1.33"
 APP_UID = 49999
@@ -54,15 +58,28 @@ def pod_spec_of(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return node
 
 
+@functools.cache
+def _validator(kind: str, api_version: str) -> jsonschema.protocols.Validator:
+    """kubernetes-validate's strict schema for one kind, compiled once (its own validate() reloads per call)."""
+    schema_dir = f"kubernetes-json-schema/v{KUBERNETES_VERSION}.0-local-strict"
+    # rbac.authorization.k8s.io/v1 -> rbac-v1, as kubernetes-validate names its files
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = schema_contents(f"{schema_dir}/{kind.lower()}-{group_version}.json", KUBERNETES_VERSION)
+    definitions = schema_contents(f"{schema_dir}/_definitions.json", KUBERNETES_VERSION)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
 def _schema_problems(manifest: Mapping[str, Any]) -> list[str]:
     try:
-        kubernetes_validate.validate(dict(manifest), KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as err:
-        location = "/".join(str(p) for p in err.path)
-        return [f"schema: {err.message} at {location or '<root>'}"]
-    except kubernetes_validate.SchemaNotFoundError as err:
-        return [f"schema: {err}"]
-    return []
+        validator = _validator(str(manifest.get("kind")), str(manifest.get("apiVersion")))
+    except FileNotFoundError:
+        return [f"schema: no {manifest.get('apiVersion')} {manifest.get('kind')} in Kubernetes {KUBERNETES_VERSION}"]
+    error = jsonschema.exceptions.best_match(validator.iter_errors(dict(manifest)))
+    if error is None:
+        return []
+    location = "/".join(str(p) for p in error.absolute_path)
+    return [f"schema: {error.message} at {location or '<root>'}"]
 
 
 def _namespace_problems(manifest: Mapping[str, Any]) -> list[str]:

@@ -166,9 +166,12 @@ class _RecordingMonitor(MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
-def run(program: Callable[[], Any], *, preview: bool = False) -> Deployment:
-    """Run `program` (which declares resources) under mocks; return everything it declared."""
-    deployment = Deployment()
+def run(program: Callable[[], Any], *, preview: bool = False, into: Deployment | None = None) -> Deployment:
+    """Run `program` (which declares resources) under mocks; return everything it declared.
+
+    `into` receives the registrations as they happen, so a caller still sees them if `program` raises.
+    """
+    deployment = into if into is not None else Deployment()
     mocks = _Mocks(deployment)
     pulumi.runtime.set_mocks(mocks, project="flowerbed", stack="dev", preview=preview,
                              monitor=_RecordingMonitor(mocks))

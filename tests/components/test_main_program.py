@@ -1,0 +1,58 @@
+"""__main__.py as the language host runs it: config in, resources and stack outputs out."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime.config import set_all_config
+from pulumi.runtime.settings import get_root_resource
+
+from component_harness import ROOT, Deployment, dev_raw_config, run
+
+
+@pytest.fixture
+def stack_config() -> Iterator[Any]:
+    def configure(raw: Mapping[str, Any]) -> None:
+        # The engine hands every value to the program as text (objects as JSON).
+        set_all_config({f"flowerbed:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}, [])
+
+    yield configure
+    set_all_config({}, [])
+
+
+def run_main(into: Deployment | None = None) -> tuple[Deployment, dict[str, Any]]:
+    exported: dict[str, Any] = {}
+
+    def program() -> Any:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        outputs = get_root_resource().outputs  # what pulumi.export collected
+        return pulumi.Output.all(**outputs).apply(exported.update)
+
+    return run(program, into=into), exported
+
+
+def test_the_dev_stack_declares_the_federation_and_exports_its_outputs(stack_config: Any) -> None:
+    stack_config(dev_raw_config())
+    declared, exported = run_main()
+    assert {"endpoint", "sites", "caCertificate", "flwrConnection", "controlPortForward"} <= set(exported)
+    assert len(declared.kubernetes()) > 50
+
+
+def test_a_bad_config_stops_with_one_message_before_declaring_anything(stack_config: Any) -> None:
+    raw = dev_raw_config()
+    raw["sites"][1]["cluster"] = "nowhere"
+    stack_config(raw)
+    declared = Deployment()
+    with pytest.raises(pulumi.RunError) as err:
+        run_main(into=declared)
+    assert str(err.value) == (
+        "invalid stack configuration: sites[1].cluster: 'nowhere' is not allowed; "
+        "expected one of the configured clusters (hub, hospitals)")
+    # RunError is what the language host reports as a plain message, without a traceback.
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert declared.resources == []
