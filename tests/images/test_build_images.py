@@ -54,6 +54,8 @@ def test_builds_the_platform_image_and_both_job_variants(tmp_path):
     platform = builds["registry.example.org/flowerbed/platform:0.1.0"]
     assert platform[platform.index("--file") + 1] == "images/platform/Dockerfile"
     assert platform[-1] == "."  # the repository root: the lock and training/ are in the context
+    for call in builds.values():
+        assert call[call.index("--platform") + 1] == "linux/amd64"
     for tag, variant in (("0.1.0", "VARIANT=cuda"), ("0.1.0-cpu", "VARIANT=cpu")):
         job = builds[f"registry.example.org/flowerbed/job:{tag}"]
         assert job[job.index("--file") + 1] == "images/job/Dockerfile"
