@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from federate.credentials import Credentials, NodeKeyFiles, write_credentials
@@ -40,8 +40,14 @@ class LocalFederation:
     ports: Ports
     workdir: Path
     supervisor: Supervisor
-    credentials: Credentials | None = None
-    cli: FlwrCli | None = None
+    credentials: Credentials = field(init=False)
+    cli: FlwrCli = field(init=False)  # the operator's `flwr` with a connection to this SuperLink
+
+    def __post_init__(self) -> None:
+        self.credentials = write_credentials(self.workdir / "pki", [site.name for site in self.sites])
+        self.cli = FlwrCli.configure(
+            self.workdir / "operator", CONNECTION, self.superlink_address, self.credentials.ca_cert
+        )
 
     @property
     def superlink_address(self) -> str:
@@ -49,22 +55,31 @@ class LocalFederation:
 
     def start(self, data_dir: Path) -> FlwrCli:
         """Bring the whole federation up; every site's SuperNode is online when this returns."""
-        self.credentials = write_credentials(self.workdir / "pki", [site.name for site in self.sites])
-        self.start_superlink()
-        self.cli = FlwrCli.configure(
-            self.workdir / "operator", CONNECTION, self.superlink_address, self.credentials.ca_cert
-        )
-        self.start_superexec("superexec-serverapp", self.superlink_address, tls=True)
+        cli = self.start_server()
         for site in self.sites:
-            self.cli.json("supernode", "register", str(self.credentials.node_keys[site.name].public_key))
+            self.register(site)
         for site in self.sites:
-            self.start_supernode(site, self.credentials.node_keys[site.name], data_dir / site.name)
-            self.start_superexec(f"superexec-{site.name}", f"{LOOPBACK}:{self.ports.supernode_runtime[site.name]}", tls=False)
+            self.start_site(site, data_dir / site.name)
         self.wait_for_nodes_online(len(self.sites))
+        return cli
+
+    def start_server(self) -> FlwrCli:
+        """The SuperLink and the SuperExec that launches its ServerApp tasks."""
+        self.start_superlink()
+        self.start_superexec("superexec-serverapp", self.superlink_address, tls=True)
         return self.cli
 
+    def register(self, site: Site) -> None:
+        """`flwr supernode register <public key>`: only registered keys may join."""
+        self.cli.json("supernode", "register", str(self.credentials.node_keys[site.name].public_key))
+
+    def start_site(self, site: Site, data_root: Path) -> None:
+        self.start_supernode(site, self.credentials.node_keys[site.name], data_root)
+        self.start_superexec(
+            f"superexec-{site.name}", f"{LOOPBACK}:{self.ports.supernode_runtime[site.name]}", tls=False
+        )
+
     def start_superlink(self) -> ManagedProcess:
-        assert self.credentials is not None
         home = self.workdir / "superlink"
         home.mkdir(parents=True, exist_ok=True)
         process = self.supervisor.start(
@@ -88,7 +103,6 @@ class LocalFederation:
         return process
 
     def start_superexec(self, name: str, runtime_address: str, *, tls: bool) -> ManagedProcess:
-        assert self.credentials is not None
         # The SuperLink's Runtime API shares its TLS port; a SuperNode's Runtime API is
         # plain HTTP on loopback (in a pod it is reachable only inside the pod's network policy).
         security = ["--root-certificates", str(self.credentials.ca_cert)] if tls else ["--insecure"]
@@ -104,7 +118,6 @@ class LocalFederation:
     def start_supernode(self, site: Site, key: NodeKeyFiles, data_root: Path, *,
                         root_certificates: Path | None = None, max_retries: int | None = None) -> ManagedProcess:
         """One site's SuperNode; the optional arguments let tests try bad credentials."""
-        assert self.credentials is not None
         home = self.workdir / f"supernode-{site.name}"  # SuperNodes install app bundles under FLWR_HOME
         home.mkdir(parents=True, exist_ok=True)
         retries = [] if max_retries is None else ["--max-retries", str(max_retries)]
@@ -125,7 +138,6 @@ class LocalFederation:
         )
 
     def online_nodes(self) -> int:
-        assert self.cli is not None
         nodes = self.cli.json("supernode", "list")["nodes"]
         return sum(1 for node in nodes if node["status"] == "online")
 

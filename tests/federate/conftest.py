@@ -1,0 +1,57 @@
+"""Shared helpers for the local-federation tests: real Flower processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from federate.federation import LocalFederation, Ports
+from federate.ports import free_port
+from federate.processes import ManagedProcess, Supervisor
+from federate.sites import sites_from_names
+
+FederationFactory = Callable[[Sequence[str]], LocalFederation]
+
+
+@pytest.fixture
+def start_federation(tmp_path: Path) -> Iterator[FederationFactory]:
+    """Build a LocalFederation for the given site names; every process is stopped afterwards."""
+    with Supervisor(tmp_path / "logs") as supervisor:
+
+        def build(names: Sequence[str]) -> LocalFederation:
+            sites = sites_from_names(names)
+            ports = Ports(free_port(), {site.name: free_port() for site in sites})
+            return LocalFederation(sites, ports, tmp_path / "work", supervisor)
+
+        yield build
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Live processes whose command line or environment contains `text` (pid and command)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+            if (proc / "stat").read_text().split(") ")[-1].startswith("Z"):
+                continue  # a zombie already exited; it only waits for its parent to reap it
+        except OSError:  # exited while we looked, or not ours to read
+            continue
+        if text.encode() in cmdline or text.encode() in environ:
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{proc.name}: {command}")
+    return found
+
+
+def wait_for_exit(process: ManagedProcess, timeout: float) -> int | None:
+    """The exit code once `process` has exited, or None if it is still running after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while process.running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return process.popen.poll()
