@@ -35,7 +35,7 @@ images:
 	@tools/build-images
 
 bench: venv
-	$(PY) -m bench
+	PYTHONPATH=training $(PY) -m bench $(ARGS)
 
 clean:
 	rm -rf out .pytest_cache

@@ -1,0 +1,60 @@
+"""Run the real app in process (flowerbed_training.inprocess) and read what it recorded."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowerbed_training.inprocess import builtin_sites, run_config_with, run_federation
+from flowerbed_training.recording import read_metrics
+
+
+@dataclass(frozen=True)
+class FederatedRun:
+    run_config: dict[str, Any]
+    lines: list[dict[str, Any]]  # metrics.jsonl, one per round
+    seconds: float  # wall time of the whole run, survey included
+    parameters: int  # entries of the final model
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.lines[-1]["accuracy"])
+
+    def seconds_to(self, accuracy: float) -> float | None:
+        """Seconds of round time until the global model first reached `accuracy` (None: never)."""
+        elapsed = 0.0
+        for line in self.lines:
+            elapsed += float(line["seconds"])
+            if line["accuracy"] is not None and line["accuracy"] >= accuracy:
+                return elapsed
+        return None
+
+    def rounds_to(self, accuracy: float) -> int | None:
+        return next((int(l["round"]) for l in self.lines if l["accuracy"] is not None and l["accuracy"] >= accuracy), None)
+
+    def mean(self, field: str) -> float:
+        return sum(float(line[field]) for line in self.lines) / len(self.lines)
+
+
+def federated(sites: int, overrides: Mapping[str, Any]) -> FederatedRun:
+    with tempfile.TemporaryDirectory(prefix="flowerbed-bench-") as artifacts:
+        run_config = run_config_with({**overrides, "artifacts-dir": artifacts,
+                                      "min-train-sites": sites, "min-available-sites": sites})
+        started = time.perf_counter()
+        run_federation(builtin_sites(sites), run_config)
+        seconds = time.perf_counter() - started
+        with np.load(Path(artifacts) / "final_model.npz") as model:
+            parameters = sum(model[name].size for name in model.files)
+        return FederatedRun(run_config, read_metrics(Path(artifacts)), seconds, int(parameters))
+
+
+def quiet_flower() -> None:
+    # Flower logs every round at INFO; the bench prints its own tables.
+    logging.getLogger("flwr").setLevel(logging.WARNING)
