@@ -326,7 +326,8 @@ def _study_data(raw: Any, field: str) -> StudyData:
         dataset=_dns_label(entry["dataset"], f"{field}.dataset"),
         size=_quantity(entry["size"], f"{field}.size") if "size" in entry else None,
         storage_class=_optional_string(entry.get("storageClass"), f"{field}.storageClass"),
-        existing_claim=_dns_name(entry["existingClaim"], f"{field}.existingClaim") if "existingClaim" in entry else None,
+        existing_claim=(_dns_name(entry["existingClaim"], f"{field}.existingClaim")
+                        if "existingClaim" in entry else None),
         mode=_choice(entry.get("mode", "ro"), f"{field}.mode", DATA_MODES),
     )
 

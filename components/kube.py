@@ -24,6 +24,8 @@ FEDERATION_LABEL = "flowerbed.dev/federation"
 SITE_LABEL = "flowerbed.dev/site"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TMP_VOLUME = "tmp"
+# Executors reach the Kubernetes API through the `kubernetes` Service (443) or the server directly (6443).
+API_SERVER_PORTS = (443, 6443)
 
 
 @dataclass(frozen=True)
@@ -177,9 +179,10 @@ def namespace(resource_name: str, name: str, object_labels: Mapping[str, str],
 
 def claim(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, size: str, storage_class: str | None,
           opts: pulumi.ResourceOptions) -> k8s.core.v1.PersistentVolumeClaim:
-    return k8s.core.v1.PersistentVolumeClaim(resource_name, metadata=meta, spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+    spec = k8s.core.v1.PersistentVolumeClaimSpecArgs(
         access_modes=["ReadWriteOnce"], storage_class_name=storage_class,
-        resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size})), opts=opts)
+        resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size}))
+    return k8s.core.v1.PersistentVolumeClaim(resource_name, metadata=meta, spec=spec, opts=opts)
 
 
 # --- network policies ------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,12 @@ EXECUTOR = "serverapp-executor"
 TASK = "serverapp-task"
 REGISTRAR = "register-supernodes"
 CA_SECRET = "federation-ca"
+TLS_SECRET = "superlink-tls"
+STATE_CLAIM = "superlink-state"
 ARTIFACTS_CLAIM = "serverapp-artifacts"
+NGINX_CONFIG = "superlink-nginx"
+KEYS_CONFIG = "supernode-public-keys"
+FLWR_CONFIG = "registrar-flwr"
 
 _STATE_DIR = "/var/lib/flowerbed"
 _NGINX_CONF_DIR = "/etc/flowerbed/nginx"
@@ -77,6 +82,21 @@ def registration_script() -> str:
         """)
 
 
+def superlink_args() -> list[str]:
+    return [
+        "--isolation", "process",
+        "--ssl-certfile", f"{naming.TLS_DIR}/tls.crt",
+        "--ssl-keyfile", f"{naming.TLS_DIR}/tls.key",
+        "--ssl-ca-certfile", f"{naming.TLS_DIR}/ca.crt",
+        "--enable-supernode-auth",
+        "--database", f"{_STATE_DIR}/state.db",
+        "--disable-runtime-dependency-installation",
+        # All interfaces so kubelet probes reach it; NetworkPolicy admits only nginx's ports.
+        "--host", "0.0.0.0",
+        "--port", str(naming.SUPERLINK_PORT),
+    ]
+
+
 class ServerSite(pulumi.ComponentResource):
     """The aggregator: everything in the server cluster's federation namespace."""
 
@@ -85,171 +105,195 @@ class ServerSite(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ServerSiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        config = args.config
-        server = config.server
-        fed = config.federation
-        ns_name = server.namespace
-        child = pulumi.ResourceOptions(parent=self)
-        data_opts = pulumi.ResourceOptions(parent=self, retain_on_delete=config.data_safety.retain_on_delete,
-                                           protect=config.data_safety.protect)
+        self._name = name
+        self._config = args.config
+        self._ns = args.config.server.namespace
+        namespace = kube.namespace(f"{name}-namespace", self._ns, self._labels("server"),
+                                   pulumi.ResourceOptions(parent=self))
+        self._in_ns = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
 
-        def meta(obj_name: str, role: str, annotations: Mapping[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
-            return kube.metadata(obj_name, ns_name, kube.labels(fed, role), annotations)
+        tls_secret, ca_secret = self._tls(args.ca)
+        state, artifacts = self._volumes()
+        superlink = self._superlink(depends_on=[tls_secret, state])
+        internal_services = self._services()
+        self._executor(depends_on=[ca_secret, artifacts])
+        self._registration(args.supernode_public_keys, depends_on=[ca_secret, superlink, *internal_services])
+        self._network_policies()
 
-        ns = kube.namespace(f"{name}-namespace", ns_name, kube.labels(fed, "server"), child)
-        in_ns = pulumi.ResourceOptions(parent=self, depends_on=[ns])
-        data_opts = pulumi.ResourceOptions.merge(data_opts, pulumi.ResourceOptions(depends_on=[ns]))
+        server = self._config.server
+        self.namespace = namespace.metadata.name
+        self.endpoint = pulumi.Output.from_input(f"{server.endpoint}:{server.public_port}")
+        self.register_outputs({"namespace": self.namespace, "endpoint": self.endpoint})
 
-        # --- TLS: the SuperLink certificate (only nginx and SuperLink see its key) and the CA for clients.
+    def _labels(self, role: str) -> dict[str, str]:
+        return kube.labels(self._config.federation, role)
+
+    def _meta(self, obj_name: str, role: str,
+              annotations: Mapping[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+        return kube.metadata(obj_name, self._ns, self._labels(role), annotations)
+
+    def _after(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(depends_on=list(depends_on)))
+
+    def _tls(self, ca: CertificateAuthority) -> tuple[k8s.core.v1.Secret, k8s.core.v1.Secret]:
+        """The SuperLink certificate (only SuperLink and nginx see its key) and the CA for in-cluster clients."""
+        pki = self._config.pki
         certificate = ServerCertificate(
-            f"{name}-certificate", ca=args.ca,
-            dns_names=naming.server_certificate_names(server.endpoint, ns_name),
-            validity_days=config.pki.validity_days, renew_before_days=config.pki.renew_before_days,
-            opts=child)
-        tls_secret = k8s.core.v1.Secret(f"{name}-tls", metadata=meta("superlink-tls", SUPERLINK),
+            f"{self._name}-certificate", ca=ca,
+            dns_names=naming.server_certificate_names(self._config.server.endpoint, self._ns),
+            validity_days=pki.validity_days, renew_before_days=pki.renew_before_days,
+            opts=pulumi.ResourceOptions(parent=self))
+        tls_secret = k8s.core.v1.Secret(f"{self._name}-tls", metadata=self._meta(TLS_SECRET, SUPERLINK),
                                         type="kubernetes.io/tls", string_data={
                                             "tls.crt": certificate.cert_pem, "tls.key": certificate.key_pem,
-                                            "ca.crt": args.ca.cert_pem}, opts=in_ns)
-        ca_secret = k8s.core.v1.Secret(f"{name}-ca", metadata=meta(CA_SECRET, "server"),
-                                       string_data={"ca.crt": args.ca.cert_pem}, opts=in_ns)
+                                            "ca.crt": ca.cert_pem}, opts=self._in_ns)
+        ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(CA_SECRET, "server"),
+                                       string_data={"ca.crt": ca.cert_pem}, opts=self._in_ns)
+        return tls_secret, ca_secret
 
-        # --- state that must survive: SuperLink's database and the ServerApp's artifacts.
-        state = kube.claim(f"{name}-state", meta("superlink-state", SUPERLINK), server.state_storage.size,
-                           server.state_storage.storage_class, data_opts)
-        artifacts = kube.claim(f"{name}-artifacts", meta(ARTIFACTS_CLAIM, TASK),
-                               server.artifacts_storage.size, server.artifacts_storage.storage_class, data_opts)
+    def _volumes(self) -> tuple[k8s.core.v1.PersistentVolumeClaim, k8s.core.v1.PersistentVolumeClaim]:
+        """State that must survive: SuperLink's database and the ServerApp's artifacts."""
+        server, safety = self._config.server, self._config.data_safety
+        opts = pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(
+            retain_on_delete=safety.retain_on_delete, protect=safety.protect))
+        state = kube.claim(f"{self._name}-state", self._meta(STATE_CLAIM, SUPERLINK), server.state_storage.size,
+                           server.state_storage.storage_class, opts)
+        artifacts = kube.claim(f"{self._name}-artifacts", self._meta(ARTIFACTS_CLAIM, TASK),
+                               server.artifacts_storage.size, server.artifacts_storage.storage_class, opts)
+        return state, artifacts
 
-        # --- SuperLink + nginx sidecar.
-        nginx = k8s.core.v1.ConfigMap(f"{name}-nginx", metadata=meta("superlink-nginx", SUPERLINK), data={
+    def _superlink(self, depends_on: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
+        """SuperLink, reachable only through the nginx sidecar's three listeners."""
+        images = self._config.images
+        nginx = k8s.core.v1.ConfigMap(f"{self._name}-nginx", metadata=self._meta(NGINX_CONFIG, SUPERLINK), data={
             "nginx.conf": nginx_conf(
                 superlink_port=naming.SUPERLINK_PORT, fleet_port=naming.FLEET_PORT,
                 runtime_port=naming.RUNTIME_PORT, control_port=naming.CONTROL_PORT,
                 cert_file=f"{naming.TLS_DIR}/tls.crt", key_file=f"{naming.TLS_DIR}/tls.key",
                 ca_file=f"{naming.TLS_DIR}/ca.crt", superlink_server_name="localhost",
-                runtime_dir=_NGINX_RUN_DIR)}, opts=in_ns)
-        superlink_args = [
-            "--isolation", "process",
-            "--ssl-certfile", f"{naming.TLS_DIR}/tls.crt",
-            "--ssl-keyfile", f"{naming.TLS_DIR}/tls.key",
-            "--ssl-ca-certfile", f"{naming.TLS_DIR}/ca.crt",
-            "--enable-supernode-auth",
-            "--database", f"{_STATE_DIR}/state.db",
-            "--disable-runtime-dependency-installation",
-            # All interfaces so kubelet probes reach it; NetworkPolicy admits only nginx's ports.
-            "--host", "0.0.0.0",
-            "--port", str(naming.SUPERLINK_PORT),
-        ]
-        superlink_container = kube.container(
-            "superlink", config.images.platform, config.images, command=["flower-superlink"], args=superlink_args,
+                runtime_dir=_NGINX_RUN_DIR)}, opts=self._in_ns)
+        superlink = kube.container(
+            "superlink", images.platform, images, command=["flower-superlink"], args=superlink_args(),
             sizing=_SUPERLINK_SIZING, env={"FLWR_HOME": f"{_STATE_DIR}/flwr-home"},
             ports=[k8s.core.v1.ContainerPortArgs(name="superlink", container_port=naming.SUPERLINK_PORT)],
             mounts=[kube.mount("tls", naming.TLS_DIR), kube.mount("state", _STATE_DIR, read_only=False)],
             probe=kube.https_probe(naming.SUPERLINK_PORT))
-        nginx_container = kube.container(
-            "fleet-filter", config.images.platform, config.images,
+        fleet_filter = kube.container(
+            "fleet-filter", images.platform, images,
             command=["nginx"], args=["-e", "stderr", "-c", f"{_NGINX_CONF_DIR}/nginx.conf"], sizing=_NGINX_SIZING,
             ports=[k8s.core.v1.ContainerPortArgs(name=n, container_port=p) for n, p in (
                 ("fleet", naming.FLEET_PORT), ("runtime", naming.RUNTIME_PORT), ("control", naming.CONTROL_PORT))],
             mounts=[kube.mount("tls", naming.TLS_DIR), kube.mount("nginx-conf", _NGINX_CONF_DIR),
                     kube.mount("nginx-run", _NGINX_RUN_DIR, read_only=False)],
+            # TCP, not /health: a SuperLink restart must not restart the filter too.
             probe=k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=naming.FLEET_PORT),
                                         period_seconds=10, failure_threshold=6))
-        superlink_selector = kube.selector(fed, SUPERLINK)
-        superlink = k8s.apps.v1.Deployment(f"{name}-superlink", metadata=meta("superlink", SUPERLINK),
-                                           spec=k8s.apps.v1.DeploymentSpecArgs(
+        return k8s.apps.v1.Deployment(f"{self._name}-superlink", metadata=self._meta(SUPERLINK, SUPERLINK),
+                                      spec=k8s.apps.v1.DeploymentSpecArgs(
             replicas=1,
             # One SQLite database on a ReadWriteOnce volume: never two SuperLinks at once.
             strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
-            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=superlink_selector),
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._superlink_pods()),
             template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(fed, SUPERLINK)),
-                spec=kube.pod_spec(config.images, [superlink_container, nginx_container], [
-                    kube.secret_volume("tls", "superlink-tls"),
-                    kube.config_volume("nginx-conf", "superlink-nginx"),
-                    kube.claim_volume("state", "superlink-state"),
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(SUPERLINK)),
+                spec=kube.pod_spec(images, [superlink, fleet_filter], [
+                    kube.secret_volume("tls", TLS_SECRET),
+                    kube.config_volume("nginx-conf", NGINX_CONFIG),
+                    kube.claim_volume("state", STATE_CLAIM),
                     k8s.core.v1.VolumeArgs(name="nginx-run", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
                         size_limit="256Mi")),
-                ]))), opts=pulumi.ResourceOptions(parent=self, depends_on=[tls_secret, nginx, state]))
+                ]))), opts=self._after([*depends_on, nginx]))
 
-        # --- Services: public Fleet, internal Runtime and Control.
-        fleet = k8s.core.v1.Service(f"{name}-fleet", metadata=meta(
+    def _superlink_pods(self) -> dict[str, str]:
+        return kube.selector(self._config.federation, SUPERLINK)
+
+    def _services(self) -> list[k8s.core.v1.Service]:
+        """The public Fleet Service (fleet listener only) and the internal Runtime and Control Services."""
+        server = self._config.server
+        k8s.core.v1.Service(f"{self._name}-fleet", metadata=self._meta(
             naming.FLEET_SERVICE, SUPERLINK, server.service_annotations), spec=k8s.core.v1.ServiceSpecArgs(
-            type=server.service_type, selector=superlink_selector, load_balancer_ip=server.load_balancer_ip,
+            type=server.service_type, selector=self._superlink_pods(), load_balancer_ip=server.load_balancer_ip,
             ports=[k8s.core.v1.ServicePortArgs(name="fleet", port=server.public_port, target_port="fleet",
-                                               protocol="TCP")]), opts=in_ns)
-        internal = [k8s.core.v1.Service(f"{name}-{api}", metadata=meta(service, SUPERLINK),
-                                        spec=k8s.core.v1.ServiceSpecArgs(
-            type="ClusterIP", selector=superlink_selector,
-            ports=[k8s.core.v1.ServicePortArgs(name=api, port=port, target_port=api, protocol="TCP")]), opts=in_ns)
+                                               protocol="TCP")]), opts=self._in_ns)
+        return [k8s.core.v1.Service(f"{self._name}-{api}", metadata=self._meta(service, SUPERLINK),
+                                    spec=k8s.core.v1.ServiceSpecArgs(
+            type="ClusterIP", selector=self._superlink_pods(),
+            ports=[k8s.core.v1.ServicePortArgs(name=api, port=port, target_port=api, protocol="TCP")]),
+            opts=self._in_ns)
             for api, service, port in (("runtime", naming.RUNTIME_SERVICE, naming.RUNTIME_PORT),
                                        ("control", naming.CONTROL_SERVICE, naming.CONTROL_PORT))]
 
-        # --- ServerApp executor: SuperExec launching one pod per ServerApp run.
-        executor_sa = kube.service_account(f"{name}-executor-sa", meta(EXECUTOR, EXECUTOR), config.images,
-                                           automount=True, opts=in_ns)
-        task_sa = kube.service_account(f"{name}-task-sa", meta(TASK, TASK), config.images, automount=False,
-                                       opts=in_ns)
-        rbac = kube.executor_rbac(f"{name}-executor", meta(EXECUTOR, EXECUTOR), EXECUTOR, ns_name, in_ns)
-        executor_map = k8s.core.v1.ConfigMap(f"{name}-executor-config", metadata=meta(EXECUTOR, EXECUTOR), data={
-            "executor.yaml": yaml.safe_dump(executor_config(config), sort_keys=True)}, opts=in_ns)
-        runtime_address = naming.service_address(naming.RUNTIME_SERVICE, ns_name, naming.RUNTIME_PORT)
-        executor = k8s.apps.v1.Deployment(f"{name}-executor", metadata=meta(EXECUTOR, EXECUTOR),
-                                          spec=superexec.deployment_spec(
-            federation=fed, role=EXECUTOR, images=config.images, runtime_address=runtime_address,
-            ca_secret=CA_SECRET), opts=pulumi.ResourceOptions(
-            parent=self, depends_on=[executor_sa, task_sa, *rbac, executor_map, ca_secret, artifacts]))
+    def _executor(self, depends_on: Sequence[pulumi.Resource]) -> None:
+        """SuperExec launching one ServerApp pod per run, with its ServiceAccounts and RBAC."""
+        config = self._config
+        executor_sa = kube.service_account(f"{self._name}-executor-sa", self._meta(EXECUTOR, EXECUTOR),
+                                           config.images, automount=True, opts=self._in_ns)
+        task_sa = kube.service_account(f"{self._name}-task-sa", self._meta(TASK, TASK), config.images,
+                                       automount=False, opts=self._in_ns)
+        rbac = kube.executor_rbac(f"{self._name}-executor", self._meta(EXECUTOR, EXECUTOR), EXECUTOR, self._ns,
+                                  self._in_ns)
+        executor_map = k8s.core.v1.ConfigMap(f"{self._name}-executor-config", metadata=self._meta(EXECUTOR, EXECUTOR),
+                                             data={superexec.CONFIG_FILE: yaml.safe_dump(
+                                                 executor_config(config), sort_keys=True)}, opts=self._in_ns)
+        k8s.apps.v1.Deployment(f"{self._name}-executor", metadata=self._meta(EXECUTOR, EXECUTOR),
+                               spec=superexec.deployment_spec(
+            federation=config.federation, role=EXECUTOR, images=config.images,
+            runtime_address=naming.service_address(naming.RUNTIME_SERVICE, self._ns, naming.RUNTIME_PORT),
+            ca_secret=CA_SECRET), opts=self._after([*depends_on, executor_sa, task_sa, *rbac, executor_map]))
 
-        # --- SuperNode registration: a Job per set of keys, so adding a site runs it again.
-        keys_map = k8s.core.v1.ConfigMap(f"{name}-supernode-keys", metadata=meta("supernode-public-keys", REGISTRAR),
-                                         data={f"{site}.pub": key for site, key in
-                                               sorted(args.supernode_public_keys.items())}, opts=in_ns)
-        flwr_map = k8s.core.v1.ConfigMap(f"{name}-registrar-flwr", metadata=meta("registrar-flwr", REGISTRAR), data={
-            "config.toml": naming.flwr_connection(
-                "federation", f"{naming.CA_DIR}/ca.crt",
-                naming.service_address(naming.CONTROL_SERVICE, ns_name, naming.CONTROL_PORT))}, opts=in_ns)
-        keys_digest = pulumi.Output.all(*[args.supernode_public_keys[s] for s in sorted(args.supernode_public_keys)])
-        job_name = keys_digest.apply(lambda keys: f"{REGISTRAR}-{_digest(keys)}")
-        job = k8s.batch.v1.Job(f"{name}-registrar", metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=job_name, namespace=ns_name, labels=kube.labels(fed, REGISTRAR)), spec=k8s.batch.v1.JobSpecArgs(
+    def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
+                      depends_on: Sequence[pulumi.Resource]) -> None:
+        """A Job that registers every site's SuperNode key; named by the keys, so a new site runs it again."""
+        images = self._config.images
+        keys_map = k8s.core.v1.ConfigMap(f"{self._name}-supernode-keys",
+                                         metadata=self._meta(KEYS_CONFIG, REGISTRAR),
+                                         data={f"{site}.pub": key for site, key in sorted(public_keys.items())},
+                                         opts=self._in_ns)
+        flwr_map = k8s.core.v1.ConfigMap(f"{self._name}-registrar-flwr", metadata=self._meta(FLWR_CONFIG, REGISTRAR),
+                                         data={"config.toml": naming.flwr_connection(
+                                             "federation", f"{naming.CA_DIR}/ca.crt", naming.service_address(
+                                                 naming.CONTROL_SERVICE, self._ns, naming.CONTROL_PORT))},
+                                         opts=self._in_ns)
+        job_name = pulumi.Output.all(*[public_keys[site] for site in sorted(public_keys)]).apply(
+            lambda keys: f"{REGISTRAR}-{_digest(keys)}")
+        k8s.batch.v1.Job(f"{self._name}-registrar", metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=job_name, namespace=self._ns, labels=self._labels(REGISTRAR)), spec=k8s.batch.v1.JobSpecArgs(
+            # SuperLink may still be starting: retry rather than fail the update.
             backoff_limit=10, active_deadline_seconds=1800,
             template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(fed, REGISTRAR)),
-                spec=kube.pod_spec(config.images, [kube.container(
-                    "register", config.images.platform, config.images, command=["sh", "-c"],
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(REGISTRAR)),
+                spec=kube.pod_spec(images, [kube.container(
+                    "register", images.platform, images, command=["sh", "-c"],
                     args=[registration_script()], sizing=_REGISTRAR_SIZING, env=naming.TASK_ENV,
                     mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("keys", _KEYS_DIR),
                             kube.mount("flwr", _FLWR_CONF_DIR)])],
-                    [kube.secret_volume("ca", CA_SECRET), kube.config_volume("keys", "supernode-public-keys"),
-                     kube.config_volume("flwr", "registrar-flwr")], restart_policy="OnFailure"))),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[keys_map, flwr_map, ca_secret, superlink, *internal]))
+                    [kube.secret_volume("ca", CA_SECRET), kube.config_volume("keys", KEYS_CONFIG),
+                     kube.config_volume("flwr", FLWR_CONFIG)], restart_policy="OnFailure"))),
+            opts=self._after([*depends_on, keys_map, flwr_map]))
 
-        # --- NetworkPolicies: deny everything, then exactly the flows above.
-        policies = kube.baseline_policies(name, ns_name, kube.labels(fed, "server"), in_ns)
+    def _network_policies(self) -> None:
+        """Deny everything in the namespace, then allow exactly the flows above."""
+        config, name, fed = self._config, self._name, self._config.federation
+        kube.baseline_policies(name, self._ns, self._labels("server"), self._in_ns)
         everyone_here: dict[str, str] = {}
-        runtime_clients = [kube.selector(fed, EXECUTOR), kube.selector(fed, TASK)]
-        policies.append(kube.network_policy(f"{name}-superlink-policy", meta("superlink", SUPERLINK),
-                                            superlink_selector, ingress=[
+        kube.network_policy(f"{name}-superlink-policy", self._meta(SUPERLINK, SUPERLINK), self._superlink_pods(),
+                            ingress=[
             kube.Flow(ports=(naming.FLEET_PORT,), anywhere=True),
-            *[kube.Flow(ports=(naming.RUNTIME_PORT,), pods=pods) for pods in runtime_clients],
-            # Control: any pod in this namespace; administrators come through port-forward (kubelet).
+            *[kube.Flow(ports=(naming.RUNTIME_PORT,), pods=kube.selector(fed, role)) for role in (EXECUTOR, TASK)],
+            # Control: pods of this namespace; administrators arrive through port-forward (the kubelet).
             kube.Flow(ports=(naming.CONTROL_PORT,), pods=everyone_here),
-        ], opts=in_ns))
-        to_runtime = kube.Flow(ports=(naming.RUNTIME_PORT,), pods=superlink_selector)
-        api_server = kube.Flow(ports=(443, 6443), cidrs=config.clusters[server.cluster].api_server_cidrs)
-        policies.append(kube.network_policy(f"{name}-executor-policy", meta(EXECUTOR, EXECUTOR),
-                                            kube.selector(fed, EXECUTOR), egress=[to_runtime, api_server], opts=in_ns))
-        policies.append(kube.network_policy(f"{name}-task-policy", meta(TASK, TASK), kube.selector(fed, TASK),
-                                            egress=[to_runtime], opts=in_ns))
-        policies.append(kube.network_policy(f"{name}-registrar-policy", meta(REGISTRAR, REGISTRAR),
-                                            kube.selector(fed, REGISTRAR), egress=[
-            kube.Flow(ports=(naming.CONTROL_PORT,), pods=superlink_selector)], opts=in_ns))
-
-        self.namespace = ns.metadata.name
-        self.endpoint = pulumi.Output.from_input(f"{server.endpoint}:{server.public_port}")
-        self.fleet_service = fleet
-        self.job = job
-        self.executor = executor
-        self.register_outputs({"namespace": self.namespace, "endpoint": self.endpoint})
+        ], opts=self._in_ns)
+        to_runtime = kube.Flow(ports=(naming.RUNTIME_PORT,), pods=self._superlink_pods())
+        api_server = kube.Flow(ports=kube.API_SERVER_PORTS,
+                               cidrs=config.clusters[config.server.cluster].api_server_cidrs)
+        kube.network_policy(f"{name}-executor-policy", self._meta(EXECUTOR, EXECUTOR), kube.selector(fed, EXECUTOR),
+                            egress=[to_runtime, api_server], opts=self._in_ns)
+        kube.network_policy(f"{name}-task-policy", self._meta(TASK, TASK), kube.selector(fed, TASK),
+                            egress=[to_runtime], opts=self._in_ns)
+        kube.network_policy(f"{name}-registrar-policy", self._meta(REGISTRAR, REGISTRAR),
+                            kube.selector(fed, REGISTRAR),
+                            egress=[kube.Flow(ports=(naming.CONTROL_PORT,), pods=self._superlink_pods())],
+                            opts=self._in_ns)
 
 
 def _digest(values: list[str]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,96 +89,124 @@ class ClientSite(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ClientSiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        config, site = args.config, args.site
-        fed, ns_name = config.federation, site.namespace
-        child = pulumi.ResourceOptions(parent=self)
+        self._name = name
+        self._config = args.config
+        self._site = args.site
+        self._ns = args.site.namespace
+        namespace = kube.namespace(f"{name}-namespace", self._ns, self._labels("site"),
+                                   pulumi.ResourceOptions(parent=self))
+        self._in_ns = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
 
-        def meta(obj_name: str, role: str) -> k8s.meta.v1.ObjectMetaArgs:
-            return kube.metadata(obj_name, ns_name, kube.labels(fed, role, site.name))
+        secrets = self._secrets(args.ca, args.supernode_key)
+        claims = self._study_data()
+        runtime_service = self._supernode(args.partition_id, depends_on=secrets)
+        self._executor(depends_on=[secrets[0], runtime_service, *claims])
+        self._network_policies()
 
-        ns = kube.namespace(f"{name}-namespace", ns_name, kube.labels(fed, "site", site.name), child)
-        in_ns = pulumi.ResourceOptions(parent=self, depends_on=[ns])
-        data_opts = pulumi.ResourceOptions(parent=self, depends_on=[ns], protect=config.data_safety.protect,
-                                           retain_on_delete=config.data_safety.retain_on_delete)
+        self.namespace = namespace.metadata.name
+        self.register_outputs({"namespace": self.namespace})
 
-        # --- secrets: the CA (to trust SuperLink), the SuperNode key, the Runtime API certificate.
-        ca_secret = k8s.core.v1.Secret(f"{name}-ca", metadata=meta(CA_SECRET, "site"),
-                                       string_data={"ca.crt": args.ca.cert_pem}, opts=in_ns)
-        auth_secret = k8s.core.v1.Secret(f"{name}-auth", metadata=meta(AUTH_SECRET, SUPERNODE),
-                                         string_data={"supernode.key": args.supernode_key.private_openssh},
-                                         opts=in_ns)
+    def _labels(self, role: str) -> dict[str, str]:
+        return kube.labels(self._config.federation, role, self._site.name)
+
+    def _meta(self, obj_name: str, role: str) -> k8s.meta.v1.ObjectMetaArgs:
+        return kube.metadata(obj_name, self._ns, self._labels(role))
+
+    def _after(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(depends_on=list(depends_on)))
+
+    def _secrets(self, ca: CertificateAuthority, key: SupernodeKey) -> list[k8s.core.v1.Secret]:
+        """The CA (to trust SuperLink), the SuperNode key, and the certificate of the SuperNode's Runtime API."""
+        pki = self._config.pki
+        ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(CA_SECRET, "site"),
+                                       string_data={"ca.crt": ca.cert_pem}, opts=self._in_ns)
+        auth_secret = k8s.core.v1.Secret(f"{self._name}-auth", metadata=self._meta(AUTH_SECRET, SUPERNODE),
+                                         string_data={"supernode.key": key.private_openssh}, opts=self._in_ns)
         runtime_cert = ServerCertificate(
-            f"{name}-runtime-certificate", ca=args.ca, dns_names=naming.supernode_runtime_names(ns_name),
-            validity_days=config.pki.validity_days, renew_before_days=config.pki.renew_before_days, opts=child)
-        runtime_tls = k8s.core.v1.Secret(f"{name}-runtime-tls", metadata=meta(RUNTIME_TLS_SECRET, SUPERNODE),
+            f"{self._name}-runtime-certificate", ca=ca, dns_names=naming.supernode_runtime_names(self._ns),
+            validity_days=pki.validity_days, renew_before_days=pki.renew_before_days,
+            opts=pulumi.ResourceOptions(parent=self))
+        runtime_tls = k8s.core.v1.Secret(f"{self._name}-runtime-tls",
+                                         metadata=self._meta(RUNTIME_TLS_SECRET, SUPERNODE),
                                          type="kubernetes.io/tls", string_data={
                                              "tls.crt": runtime_cert.cert_pem, "tls.key": runtime_cert.key_pem,
-                                             "ca.crt": args.ca.cert_pem}, opts=in_ns)
+                                             "ca.crt": ca.cert_pem}, opts=self._in_ns)
+        return [ca_secret, auth_secret, runtime_tls]
 
-        # --- study data: new volumes are retained (configurable); existing claims are only referenced.
-        claims = [kube.claim(f"{name}-study-{data.study}-{data.dataset}",
-                             meta(naming.study_claim_name(data.study, data.dataset), TASK),
-                             data.size, data.storage_class, data_opts)
-                  for data in site.study_data if data.size is not None]
+    def _study_data(self) -> list[k8s.core.v1.PersistentVolumeClaim]:
+        """New study-data volumes, retained by default; existing claims are only referenced."""
+        safety = self._config.data_safety
+        opts = pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(
+            retain_on_delete=safety.retain_on_delete, protect=safety.protect))
+        return [kube.claim(f"{self._name}-study-{data.study}-{data.dataset}",
+                           self._meta(naming.study_claim_name(data.study, data.dataset), TASK),
+                           data.size, data.storage_class, opts)
+                for data in self._site.study_data if data.size is not None]
 
-        # --- SuperNode.
-        supernode_selector = kube.selector(fed, SUPERNODE)
-        supernode_container = kube.container(
-            "supernode", config.images.platform, config.images, command=["flower-supernode"],
-            args=supernode_args(config, site, args.partition_id), sizing=_SUPERNODE_SIZING,
+    def _supernode(self, partition_id: int, depends_on: Sequence[pulumi.Resource]) -> k8s.core.v1.Service:
+        """The SuperNode and the Service of its Runtime API (for this site's SuperExec and task pods)."""
+        config, images = self._config, self._config.images
+        supernode = kube.container(
+            "supernode", images.platform, images, command=["flower-supernode"],
+            args=supernode_args(config, self._site, partition_id), sizing=_SUPERNODE_SIZING,
             env={"FLWR_HOME": _FLWR_HOME},
             ports=[k8s.core.v1.ContainerPortArgs(name="runtime", container_port=naming.SUPERNODE_RUNTIME_PORT)],
             mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("auth", _AUTH_DIR), kube.mount("tls", naming.TLS_DIR),
                     kube.mount("flwr-home", _FLWR_HOME, read_only=False)],
             probe=kube.https_probe(naming.SUPERNODE_RUNTIME_PORT))
-        supernode = k8s.apps.v1.Deployment(f"{name}-supernode", metadata=meta(SUPERNODE, SUPERNODE),
-                                           spec=k8s.apps.v1.DeploymentSpecArgs(
+        k8s.apps.v1.Deployment(f"{self._name}-supernode", metadata=self._meta(SUPERNODE, SUPERNODE),
+                               spec=k8s.apps.v1.DeploymentSpecArgs(
             replicas=1,
             # One key, one node: never two SuperNodes of this site at once.
             strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
-            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=supernode_selector),
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._pods(SUPERNODE)),
             template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(fed, SUPERNODE, site.name)),
-                spec=kube.pod_spec(config.images, [supernode_container], [
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(SUPERNODE)),
+                spec=kube.pod_spec(images, [supernode], [
                     kube.secret_volume("ca", CA_SECRET), kube.secret_volume("auth", AUTH_SECRET),
                     kube.secret_volume("tls", RUNTIME_TLS_SECRET),
                     k8s.core.v1.VolumeArgs(name="flwr-home", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
-                        size_limit="2Gi"))]))),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[ca_secret, auth_secret, runtime_tls]))
-        runtime_service = k8s.core.v1.Service(f"{name}-runtime", metadata=meta(naming.SUPERNODE_SERVICE, SUPERNODE),
-                                              spec=k8s.core.v1.ServiceSpecArgs(
-            type="ClusterIP", selector=supernode_selector,
+                        size_limit="2Gi"))]))), opts=self._after(depends_on))
+        return k8s.core.v1.Service(f"{self._name}-runtime", metadata=self._meta(naming.SUPERNODE_SERVICE, SUPERNODE),
+                                   spec=k8s.core.v1.ServiceSpecArgs(
+            type="ClusterIP", selector=self._pods(SUPERNODE),
             ports=[k8s.core.v1.ServicePortArgs(name="runtime", port=naming.SUPERNODE_RUNTIME_PORT,
-                                               target_port="runtime", protocol="TCP")]), opts=in_ns)
+                                               target_port="runtime", protocol="TCP")]), opts=self._in_ns)
 
-        # --- ClientApp executor: one pod per ClientApp run, with the site's GPUs and data.
-        executor_sa = kube.service_account(f"{name}-executor-sa", meta(EXECUTOR, EXECUTOR), config.images,
-                                           automount=True, opts=in_ns)
-        task_sa = kube.service_account(f"{name}-task-sa", meta(TASK, TASK), config.images, automount=False,
-                                       opts=in_ns)
-        rbac = kube.executor_rbac(f"{name}-executor", meta(EXECUTOR, EXECUTOR), EXECUTOR, ns_name, in_ns)
-        executor_map = k8s.core.v1.ConfigMap(f"{name}-executor-config", metadata=meta(EXECUTOR, EXECUTOR), data={
-            superexec.CONFIG_FILE: yaml.safe_dump(executor_config(config, site), sort_keys=True)}, opts=in_ns)
-        runtime_address = naming.service_address(naming.SUPERNODE_SERVICE, ns_name, naming.SUPERNODE_RUNTIME_PORT)
-        k8s.apps.v1.Deployment(f"{name}-executor", metadata=meta(EXECUTOR, EXECUTOR), spec=superexec.deployment_spec(
-            federation=fed, role=EXECUTOR, images=config.images, runtime_address=runtime_address,
-            ca_secret=CA_SECRET), opts=pulumi.ResourceOptions(
-            parent=self, depends_on=[executor_sa, task_sa, *rbac, executor_map, ca_secret, runtime_service, *claims]))
+    def _pods(self, role: str) -> dict[str, str]:
+        return kube.selector(self._config.federation, role)
 
-        # --- NetworkPolicies: out only to the server endpoint (and DNS); in only from this site's pods.
-        kube.baseline_policies(name, ns_name, kube.labels(fed, "site", site.name), in_ns)
-        to_runtime = kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=supernode_selector)
-        kube.network_policy(f"{name}-supernode-policy", meta(SUPERNODE, SUPERNODE), supernode_selector,
-                            ingress=[kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=kube.selector(fed, role))
+    def _executor(self, depends_on: Sequence[pulumi.Resource]) -> None:
+        """SuperExec launching one ClientApp pod per run, with the site's GPUs and data."""
+        config = self._config
+        executor_sa = kube.service_account(f"{self._name}-executor-sa", self._meta(EXECUTOR, EXECUTOR),
+                                           config.images, automount=True, opts=self._in_ns)
+        task_sa = kube.service_account(f"{self._name}-task-sa", self._meta(TASK, TASK), config.images,
+                                       automount=False, opts=self._in_ns)
+        rbac = kube.executor_rbac(f"{self._name}-executor", self._meta(EXECUTOR, EXECUTOR), EXECUTOR, self._ns,
+                                  self._in_ns)
+        executor_map = k8s.core.v1.ConfigMap(f"{self._name}-executor-config", metadata=self._meta(EXECUTOR, EXECUTOR),
+                                             data={superexec.CONFIG_FILE: yaml.safe_dump(
+                                                 executor_config(config, self._site), sort_keys=True)},
+                                             opts=self._in_ns)
+        runtime_address = naming.service_address(naming.SUPERNODE_SERVICE, self._ns, naming.SUPERNODE_RUNTIME_PORT)
+        k8s.apps.v1.Deployment(f"{self._name}-executor", metadata=self._meta(EXECUTOR, EXECUTOR),
+                               spec=superexec.deployment_spec(
+            federation=config.federation, role=EXECUTOR, images=config.images, runtime_address=runtime_address,
+            ca_secret=CA_SECRET), opts=self._after([*depends_on, executor_sa, task_sa, *rbac, executor_map]))
+
+    def _network_policies(self) -> None:
+        """Out only to the server endpoint (and DNS); in only from this site's own pods."""
+        config, name = self._config, self._name
+        kube.baseline_policies(name, self._ns, self._labels("site"), self._in_ns)
+        to_runtime = kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=self._pods(SUPERNODE))
+        kube.network_policy(f"{name}-supernode-policy", self._meta(SUPERNODE, SUPERNODE), self._pods(SUPERNODE),
+                            ingress=[kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=self._pods(role))
                                      for role in (EXECUTOR, TASK)],
                             egress=[kube.Flow(ports=(config.server.public_port,),
-                                              cidrs=config.server.endpoint_cidrs)], opts=in_ns)
-        api_server = kube.Flow(ports=(443, 6443), cidrs=config.clusters[site.cluster].api_server_cidrs)
-        kube.network_policy(f"{name}-executor-policy", meta(EXECUTOR, EXECUTOR), kube.selector(fed, EXECUTOR),
-                            egress=[to_runtime, api_server], opts=in_ns)
-        kube.network_policy(f"{name}-task-policy", meta(TASK, TASK), kube.selector(fed, TASK),
-                            egress=[to_runtime], opts=in_ns)
-
-        self.namespace = ns.metadata.name
-        self.supernode = supernode
-        self.register_outputs({"namespace": self.namespace})
+                                              cidrs=config.server.endpoint_cidrs)], opts=self._in_ns)
+        api_server = kube.Flow(ports=kube.API_SERVER_PORTS, cidrs=config.clusters[self._site.cluster].api_server_cidrs)
+        kube.network_policy(f"{name}-executor-policy", self._meta(EXECUTOR, EXECUTOR), self._pods(EXECUTOR),
+                            egress=[to_runtime, api_server], opts=self._in_ns)
+        kube.network_policy(f"{name}-task-policy", self._meta(TASK, TASK), self._pods(TASK),
+                            egress=[to_runtime], opts=self._in_ns)

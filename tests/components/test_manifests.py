@@ -84,6 +84,6 @@ def test_rules_catch_a_host_path_volume(superlink: dict[str, Any]) -> None:
 
 
 def test_rules_catch_a_namespace_without_restricted_pod_security(dev: Deployment) -> None:
-    namespace = dev.objects("Namespace")[0].manifest()
+    namespace = dev.one("Namespace", "demo-server", "").manifest()
     namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "baseline"
     assert check_manifest(namespace) == ["Namespace/demo-server: namespace does not enforce Pod Security 'restricted'"]
