@@ -9,7 +9,7 @@ import torch
 
 from . import centralized, communication, strategies
 from .options import Options
-from .runs import quiet_flower
+from .runs import quiet_flower, warm_up
 
 BENCHMARKS = {"centralized": centralized.run, "strategies": strategies.run, "communication": communication.run}
 
@@ -33,6 +33,7 @@ def main() -> None:
     # machine torch's default thread pool is much slower than one thread.
     torch.set_num_threads(1)
     quiet_flower()
+    warm_up()
     started = time.perf_counter()
     for name in args.names or list(BENCHMARKS):
         BENCHMARKS[name](options)

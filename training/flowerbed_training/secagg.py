@@ -183,7 +183,7 @@ class _RecordedFedAvg(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        record = self.recorder._round()  # pylint: disable=protected-access
+        record = _current(self.recorder)
         record.sites = sorted(str(res.metrics.get(SITE_NAME, f"node-{proxy.node_id}")) for proxy, res in results)
         record.failed = {f"failure-{i}": str(f) for i, f in enumerate(failures)}
         record.epsilon = {str(res.metrics.get(SITE_NAME, proxy.node_id)): _maybe(res.metrics.get("epsilon"))
@@ -210,7 +210,7 @@ class _RecordedFedAvg(FedAvg):
         loss, _ = super().aggregate_evaluate(server_round, results, failures)
         accuracy = _weighted([(res.num_examples, res.metrics.get("eval-accuracy")) for _, res in results
                               if isinstance(res.metrics.get("eval-accuracy"), (int, float))])
-        record = self.recorder._round()  # pylint: disable=protected-access
+        record = _current(self.recorder)
         record.federated_loss, record.federated_accuracy = loss, accuracy
         return loss, {"eval-accuracy": accuracy} if accuracy is not None else {}
 
@@ -228,13 +228,13 @@ class _Rounds:
         legacy = cast(LegacyContext, context)
         self.recorder.current = RoundLog(round=_current_round(legacy) + self.recorder.round_offset)
         self.secure_fit(grid, legacy)
-        record = self.recorder._round()  # pylint: disable=protected-access
+        record = _current(self.recorder)
         record.bytes_down, record.bytes_up = self.grid.take("train-down"), self.grid.take("train-up")
 
     def evaluate(self, grid: Grid, context: Context) -> None:
         legacy = cast(LegacyContext, context)
         default_evaluate_workflow(grid, legacy)
-        record = self.recorder._round()  # pylint: disable=protected-access
+        record = _current(self.recorder)
         record.eval_bytes_down = self.grid.take("evaluate-down")
         self.grid.take("evaluate-up")
         self.recorder.end_round(_current_round(legacy), to_record(global_model(legacy, self.names)))
@@ -277,6 +277,12 @@ def run_secagg_plus(
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=num_rounds), strategy=strategy)
     DefaultWorkflow(fit_workflow=rounds.fit, evaluate_workflow=rounds.evaluate)(metered, legacy)
     return global_model(legacy, names)
+
+
+def _current(recorder: RoundRecorder) -> RoundLog:
+    if recorder.current is None:
+        raise RuntimeError("secagg: a round's log is read before the round started")
+    return recorder.current
 
 
 def _current_round(context: LegacyContext) -> int:
