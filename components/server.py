@@ -62,13 +62,13 @@ def executor_config(config: FederationConfig) -> dict[str, Any]:
         volume_mounts=[{"name": "artifacts", "mountPath": naming.ARTIFACTS_DIR}])
 
 
-def registration_script() -> str:
+def registration_script(flwr_conf_dir: str = _FLWR_CONF_DIR, keys_dir: str = _KEYS_DIR) -> str:
     """Register every mounted public key; keys SuperLink already knows count as done (reruns are safe)."""
     return textwrap.dedent(f"""\
         set -eu
         mkdir -p "$FLWR_HOME"
-        cp {_FLWR_CONF_DIR}/config.toml "$FLWR_HOME/config.toml"
-        for key in {_KEYS_DIR}/*.pub; do
+        cp {flwr_conf_dir}/config.toml "$FLWR_HOME/config.toml"
+        for key in {keys_dir}/*.pub; do
           site=$(basename "$key" .pub)
           if out=$(flwr supernode register --name "$site" "$key" federation 2>&1); then
             echo "$site: registered"
