@@ -116,8 +116,9 @@ class LocalFederation:
         )
 
     def start_supernode(self, site: Site, key: NodeKeyFiles, data_root: Path, *,
-                        root_certificates: Path | None = None, max_retries: int | None = None) -> ManagedProcess:
-        """One site's SuperNode; the optional arguments let tests try bad credentials."""
+                        root_certificates: Path | None = None, max_retries: int | None = None,
+                        superlink_address: str | None = None) -> ManagedProcess:
+        """One site's SuperNode; the optional arguments let tests try bad credentials or a proxy."""
         home = self.workdir / f"supernode-{site.name}"  # SuperNodes install app bundles under FLWR_HOME
         home.mkdir(parents=True, exist_ok=True)
         retries = [] if max_retries is None else ["--max-retries", str(max_retries)]
@@ -125,7 +126,7 @@ class LocalFederation:
             f"supernode-{site.name}",
             [
                 str(BIN_DIR / "flower-supernode"),
-                "--superlink", self.superlink_address,
+                "--superlink", superlink_address or self.superlink_address,
                 "--root-certificates", str(root_certificates or self.credentials.ca_cert),
                 "--auth-supernode-private-key", str(key.private_key),
                 "--node-config", site.node_config(data_root),

@@ -30,6 +30,9 @@ def is_listening(port: int) -> bool:
 def ensure_free(port: int, purpose: str, option: str) -> None:
     """Fail with a message that names the port, what it was for, and the flag that moves it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Like the Flower servers (uvicorn) do: connections of an earlier run lingering in
+        # TIME_WAIT do not block the port; only a live listener or bound socket does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, port))
         except OSError as err:

@@ -1,0 +1,123 @@
+"""`python -m federate` end to end: real processes, TLS, node auth, the real training app."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federate.ports import ensure_free, free_port
+from tests.federate.conftest import processes_mentioning
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = ["hospital-a", "hospital-b", "lab-c"]  # the dev stack's sites (Pulumi.dev.yaml)
+ROUNDS = 3
+
+
+def free_port_run(length: int) -> int:
+    """A base port B with B..B+length-1 all free on loopback."""
+    while True:
+        base = free_port()
+        try:
+            for port in range(base, base + length):
+                ensure_free(port, "probe", "--probe")
+        except RuntimeError:
+            continue
+        return base
+
+
+def federate_command(out_dir: Path, superlink_port: int, supernode_base: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "federate", "--out-dir", str(out_dir),
+        "--superlink-port", str(superlink_port), "--supernode-port-base", str(supernode_base), *extra,
+    ]
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    """Temp files of this run (keys, FLWR_HOMEs, database) under tmp_path, to find leftovers by path."""
+    (tmp_path / "tmp").mkdir()
+    return {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+
+
+def assert_nothing_left(tmp_path: Path, ports: list[int]) -> None:
+    assert processes_mentioning(str(tmp_path)) == []
+    for port in ports:
+        ensure_free(port, "leftover check", "--none")  # raises if anything still listens
+
+
+def test_federate_trains_on_every_site_and_cleans_up(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    superlink, base = free_port(), free_port_run(len(SITES))
+    started = time.monotonic()
+    done = subprocess.run(
+        federate_command(out, superlink, base, "--rounds", str(ROUNDS)),
+        cwd=REPO, env=isolated_env(tmp_path), capture_output=True, text=True, timeout=900, check=False,
+    )
+    print(done.stdout, done.stderr, f"{time.monotonic() - started:.0f} s", sep="\n")
+    assert done.returncode == 0, done.stderr
+
+    round_lines = [line for line in done.stdout.splitlines() if line.startswith("round ")]
+    assert len(round_lines) == ROUNDS
+    assert all(f"sites {len(SITES)}/{len(SITES)}" in line for line in round_lines)
+    assert "centralized baseline" in done.stdout.strip().splitlines()[-1]
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == ROUNDS and summary["sites"] == SITES
+    assert {site: info["rounds_answered"] for site, info in summary["per_site"].items()} == dict.fromkeys(SITES, ROUNDS)
+    assert all(info["contribution"] is not None for info in summary["per_site"].values())
+    assert summary["final_accuracy"] >= 0.85
+    assert summary["final_accuracy"] >= summary["centralized_accuracy"] - 0.1
+    assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0
+
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == list(range(1, ROUNDS + 1))
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(np.load(out / "final_model.npz").files) > 0
+    assert_nothing_left(tmp_path, [superlink, *range(base, base + len(SITES))])
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    superlink, base = free_port(), free_port_run(len(SITES))
+    process = subprocess.Popen(
+        federate_command(tmp_path / "out", superlink, base, "--rounds", "50"),
+        cwd=REPO, env=isolated_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:  # wait until the run is under way: every process is up
+        if line.startswith("Run "):
+            break
+    else:
+        pytest.fail(f"federate ended before the run started: {process.wait()} {process.stderr.read()}")
+    assert processes_mentioning(str(tmp_path)) != []  # the check below can see our processes
+
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert_nothing_left(tmp_path, [superlink, *range(base, base + len(SITES))])
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "federate", "--out-dir", str(tmp_path / "out"), "--superlink-port", str(taken)],
+            cwd=REPO, env=isolated_env(tmp_path), capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert done.returncode == 1
+    assert f"port {taken} on 127.0.0.1 is already in use" in done.stderr
+    assert "--superlink-port" in done.stderr
+    assert processes_mentioning(str(tmp_path)) == []
