@@ -72,7 +72,8 @@ pid {run}/nginx.pid;
 error_log stderr notice;
 
 events {{
-    worker_connections 1024;
+    # Each proxied request holds two connections (client and upstream); SuperNodes poll every few seconds.
+    worker_connections 4096;
 }}
 
 http {{
