@@ -8,11 +8,12 @@ stop the children in order instead of leaving them half-dead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,26 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM until the block ends.
+
+    A KeyboardInterrupt raised inside Popen after the fork would leave a child
+    that nobody recorded, so nobody stops it. Signals that arrive meanwhile are
+    replayed through the previous handlers once the child is on the list.
+    """
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in pending:
+            signal.raise_signal(sig)
+
+
 @dataclass
 class Supervisor:
     """Starts children and guarantees they are stopped when the `with` block ends."""
@@ -70,7 +91,7 @@ class Supervisor:
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> ManagedProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:
+        with _interrupts_deferred(), open(log_path, "wb") as log:
             popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
@@ -79,8 +100,8 @@ class Supervisor:
                 env=dict(env) if env is not None else None,
                 start_new_session=True,
             )
-        process = ManagedProcess(name, list(argv), log_path, popen)
-        self.processes.append(process)
+            process = ManagedProcess(name, list(argv), log_path, popen)
+            self.processes.append(process)
         return process
 
     def check(self, *, except_for: Sequence[ManagedProcess] = ()) -> None:
@@ -109,8 +130,10 @@ class Supervisor:
 
     def stop_all(self) -> None:
         # Reverse start order: task launchers before the SuperNodes before the SuperLink.
-        for process in reversed(self.processes):
-            self.stop(process)
+        # A second Ctrl-C must not cut the clean-up short and orphan what is left.
+        with _interrupts_deferred():
+            for process in reversed(self.processes):
+                self.stop(process)
 
     def __enter__(self) -> Supervisor:
         return self
