@@ -78,7 +78,8 @@ def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Pat
     fig, (acc_ax, loss_ax, site_ax) = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     fig.suptitle(
         f"flowerbed local federation: {summary.strategy} on {summary.dataset}, "
-        f"{len(summary.sites)} sites, {summary.rounds} rounds, {summary.seconds['total']:.0f} s",
+        f"{len(summary.sites)} sites, {summary.rounds} rounds, {summary.seconds['total']:.0f} s — "
+        f"final accuracy {_fmt(summary.final_accuracy)} vs centralized {summary.centralized_accuracy:.3f}",
         fontsize=13,
     )
     for ax, key, central, title in (
@@ -90,7 +91,8 @@ def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Pat
         ax.axhline(central, color="tab:orange", linestyle="--", label=f"centralized, pooled data ({central:.3f})")
         if values and values[-1] is not None:
             ax.annotate(f"{values[-1]:.3f}", (numbers[-1], values[-1]), textcoords="offset points",
-                        xytext=(0, 8), ha="center", color="tab:blue")
+                        xytext=(-6, 8), ha="right", color="tab:blue",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.set_xticks(numbers if len(numbers) <= 20 else numbers[:: max(1, len(numbers) // 10)])
@@ -99,19 +101,23 @@ def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Pat
     acc_ax.set_ylim(top=1.0)
 
     names = list(summary.per_site)
-    scores = [summary.per_site[n].contribution or 0.0 for n in names]
-    bars = site_ax.bar(names, scores, color="tab:green")
-    for rect, name in zip(bars, names, strict=True):
+    means = [summary.per_site[n].contribution or 0.0 for n in names]
+    colors = [plt.get_cmap("tab10")(i + 2) for i in range(len(names))]
+    site_ax.bar(names, means, color=colors, alpha=0.75, label="mean over rounds")
+    for index, name in enumerate(names):
+        per_round = [r["contribution"][name] for r in rounds if r.get("contribution", {}).get(name) is not None]
+        site_ax.scatter([index] * len(per_round), per_round, color="black", s=14, zorder=3,
+                        label="one round" if index == 0 else None)
         info = summary.per_site[name]
         label = f"{info.rounds_answered}/{summary.rounds} rounds"
         if info.epsilon is not None:
             label += f"\nε = {info.epsilon:.2f}"
-        site_ax.annotate(label, (rect.get_x() + rect.get_width() / 2, rect.get_height()),
-                         textcoords="offset points", xytext=(0, 4), ha="center", fontsize=9)
-    site_ax.set_ylim(min(0.0, *scores) - 0.05, 1.15)
+        site_ax.annotate(label, (index, 1.03), ha="center", va="bottom", fontsize=9)
+    site_ax.set_ylim(min(0.0, *means) - 0.1, 1.4)
     site_ax.axhline(0, color="black", linewidth=0.8)
-    site_ax.set_title("Contribution per site (mean cosine of update vs aggregate)")
-    site_ax.set_ylabel("1 = pulled with the federation, 0 = no help")
+    site_ax.set_title("Contribution per site")
+    site_ax.set_ylabel("cosine(site update, aggregate update)")
     site_ax.grid(axis="y", alpha=0.3)
+    site_ax.legend(loc="upper center", ncol=2, fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,10 @@ class Site:
     num_partitions: int
 
     def node_config(self, data_root: Path) -> str:
-        """The SuperNode's `--node-config` (TOML values), as the pods get it."""
-        return (
-            f'site-name="{self.name}" data-root="{data_root}" '
-            f"partition-id={self.partition_id} num-partitions={self.num_partitions}"
-        )
+        """The SuperNode's `--node-config` (TOML values; JSON quoting is valid TOML), as the pods get it."""
+        values = {"site-name": self.name, "data-root": str(data_root),
+                  "partition-id": self.partition_id, "num-partitions": self.num_partitions}
+        return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
 
 def sites_from_names(names: Sequence[str]) -> list[Site]:

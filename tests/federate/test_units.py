@@ -1,0 +1,117 @@
+"""The local federation's pure parts and process handling (fast; no Flower processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flwr.common.config import parse_config_args
+
+from federate.__main__ import parse_args, run_overrides
+from federate.job import MetricsFollower, RunFailed, effective_run_config
+from federate.ports import PortInUse, ensure_free, free_port
+from federate.processes import ProcessDied, Supervisor
+from federate.progress import round_line
+from federate.report import per_site
+from federate.sites import Site, site_names_from_stack, sites_from_names
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sites_come_from_the_dev_stack_in_order() -> None:
+    assert site_names_from_stack(REPO / "Pulumi.dev.yaml") == ["hospital-a", "hospital-b", "lab-c"]
+
+
+def test_partition_ids_follow_the_site_order() -> None:
+    sites = sites_from_names(["a", "b", "c"])
+    assert [(s.partition_id, s.num_partitions) for s in sites] == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_node_config_parses_in_flower_to_the_contract_types() -> None:
+    site = Site("hospital-a", 1, 3)
+    parsed = parse_config_args([site.node_config(Path("/tmp/data dir/hospital-a"))])
+    assert parsed == {"site-name": "hospital-a", "data-root": "/tmp/data dir/hospital-a",
+                      "partition-id": 1, "num-partitions": 3}
+
+
+def test_a_taken_port_is_named_with_the_flag_that_moves_it() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(PortInUse, match=f"port {port} on 127.0.0.1 is already in use.*--superlink-port"):
+            ensure_free(port, "SuperLink", "--superlink-port")
+    ensure_free(port, "SuperLink", "--superlink-port")  # free again once released
+
+
+def test_free_port_is_bindable() -> None:
+    ensure_free(free_port(), "test", "--none")
+
+
+def test_a_dead_child_is_reported_with_its_last_log_lines(tmp_path: Path) -> None:
+    with Supervisor(tmp_path) as supervisor:
+        child = supervisor.start("doomed", [sys.executable, "-c", "print('loading'); print('boom: bad key'); exit(3)"])
+        child.popen.wait(timeout=30)
+        with pytest.raises(ProcessDied, match=r"(?s)doomed exited with code 3.*boom: bad key"):
+            supervisor.check()
+
+
+def test_stop_takes_down_the_whole_group_even_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    stubborn = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); print('up', flush=True); time.sleep(300)"
+    supervisor = Supervisor(tmp_path)
+    parent = supervisor.start("stubborn", [sys.executable, "-c", stubborn])
+    while "up" not in parent.log_path.read_text():
+        time.sleep(0.1)
+    supervisor.stop(parent, timeout=1.0)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(parent.pid, 0)  # no member of the group is left, grandchild included
+
+
+def test_overriding_an_unknown_run_config_key_names_the_allowed_ones() -> None:
+    with pytest.raises(RunFailed, match="run config no-such-key: not a key of .*allowed: .*num-server-rounds"):
+        effective_run_config(REPO / "training", {"no-such-key": 1})
+
+
+def test_options_become_the_apps_run_config_keys(tmp_path: Path) -> None:
+    args = parse_args(["--rounds", "4", "--strategy", "fedprox", "--dp", "local", "--secagg",
+                       "-c", "compression='int8'", "--out-dir", str(tmp_path)])
+    overrides = run_overrides(args, sites_from_names(["a", "b", "c"]))
+    config = effective_run_config(REPO / "training", overrides)  # every key exists in the app
+    assert config["num-server-rounds"] == 4 and config["strategy"] == "fedprox"
+    assert config["local-dp"] is True and config["secagg"] is True and config["compression"] == "int8"
+    assert config["min-available-sites"] == 3 and config["artifacts-dir"] == str(tmp_path.resolve())
+
+
+def test_metrics_follower_returns_each_complete_line_once(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    follower = MetricsFollower(path)
+    assert follower.new_rounds() == []
+    path.write_text(json.dumps({"round": 1}) + "\n" + '{"round": 2, "acc')  # second line half-written
+    assert follower.new_rounds() == [{"round": 1}]
+    with path.open("a") as file:
+        file.write('uracy": 0.9}\n')
+    assert follower.new_rounds() == [{"round": 2, "accuracy": 0.9}]
+    assert follower.new_rounds() == []
+
+
+def test_round_line_names_sites_that_did_not_answer() -> None:
+    line = round_line({"round": 2, "accuracy": 0.91234, "loss": 0.3, "sites": ["a", "c"], "seconds": 4.2}, 10, ["a", "b", "c"])
+    assert line.startswith("round   2/10 [") and "accuracy 0.912" in line
+    assert "sites 2/3: a, c  (missing: b)" in line
+
+
+def test_per_site_summary_counts_rounds_and_keeps_the_last_epsilon() -> None:
+    rounds = [
+        {"sites": ["a", "b"], "contribution": {"a": 0.8, "b": 0.2}, "epsilon": {"a": 1.0, "b": None}},
+        {"sites": ["a"], "contribution": {"a": 0.6}, "epsilon": {"a": 2.5}},
+    ]
+    summary = per_site(rounds, ["a", "b", "c"])
+    assert summary["a"].rounds_answered == 2 and summary["a"].contribution == pytest.approx(0.7)
+    assert summary["a"].epsilon == 2.5 and summary["b"].epsilon is None
+    assert summary["c"].rounds_answered == 0 and summary["c"].contribution is None
