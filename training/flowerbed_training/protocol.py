@@ -44,6 +44,20 @@ def site_name(message: Message) -> str:
     return f"node-{message.metadata.src_node_id}"
 
 
+class SiteNames:
+    """Node id -> site name, learnt from replies; error replies carry no content, so a site
+    that crashes is named by what it said before (or its node id if it never answered)."""
+
+    def __init__(self, known: Mapping[int, str] | None = None) -> None:
+        self._known = dict(known or {})
+
+    def __call__(self, message: Message) -> str:
+        node = message.metadata.src_node_id
+        if not message.has_error() and SITE in message.content.config_records:
+            self._known[node] = site_name(message)
+        return self._known.get(node, site_name(message))
+
+
 def payload_bytes(message: Message) -> int:
     """Bytes of the message content as Flower serializes it (0 for error replies)."""
     return 0 if message.has_error() else recorddict_to_proto(message.content).ByteSize()

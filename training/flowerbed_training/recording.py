@@ -24,7 +24,7 @@ from flwr.supercore import log
 
 from flowerbed_training.checkpoints import Checkpoint, CheckpointStore
 from flowerbed_training import compression
-from flowerbed_training.protocol import ARRAYS, METRICS, from_record, payload_bytes, site_name, to_record
+from flowerbed_training.protocol import ARRAYS, METRICS, SiteNames, from_record, payload_bytes, to_record
 
 Arrays = dict[str, np.ndarray]
 METRICS_FILE = "metrics.jsonl"
@@ -82,6 +82,7 @@ class RoundRecorder(Strategy):
         central_evaluation: CentralEvaluation | None = None,
         round_offset: int = 0,
         state_of: Callable[[], dict[str, np.ndarray]],
+        site_names: SiteNames | None = None,
     ) -> None:
         self.inner = inner
         self.artifacts_dir = artifacts_dir
@@ -91,6 +92,7 @@ class RoundRecorder(Strategy):
         self.round_offset = round_offset
         # The strategy whose state is checkpointed may sit under wrappers (central DP).
         self.state_of = state_of
+        self.site_name = site_names or SiteNames()
         self.current: RoundLog | None = None
         self._global: Arrays = {}
         artifacts_dir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +116,9 @@ class RoundRecorder(Strategy):
         replies = list(replies)
         answered = [m for m in replies if not m.has_error()]
         record.bytes_up = sum(payload_bytes(m) for m in replies)
-        record.sites = sorted(site_name(m) for m in answered)
-        record.failed = {site_name(m): m.error.reason for m in replies if m.has_error()}
-        record.epsilon = {site_name(m): _epsilon(m) for m in answered}
+        record.sites = sorted(self.site_name(m) for m in answered)
+        record.failed = {self.site_name(m): m.error.reason for m in replies if m.has_error()}
+        record.epsilon = {self.site_name(m): _epsilon(m) for m in answered}
         if len(answered) < self.min_train_sites:
             log(WARNING, "Round %d: %d site(s) answered, %d required; keeping the previous model",
                 record.round, len(answered), self.min_train_sites)
@@ -138,8 +140,8 @@ class RoundRecorder(Strategy):
             model = from_record(message.content.array_records[ARRAYS])
             # A site whose update is not a plain model (masked for secure aggregation) gets no score.
             if model.keys() == self._global.keys():
-                site_models[site_name(message)] = model
-        scores: dict[str, float | None] = {site_name(m): None for m in answered}
+                site_models[self.site_name(message)] = model
+        scores: dict[str, float | None] = {self.site_name(m): None for m in answered}
         scores.update(cosine_contributions(self._global, site_models, new_model))
         return scores
 

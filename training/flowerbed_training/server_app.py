@@ -15,7 +15,7 @@ from flwr.supercore import log
 
 from flowerbed_training import privacy, secagg, task
 from flowerbed_training.checkpoints import CheckpointStore, save_final_model
-from flowerbed_training.protocol import from_record, to_record
+from flowerbed_training.protocol import SiteNames, from_record, to_record
 from flowerbed_training.recording import CentralEvaluation, RoundRecorder
 from flowerbed_training.settings import ClientSettings, ServerSettings
 from flowerbed_training.strategies import build_strategy, restore_strategy_state, strategy_state
@@ -64,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RoundRecorder(
         strategy, settings.artifacts_dir, min_train_sites=settings.min_train_sites,
         checkpoints=checkpoints, central_evaluation=central_evaluation(context, federation),
-        round_offset=done, state_of=lambda: strategy_state(base),
+        round_offset=done, state_of=lambda: strategy_state(base), site_names=SiteNames(federation.names),
     )
     if secagg.secagg_enabled(context.run_config):
         # SecAgg+ exists only in Flower's legacy workflow API; secagg.py runs it with the same recorder.

@@ -49,6 +49,7 @@ class FederationData:
     spec: DataSpec
     standardizer: Standardizer
     examples: dict[str, int]  # site -> training examples
+    names: dict[int, str]  # node id -> site name
 
     def config(self) -> dict[str, int | list[int] | list[float]]:
         """What every train/evaluate ConfigRecord carries (see protocol.py)."""
@@ -130,4 +131,5 @@ def _combine(answered: list[Message]) -> FederationData:
                                     sums["total"], sums["total-sq"])
     log(INFO, "Federation data: %s from %d sites (%d examples)", spec, len(answered), total.count)
     return FederationData(spec, Standardizer.from_sums(total),
-                          {site: int(s["count"]) for site, s in summaries.items()})  # type: ignore[arg-type]
+                          {site: int(s["count"]) for site, s in summaries.items()},  # type: ignore[arg-type]
+                          {m.metadata.src_node_id: site_name(m) for m in answered})

@@ -1,0 +1,139 @@
+"""Models, standardization, local training (FedProx / SCAFFOLD drift terms), baseline."""
+
+import numpy as np
+import pytest
+import torch
+
+from flowerbed_training import task
+from flowerbed_training.data import DataError, Dataset, DataSpec
+
+
+def toy_data(n: int = 64, features: int = 6, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    return Dataset(x, y, DataSpec(features, 2))
+
+
+def test_models_map_a_batch_to_one_logit_per_class():
+    tabular = task.build_model("auto", DataSpec(30, 2))
+    assert isinstance(tabular, task.TabularMLP)
+    assert tabular(torch.zeros(5, 30)).shape == (5, 2)
+    images = task.build_model("auto", DataSpec(64, 10, (1, 8, 8)))
+    assert isinstance(images, task.SmallCNN)
+    assert images(torch.zeros(7, 64)).shape == (7, 10)
+    assert task.build_model("mlp", DataSpec(64, 10, (1, 8, 8)))(torch.zeros(3, 64)).shape == (3, 10)
+
+
+def test_model_choice_errors_name_the_key():
+    with pytest.raises(DataError, match="model: 'resnet' is not one of auto, mlp, cnn"):
+        task.build_model("resnet", DataSpec(3, 2))
+    with pytest.raises(DataError, match="model: cnn needs image data"):
+        task.build_model("cnn", DataSpec(30, 2))
+
+
+def test_models_have_no_batchnorm_so_opacus_and_averaging_work():
+    for spec in (DataSpec(30, 2), DataSpec(64, 10, (1, 8, 8))):
+        model = task.build_model("auto", spec)
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        assert set(task.get_weights(model)) == {k for k, _ in model.named_parameters()}
+
+
+def test_the_same_seed_builds_the_same_model_everywhere():
+    a = task.get_weights(task.model_for({"seed": 3}, DataSpec(30, 2)))
+    b = task.get_weights(task.model_for({"seed": 3}, DataSpec(30, 2)))
+    c = task.get_weights(task.model_for({"seed": 4}, DataSpec(30, 2)))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_weights_round_trip():
+    model = task.build_model("mlp", DataSpec(4, 3))
+    weights = {k: np.full_like(v, 0.5) for k, v in task.get_weights(model).items()}
+    task.set_weights(model, weights)
+    assert all(np.all(v == 0.5) for v in task.get_weights(model).values())
+
+
+def test_standardizer_from_site_sums_equals_the_pooled_statistics():
+    sites = [toy_data(40, seed=s).x * (s + 1) + s for s in range(3)]
+    sums = task.FeatureSums.of(sites[0]) + task.FeatureSums.of(sites[1]) + task.FeatureSums.of(sites[2])
+    standardizer = task.Standardizer.from_sums(sums)
+    pooled = np.concatenate(sites)
+    np.testing.assert_allclose(standardizer.mean, pooled.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(standardizer.std, pooled.std(axis=0), rtol=1e-4)
+
+
+def test_constant_features_are_centred_not_divided_by_zero():
+    x = np.ones((5, 2), dtype=np.float32)
+    standardizer = task.Standardizer.from_sums(task.FeatureSums.of(x))
+    out = standardizer.apply(Dataset(x, np.zeros(5, dtype=np.int64), DataSpec(2, 1)))
+    assert np.all(out.x == 0)
+
+
+def train_once(data: Dataset, **kwargs) -> tuple[torch.nn.Module, task.TrainStats]:
+    torch.manual_seed(0)
+    model = task.build_model("mlp", data.spec, hidden=16)
+    stats = task.train(model, task.loader(data, 16, True), task.sgd(model, 0.1), 20, torch.device("cpu"), **kwargs)
+    return model, stats
+
+
+def test_local_training_learns_and_counts_steps():
+    data = toy_data()
+    model, stats = train_once(data)
+    assert stats.steps == 20 * 4 and stats.examples == 64
+    _, accuracy = task.evaluate(model, task.loader(data, 64, False), torch.device("cpu"))
+    assert accuracy > 0.9
+
+
+def test_fedprox_term_keeps_the_model_near_the_global_one():
+    data = toy_data()
+    torch.manual_seed(0)
+    start = task.get_weights(task.build_model("mlp", data.spec, hidden=16))
+    global_params = {k: torch.from_numpy(v) for k, v in start.items()}
+
+    def distance(model: torch.nn.Module) -> float:
+        return float(sum(np.sum((v - start[k]) ** 2) for k, v in task.get_weights(model).items()))
+
+    free, _ = train_once(data)
+    held, _ = train_once(data, proximal_mu=5.0, global_params=global_params)
+    assert distance(held) < 0.5 * distance(free)
+
+
+def test_scaffold_correction_is_an_extra_sgd_step_on_every_parameter():
+    """With zero data gradient (lr applied to the loss only), a constant correction
+    moves every weight by exactly -lr * correction * steps."""
+    data = toy_data(16)
+    torch.manual_seed(0)
+    model = task.build_model("mlp", data.spec, hidden=8)
+    before = task.get_weights(model)
+    correction = {k: torch.full_like(torch.from_numpy(v), 0.25) for k, v in before.items()}
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # data loss contributes nothing
+
+    class FixedLr:  # the drift step reads the optimizer's lr; 0.0 would hide it
+        param_groups = [{"lr": 0.1}]
+
+        def zero_grad(self):
+            frozen.zero_grad()
+
+        def step(self):
+            frozen.step()
+
+    stats = task.train(model, task.loader(data, 8, False), FixedLr(), 1, torch.device("cpu"),  # type: ignore[arg-type]
+                       gradient_correction=correction)
+    after = task.get_weights(model)
+    for key in before:
+        np.testing.assert_allclose(after[key], before[key] - 0.1 * 0.25 * stats.steps, rtol=1e-5, atol=1e-6)
+
+
+def test_device_is_cpu_without_a_gpu():
+    assert task.device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_centralized_baseline_trains_the_same_model_on_pooled_data():
+    result = task.centralized_baseline({"dataset": "builtin:breast-cancer", "num-server-rounds": 5,
+                                        "local-epochs": 2, "lr": 0.1})
+    assert result["accuracy"] >= 0.93
+    assert result["loss"] < 0.3 and result["seconds"] > 0
+    assert result["epochs"] == 10
+    with pytest.raises(DataError, match="centralized baseline needs a builtin: source"):
+        task.centralized_baseline({"dataset": "cardio/visits"})
