@@ -21,7 +21,7 @@ from federate.job import MetricsFollower, RunFailed, effective_run_config, follo
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress
-from federate.report import Summary, per_site, plot_report, write_summary
+from federate.report import Summary, plot_report, summarize, write_summary
 from federate.sites import Site, site_names_from_stack, sites_from_names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,13 +142,13 @@ def federate(args: argparse.Namespace) -> Summary:
     sites = resolve_sites(args)
     ports = resolve_ports(args, sites)
     app_dir = args.app.resolve()
-    run_config = effective_run_config(app_dir, run_overrides(args, sites))
+    overrides = run_overrides(args, sites)
+    run_config = effective_run_config(app_dir, overrides)
     validate_run_config(app_dir, run_config)
     names = [site.name for site in sites]
     rounds = int(run_config["num-server-rounds"])
     progress = Progress(rounds, names, sys.stdout)
     clear_outputs(args.out_dir)
-    overrides = run_overrides(args, sites)
 
     with tempfile.TemporaryDirectory(prefix="flowerbed-federate-") as tmp, \
             Supervisor(args.out_dir / "logs") as supervisor:
@@ -165,37 +165,29 @@ def federate(args: argparse.Namespace) -> Summary:
         status = follow(cli, run_id, supervisor, metrics, progress.round_done, args.timeout)
         training_seconds = training.seconds()
     progress.say("Federation stopped; training the centralized baseline on pooled data ...")
-
-    from flowerbed_training.task import centralized_baseline
-
-    baseline = centralized_baseline(run_config)
-    lines = MetricsFollower(args.out_dir / "metrics.jsonl").new_rounds()
-    final = lines[-1] if lines else {}
-    traffic = status.get("network-traffic", {})
-    summary = Summary(
-        run_id=run_id,
-        app=str(app_dir),
-        strategy=str(run_config["strategy"]),
-        dataset=str(run_config["dataset"]),
-        rounds=len(lines),
-        sites=names,
-        final_accuracy=final.get("accuracy"),
-        final_loss=final.get("loss"),
-        centralized_accuracy=float(baseline["accuracy"]),
-        centralized_loss=float(baseline["loss"]),
-        centralized_seconds=float(baseline["seconds"]),
-        seconds={"startup": round(startup, 2), "training": round(training_seconds, 2), "total": round(total.seconds(), 2)},
-        bytes_up=sum(int(line.get("bytes_up", 0)) for line in lines),
-        bytes_down=sum(int(line.get("bytes_down", 0)) + int(line.get("eval_bytes_down", 0)) for line in lines),
-        flower_traffic_bytes={k.removesuffix("-bytes"): int(v) for k, v in traffic.items()},
-        per_site=per_site(lines, names),
-        files={"metrics": "metrics.jsonl", "model": "final_model.npz", "report": "report.png", "logs": "logs/"},
+    baseline = centralized_baseline(run_config, progress)
+    rounds_log = MetricsFollower(args.out_dir / "metrics.jsonl").new_rounds()
+    summary = summarize(
+        run_id=run_id, app_dir=app_dir, run_config=run_config, sites=names, rounds=rounds_log, baseline=baseline,
+        seconds={"startup": startup, "training": training_seconds, "total": total.seconds()}, run_status=status,
     )
     write_summary(summary, args.out_dir / "summary.json")
-    plot_report(summary, lines, args.out_dir / "report.png")
+    plot_report(summary, rounds_log, args.out_dir / "report.png")
     progress.say(f"Wrote {args.out_dir}/summary.json, report.png, metrics.jsonl, final_model.npz")
     progress.say(summary.final_line())
     return summary
+
+
+def centralized_baseline(run_config: dict[str, Any], progress: Progress) -> dict[str, float] | None:
+    """The app's own baseline: the same model on the pooled data (built-in data only)."""
+    from flowerbed_training.data import DataError
+    from flowerbed_training.task import centralized_baseline as train_pooled
+
+    try:
+        return train_pooled(run_config)
+    except DataError as err:
+        progress.say(f"No centralized baseline: {err}")
+        return None
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -151,4 +151,4 @@ class LocalFederation:
                     f"only {online} of {expected} SuperNodes came online within {STARTUP_TIMEOUT_S:.0f} s; "
                     f"see the supernode-*.log files in {self.supervisor.log_dir}"
                 )
-            time.sleep(1.0)
+            time.sleep(2.0)  # each poll is a `flwr` process; do not starve the starting SuperNodes

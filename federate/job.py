@@ -13,7 +13,7 @@ import tomli_w
 from flwr.common.config import flatten_dict, get_project_config
 
 from federate.flwr_cli import FlwrCli
-from federate.processes import ManagedProcess, ProcessDied, Supervisor
+from federate.processes import ManagedProcess, Supervisor
 
 COMPLETED = "finished:completed"
 
@@ -106,6 +106,3 @@ def _report(metrics: MetricsFollower, on_round: Callable[[dict[str, Any]], None]
 def _failure_message(run_id: str, status: Mapping[str, Any], log_stream: ManagedProcess) -> str:
     details = status.get("status-details") or "no details"
     return f"run {run_id} ended as {status['status']} ({details}); last ServerApp log lines:\n{log_stream.tail(30)}"
-
-
-__all__ = ["COMPLETED", "MetricsFollower", "ProcessDied", "RunFailed", "effective_run_config", "follow", "submit"]

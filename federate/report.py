@@ -33,9 +33,10 @@ class Summary:
     sites: list[str]
     final_accuracy: float | None
     final_loss: float | None
-    centralized_accuracy: float
-    centralized_loss: float
-    centralized_seconds: float
+    # The same model trained on the pooled data in the same run; None for study data (never pooled).
+    centralized_accuracy: float | None
+    centralized_loss: float | None
+    centralized_seconds: float | None
     seconds: dict[str, float]
     bytes_up: int
     bytes_down: int
@@ -47,7 +48,7 @@ class Summary:
         return (
             f"federated accuracy {_fmt(self.final_accuracy)} after {self.rounds} rounds on "
             f"{len(self.sites)} sites; centralized baseline (same model, pooled data) "
-            f"{self.centralized_accuracy:.3f}; {self.seconds['total']:.0f} s"
+            f"{_fmt(self.centralized_accuracy)}; {self.seconds['total']:.0f} s"
         )
 
 
@@ -68,6 +69,42 @@ def per_site(rounds: Sequence[Mapping[str, Any]], sites: Sequence[str]) -> dict[
     return result
 
 
+def summarize(
+    *,
+    run_id: str,
+    app_dir: Path,
+    run_config: Mapping[str, Any],
+    sites: Sequence[str],
+    rounds: Sequence[Mapping[str, Any]],
+    baseline: Mapping[str, float] | None,
+    seconds: dict[str, float],
+    run_status: Mapping[str, Any],
+) -> Summary:
+    """Everything a person asks after a run, from the metrics lines and Flower's own run record."""
+    final = rounds[-1] if rounds else {}
+    traffic = run_status.get("network-traffic", {})
+    return Summary(
+        run_id=run_id,
+        app=str(app_dir),
+        strategy=str(run_config["strategy"]),
+        dataset=str(run_config["dataset"]),
+        rounds=len(rounds),
+        sites=list(sites),
+        final_accuracy=final.get("accuracy"),
+        final_loss=final.get("loss"),
+        centralized_accuracy=float(baseline["accuracy"]) if baseline else None,
+        centralized_loss=float(baseline["loss"]) if baseline else None,
+        centralized_seconds=float(baseline["seconds"]) if baseline else None,
+        seconds={name: round(value, 2) for name, value in seconds.items()},
+        bytes_up=sum(int(r.get("bytes_up", 0)) for r in rounds),
+        # Evaluation also sends the model down; it is traffic like any other.
+        bytes_down=sum(int(r.get("bytes_down", 0)) + int(r.get("eval_bytes_down", 0)) for r in rounds),
+        flower_traffic_bytes={key.removesuffix("-bytes"): int(value) for key, value in traffic.items()},
+        per_site=per_site(rounds, sites),
+        files={"metrics": "metrics.jsonl", "model": "final_model.npz", "report": "report.png", "logs": "logs/"},
+    )
+
+
 def write_summary(summary: Summary, path: Path) -> None:
     path.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
 
@@ -79,7 +116,7 @@ def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Pat
     fig.suptitle(
         f"flowerbed local federation: {summary.strategy} on {summary.dataset}, "
         f"{len(summary.sites)} sites, {summary.rounds} rounds, {summary.seconds['total']:.0f} s — "
-        f"final accuracy {_fmt(summary.final_accuracy)} vs centralized {summary.centralized_accuracy:.3f}",
+        f"final accuracy {_fmt(summary.final_accuracy)} vs centralized {_fmt(summary.centralized_accuracy)}",
         fontsize=13,
     )
     for ax, key, central, title in (
@@ -88,7 +125,8 @@ def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Pat
     ):
         values = [r.get(key) for r in rounds]
         ax.plot(numbers, values, marker="o", color="tab:blue", label="federated (global model)")
-        ax.axhline(central, color="tab:orange", linestyle="--", label=f"centralized, pooled data ({central:.3f})")
+        if central is not None:
+            ax.axhline(central, color="tab:orange", linestyle="--", label=f"centralized, pooled data ({central:.3f})")
         if values and values[-1] is not None:
             ax.annotate(f"{values[-1]:.3f}", (numbers[-1], values[-1]), textcoords="offset points",
                         xytext=(-6, 8), ha="right", color="tab:blue",

@@ -17,7 +17,7 @@ from federate.job import MetricsFollower, RunFailed, effective_run_config
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import round_line
-from federate.report import per_site
+from federate.report import per_site, plot_report, summarize
 from federate.sites import Site, site_names_from_stack, sites_from_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,3 +115,22 @@ def test_per_site_summary_counts_rounds_and_keeps_the_last_epsilon() -> None:
     assert summary["a"].rounds_answered == 2 and summary["a"].contribution == pytest.approx(0.7)
     assert summary["a"].epsilon == 2.5 and summary["b"].epsilon is None
     assert summary["c"].rounds_answered == 0 and summary["c"].contribution is None
+
+
+def test_summary_and_report_for_study_data_have_no_baseline(tmp_path: Path) -> None:
+    rounds = [
+        {"round": r, "accuracy": 0.7 + r / 20, "loss": 1 / r, "sites": ["a", "b"], "bytes_up": 10, "bytes_down": 20,
+         "eval_bytes_down": 5, "contribution": {"a": 0.9, "b": 0.1}, "epsilon": {"a": None, "b": None}}
+        for r in (1, 2, 3)
+    ]
+    summary = summarize(
+        run_id="7", app_dir=tmp_path, run_config={"strategy": "fedavg", "dataset": "default/tabular"},
+        sites=["a", "b"], rounds=rounds, baseline=None, seconds={"total": 12.345},
+        run_status={"network-traffic": {"inbound-bytes": 30, "outbound-bytes": 75}},
+    )
+    assert summary.rounds == 3 and summary.final_accuracy == pytest.approx(0.85)
+    assert summary.bytes_up == 30 and summary.bytes_down == 75
+    assert summary.flower_traffic_bytes == {"inbound": 30, "outbound": 75}
+    assert "centralized baseline (same model, pooled data) n/a" in summary.final_line()
+    plot_report(summary, rounds, tmp_path / "report.png")
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
