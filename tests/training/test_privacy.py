@@ -21,6 +21,7 @@ from flowerbed_training import privacy
 from flowerbed_training.inprocess import builtin_sites, run_config_with, run_federation
 from flowerbed_training.recording import read_metrics
 from flowerbed_training.settings import SettingsError
+from tests.training.intercept import InterceptedRun, run_intercepted
 
 RUN_CONFIG = {"local-dp-epsilon": 8.0, "local-dp-delta": 1e-5, "local-dp-max-grad-norm": 1.0,
               "num-server-rounds": 4, "local-epochs": 2}
@@ -172,3 +173,41 @@ def test_federated_run_with_local_dp_at_epsilon_8_learns_within_budget(tmp_path)
         spent = [line["epsilon"][site] for line in lines]
         assert all(a < b for a, b in zip(spent, spent[1:], strict=False)), spent
         assert 7.0 < spent[-1] <= 8.0  # the whole budget is planned for the run, never exceeded
+
+
+def _flat(record: ArrayRecord) -> np.ndarray:
+    return np.concatenate([a.numpy().ravel() for a in record.values()])
+
+
+def _round_1(run: InterceptedRun) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, int]]]:
+    """Global model sent in rounds 1 and 2, and every site's round-1 model with its example count."""
+    sent_1, sent_2 = run.sent_in_round("train", 1), run.sent_in_round("train", 2)
+    ids = {m.metadata.message_id for m in sent_1}
+    sites = [(_flat(r.content.array_records["arrays"]), int(r.content.metric_records["metrics"]["num-examples"]))
+             for r in run.received if r.metadata.reply_to_message_id in ids]
+    return _flat(sent_1[0].content.array_records["arrays"]), _flat(sent_2[0].content.array_records["arrays"]), sites
+
+
+CENTRAL_DP = {"num-server-rounds": 2, "central-dp-clipping-norm": 0.5, "central-dp-noise-multiplier": 0.2}
+
+
+def test_central_dp_client_side_clips_every_update_before_it_leaves_the_site(tmp_path) -> None:
+    run = run_intercepted(tmp_path, 3, **{**CENTRAL_DP, "central-dp": "client"})
+    global_model, _, sites = _round_1(run)
+    assert len(sites) == 3
+    norms = [np.linalg.norm(model - global_model) for model, _ in sites]
+    assert max(norms) == pytest.approx(0.5, rel=1e-4)  # clipped exactly to the norm (updates are larger)
+    assert read_metrics(tmp_path)[-1]["aggregated"]
+
+
+def test_central_dp_server_side_clips_then_adds_calibrated_noise(tmp_path) -> None:
+    run = run_intercepted(tmp_path, 3, **{**CENTRAL_DP, "central-dp": "server"})
+    before, after, sites = _round_1(run)
+    assert max(np.linalg.norm(model - before) for model, _ in sites) > 0.5  # sites send unclipped updates
+    examples = np.array([n for _, n in sites], dtype=np.float64)
+    clipped = [(m - before) * min(1.0, 0.5 / np.linalg.norm(m - before)) for m, _ in sites]
+    fedavg_of_clipped = before + sum(c * n for c, (_, n) in zip(clipped, sites, strict=True)) / examples.sum()
+    noise = after - fedavg_of_clipped
+    # Flower's stdev: noise multiplier x clipping norm / sampled sites = 0.2 x 0.5 / 3.
+    assert noise.std() == pytest.approx(0.2 * 0.5 / 3, rel=0.1)
+    assert abs(noise.mean()) < 0.01

@@ -7,9 +7,6 @@ server receives is intercepted at the grid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -19,58 +16,28 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowerbed_training import secagg
-from flowerbed_training.inprocess import InProcessGrid, builtin_sites, run_config_with, run_federation
+from flowerbed_training.inprocess import run_config_with
 from flowerbed_training.protocol import ARRAYS, METRICS, NUM_EXAMPLES, from_record
 from flowerbed_training.recording import read_metrics
 from flowerbed_training.settings import SettingsError
+
+from tests.training.intercept import InterceptedRun, run_intercepted
 
 SITES = 3
 ROUNDS = 2
 QUANTIZATION_RANGE = 2**22  # SecAggPlusWorkflow's default
 MOD_RANGE = 2**32
-
-
-@dataclass
-class Run:
-    sent: list[Message]  # every message the server pushed
-    received: list[Message]  # every reply the server pulled
-    artifacts: Path
-
-
-def _run(tmp: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Run:
-    """Run the app, intercepting the server's side of the grid."""
-    run = Run([], [], tmp)
-    push, pull = InProcessGrid.push_messages, InProcessGrid.pull_messages
-
-    def recording_push(grid: InProcessGrid, messages):  # type: ignore[no-untyped-def]
-        messages = list(messages)
-        run.sent.extend(messages)
-        return push(grid, messages)
-
-    def recording_pull(grid: InProcessGrid, message_ids):  # type: ignore[no-untyped-def]
-        replies = list(pull(grid, message_ids))
-        run.received.extend(replies)
-        return replies
-
-    monkeypatch.setattr(InProcessGrid, "push_messages", recording_push)
-    monkeypatch.setattr(InProcessGrid, "pull_messages", recording_pull)
-    run_config = run_config_with({"num-server-rounds": ROUNDS, "artifacts-dir": str(tmp), "min-train-sites": SITES,
-                                  "min-available-sites": SITES, "dirichlet-alpha": 1.0, **overrides})
-    run_federation(builtin_sites(SITES), run_config)
-    monkeypatch.undo()
-    return run
+RUN = {"num-server-rounds": ROUNDS, "dirichlet-alpha": 1.0}
 
 
 @pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        return _run(tmp_path_factory.mktemp("secure"), monkeypatch, secagg=True)
+def secure(tmp_path_factory: pytest.TempPathFactory) -> InterceptedRun:
+    return run_intercepted(tmp_path_factory.mktemp("secure"), SITES, secagg=True, **RUN)
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        return _run(tmp_path_factory.mktemp("plain"), monkeypatch)
+def plain(tmp_path_factory: pytest.TempPathFactory) -> InterceptedRun:
+    return run_intercepted(tmp_path_factory.mktemp("plain"), SITES, **RUN)
 
 
 def _masked_vectors(replies: list[Message], server_round: int) -> dict[int, list[np.ndarray]]:
@@ -93,7 +60,7 @@ def _plain_site_models(replies: list[Message]) -> dict[int, tuple[np.ndarray, in
     return models
 
 
-def test_server_receives_no_site_model_only_masked_vectors(secure: Run, plain: Run) -> None:
+def test_server_receives_no_site_model_only_masked_vectors(secure: InterceptedRun, plain: InterceptedRun) -> None:
     secure_replies = secure.received
     train_replies = [r for r in secure_replies if r.metadata.message_type == "train"]
     assert len(train_replies) == 4 * SITES * ROUNDS  # the protocol's four stages, every site, every round
@@ -128,7 +95,7 @@ def _secure_global_model_after_round_1(sent: list[Message]) -> np.ndarray:
     raise AssertionError("no round-2 model was sent")
 
 
-def test_secure_aggregate_matches_plain_fedavg(secure: Run, plain: Run) -> None:
+def test_secure_aggregate_matches_plain_fedavg(secure: InterceptedRun, plain: InterceptedRun) -> None:
     site_models = _plain_site_models(plain.received)
     examples = np.array([n for _, n in site_models.values()], dtype=np.float64)
     fedavg = sum(model * n for model, n in site_models.values()) / examples.sum()
@@ -142,7 +109,7 @@ def test_secure_aggregate_matches_plain_fedavg(secure: Run, plain: Run) -> None:
     assert np.abs(secure_model - fedavg).max() > 0  # it did go through quantization and masking
 
 
-def test_secure_final_model_stays_close_to_plain_fedavg(secure: Run, plain: Run) -> None:
+def test_secure_final_model_stays_close_to_plain_fedavg(secure: InterceptedRun, plain: InterceptedRun) -> None:
     # Round 2 trains from the slightly different round-1 models, so only closeness is expected.
     with np.load(secure.artifacts / "final_model.npz") as secure_model, \
             np.load(plain.artifacts / "final_model.npz") as plain_model:
@@ -152,7 +119,7 @@ def test_secure_final_model_stays_close_to_plain_fedavg(secure: Run, plain: Run)
             np.testing.assert_allclose(secure_model[name], plain_model[name], atol=5e-3)
 
 
-def test_secure_run_records_rounds_like_a_plain_one(secure: Run, plain: Run) -> None:
+def test_secure_run_records_rounds_like_a_plain_one(secure: InterceptedRun, plain: InterceptedRun) -> None:
     secure_lines, plain_lines = read_metrics(secure.artifacts), read_metrics(plain.artifacts)
     assert [line["round"] for line in secure_lines] == list(range(1, ROUNDS + 1))
     for secure_line, plain_line in zip(secure_lines, plain_lines, strict=True):
