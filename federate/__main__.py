@@ -7,7 +7,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -17,7 +17,7 @@ from flwr.common.config import parse_config_args
 
 from federate.federation import LocalFederation, Ports
 from federate.flwr_cli import FlwrCommandFailed
-from federate.job import MetricsFollower, RunFailed, effective_run_config, follow, submit
+from federate.job import MetricsFollower, RunFailed, app_run_config, effective_run_config, follow, submit
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress
@@ -94,7 +94,7 @@ def resolve_ports(args: argparse.Namespace, sites: Sequence[Site]) -> Ports:
     return Ports(args.superlink_port or free_port(), runtime)
 
 
-def run_overrides(args: argparse.Namespace, sites: Sequence[Site]) -> dict[str, Any]:
+def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app_defaults: Mapping[str, Any]) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "artifacts-dir": str(args.out_dir.resolve()),
         # Every local site is up before the run starts, so sample all of them every round.
@@ -108,6 +108,12 @@ def run_overrides(args: argparse.Namespace, sites: Sequence[Site]) -> dict[str, 
     if args.secagg:
         overrides["secagg"] = True
     overrides.update(parse_config_args(args.run_config) if args.run_config else {})
+    dataset = str(overrides.get("dataset", app_defaults.get("dataset", "")))
+    if dataset.startswith("builtin:") and "fraction-evaluate" not in overrides:
+        # Built-in data: the ServerApp scores every round on the global held-out test set
+        # already. Flower starts a ClientApp process per message, so skipping the sites'
+        # own evaluation halves each round's start-ups (-c fraction-evaluate=1.0 restores it).
+        overrides["fraction-evaluate"] = 0.0
     return overrides
 
 
@@ -142,7 +148,7 @@ def federate(args: argparse.Namespace) -> Summary:
     sites = resolve_sites(args)
     ports = resolve_ports(args, sites)
     app_dir = args.app.resolve()
-    overrides = run_overrides(args, sites)
+    overrides = run_overrides(args, sites, app_run_config(app_dir))
     run_config = effective_run_config(app_dir, overrides)
     validate_run_config(app_dir, run_config)
     names = [site.name for site in sites]

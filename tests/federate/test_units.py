@@ -13,7 +13,7 @@ import pytest
 from flwr.common.config import parse_config_args
 
 from federate.__main__ import parse_args, run_overrides
-from federate.job import MetricsFollower, RunFailed, effective_run_config
+from federate.job import MetricsFollower, RunFailed, app_run_config, effective_run_config
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import round_line
@@ -81,9 +81,10 @@ def test_overriding_an_unknown_run_config_key_names_the_allowed_ones() -> None:
 def test_options_become_the_apps_run_config_keys(tmp_path: Path) -> None:
     args = parse_args(["--rounds", "4", "--strategy", "fedprox", "--dp", "local", "--secagg",
                        "-c", "compression='int8'", "--out-dir", str(tmp_path)])
-    overrides = run_overrides(args, sites_from_names(["a", "b", "c"]))
+    overrides = run_overrides(args, sites_from_names(["a", "b", "c"]), app_run_config(REPO / "training"))
     config = effective_run_config(REPO / "training", overrides)  # every key exists in the app
     assert config["num-server-rounds"] == 4 and config["strategy"] == "fedprox"
+    assert config["fraction-evaluate"] == 0.0  # built-in data: the server's test set scores each round
     assert config["local-dp"] is True and config["secagg"] is True and config["compression"] == "int8"
     assert config["min-available-sites"] == 3 and config["artifacts-dir"] == str(tmp_path.resolve())
 
@@ -134,3 +135,9 @@ def test_summary_and_report_for_study_data_have_no_baseline(tmp_path: Path) -> N
     assert "centralized baseline (same model, pooled data) n/a" in summary.final_line()
     plot_report(summary, rounds, tmp_path / "report.png")
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sites_evaluate_study_data_themselves(tmp_path: Path) -> None:
+    args = parse_args(["--dataset", "default/tabular", "--out-dir", str(tmp_path)])
+    overrides = run_overrides(args, sites_from_names(["a", "b"]), app_run_config(REPO / "training"))
+    assert "fraction-evaluate" not in overrides  # no server test set: the app's default applies
