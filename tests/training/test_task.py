@@ -137,3 +137,12 @@ def test_centralized_baseline_trains_the_same_model_on_pooled_data():
     assert result["epochs"] == 10
     with pytest.raises(DataError, match="centralized baseline needs a builtin: source"):
         task.centralized_baseline({"dataset": "cardio/visits"})
+
+
+def test_device_preference_from_node_config():
+    assert task.device("cpu").type == "cpu"
+    with pytest.raises(DataError, match="node config device: 'tpu' must be auto, cpu, cuda or cuda:<n>"):
+        task.device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="this pod sees no GPU"):
+            task.device("cuda")

@@ -2,7 +2,8 @@
 
 Thin: reads the site's data through `task`, trains or evaluates the model the
 server sent, and answers. Node config (`--node-config`): `site-name`,
-`data-root`, `partition-id`, `num-partitions` (see the brief's contract).
+`data-root`, `partition-id`, `num-partitions` (see the brief's contract) and
+optionally `device` (auto | cpu | cuda | cuda:<n>; default auto).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ _CLIENT_CONTROL = "scaffold-client-control"
 
 def _site(context: Context) -> str:
     return str(context.node_config.get("site-name", f"node-{context.node_id}"))
+
+
+def _device(context: Context) -> torch.device:
+    return task.device(str(context.node_config.get("device", "auto")))
 
 
 def _local_data(context: Context) -> tuple[Dataset, Dataset]:
@@ -82,7 +87,7 @@ def train(message: Message, context: Context) -> Message:
     train_set, _ = _prepared(context, config)
     model = _model(context, config, message.content.array_records[ARRAYS])
     global_model = task.get_weights(model)
-    dev = task.device()
+    dev = _device(context)
     train_loader = task.loader(train_set, settings.batch_size, shuffle=True, seed=settings.seed + server_round)
     optimizer = task.sgd(model, settings.lr)
     private = None
@@ -93,7 +98,8 @@ def train(message: Message, context: Context) -> Message:
 
     proximal_mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]  # set by FedProx
     global_params = {k: torch.from_numpy(v).to(dev) for k, v in global_model.items()} if proximal_mu else None
-    scaffold = CONTROL in message.content.array_records
+    scaffold = CONTROL in message.content.array_records  # sent by the SCAFFOLD strategy only
+    correction = None
     if scaffold:
         c = from_record(message.content.array_records[CONTROL])
         stored = context.state.array_records.get(_CLIENT_CONTROL)
@@ -101,7 +107,7 @@ def train(message: Message, context: Context) -> Message:
         correction = {k: torch.from_numpy(c[k] - c_i[k]).to(dev) for k in c}
     stats = task.train(model, train_loader, optimizer, settings.local_epochs, dev,
                        proximal_mu=proximal_mu, global_params=global_params,
-                       gradient_correction=correction if scaffold else None, amp=settings.amp)
+                       gradient_correction=correction, amp=settings.amp)
     trained = task.get_weights(model)
 
     metrics = MetricRecord({NUM_EXAMPLES: stats.examples, "train-loss": stats.loss})
@@ -128,6 +134,6 @@ def evaluate(message: Message, context: Context) -> Message:
     config = message.content.config_records[CONFIG]
     _, val_set = _prepared(context, config)
     model = _model(context, config, message.content.array_records[ARRAYS])
-    loss, accuracy = task.evaluate(model, task.loader(val_set, 256, shuffle=False), task.device())
+    loss, accuracy = task.evaluate(model, task.loader(val_set, 256, shuffle=False), _device(context))
     metrics = MetricRecord({NUM_EXAMPLES: len(val_set.y), "eval-loss": loss, "eval-accuracy": accuracy})
     return _reply(message, context, {METRICS: metrics})

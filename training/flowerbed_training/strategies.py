@@ -20,7 +20,7 @@ from flowerbed_training.scaffold import Scaffold
 from flowerbed_training.settings import ServerSettings, SettingsError
 
 
-def build_strategy(settings: ServerSettings, local_lr: float) -> FedAvg:
+def build_strategy(settings: ServerSettings, local_lr: float) -> Strategy:
     """A Flower Message-API strategy (or SCAFFOLD, which Flower lacks) for these settings."""
     common = dict(
         fraction_train=settings.fraction_train,

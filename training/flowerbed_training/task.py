@@ -190,9 +190,15 @@ def set_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
 # --- runtime -----------------------------------------------------------------------------
 
 
-def device() -> torch.device:
-    """The pod's GPU when it has one, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(preference: str = "auto") -> torch.device:
+    """Node config `device`: `auto` (the pod's GPU when it has one, else CPU), `cpu`, `cuda`, `cuda:<n>`."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference != "cpu" and not preference.startswith("cuda"):
+        raise DataError(f"node config device: {preference!r} must be auto, cpu, cuda or cuda:<n>")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"node config device: {preference!r} asked for, but this pod sees no GPU")
+    return torch.device(preference)
 
 
 def seed_everything(seed: int) -> None:
