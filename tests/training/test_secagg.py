@@ -12,11 +12,11 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowerbed_training import secagg
-from flowerbed_training.inprocess import run_config_with
+from flowerbed_training.inprocess import InProcessGrid, run_config_with
 from flowerbed_training.protocol import ARRAYS, METRICS, NUM_EXAMPLES, from_record
 from flowerbed_training.recording import read_metrics
 from flowerbed_training.settings import SettingsError
@@ -95,17 +95,20 @@ def _secure_global_model_after_round_1(sent: list[Message]) -> np.ndarray:
     raise AssertionError("no round-2 model was sent")
 
 
+def _quantization_tolerance(sites: int, examples: float) -> float:
+    """Each site quantizes its weighted model to 2**22 levels over [-c, c] (stochastic
+    rounding: error < one level); the unmasked sum is divided by the total weight."""
+    settings = secagg.SecAggSettings.from_run_config(run_config_with({"secagg": True}))
+    level = 2 * settings.clipping_range / QUANTIZATION_RANGE
+    return sites * level / (examples / settings.max_weight)
+
+
 def test_secure_aggregate_matches_plain_fedavg(secure: InterceptedRun, plain: InterceptedRun) -> None:
     site_models = _plain_site_models(plain.received)
     examples = np.array([n for _, n in site_models.values()], dtype=np.float64)
     fedavg = sum(model * n for model, n in site_models.values()) / examples.sum()
     secure_model = _secure_global_model_after_round_1(secure.sent)
-    # Each site quantizes its weighted model to 2**22 levels over [-c, c] (stochastic
-    # rounding: error < one level); the sum is divided by the total weight.
-    settings = secagg.SecAggSettings.from_run_config(run_config_with({"secagg": True}))
-    level = 2 * settings.clipping_range / QUANTIZATION_RANGE
-    tolerance = SITES * level / (examples.sum() / settings.max_weight)
-    assert np.abs(secure_model - fedavg).max() <= tolerance
+    assert np.abs(secure_model - fedavg).max() <= _quantization_tolerance(SITES, examples.sum())
     assert np.abs(secure_model - fedavg).max() > 0  # it did go through quantization and masking
 
 
@@ -156,3 +159,27 @@ def test_mod_passes_app_layout_messages_through() -> None:
 
     secagg.secagg_plus_mod(message, Context(1, 7, {}, RecordDict(), {}), app)
     assert seen == [message]
+
+
+def test_a_site_dropping_before_sending_its_masked_vector_is_unmasked_out(plain: InterceptedRun, tmp_path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Site 3 (node 103) goes silent when asked for its masked vector in round 1: the other
+    # two sites' shares let the server remove its pairwise masks (SecAgg+'s dropout recovery).
+    deliver = InProcessGrid._deliver
+
+    def dropping(grid: InProcessGrid, message: Message) -> Message | None:
+        configs = message.content.config_records.get(RECORD_KEY_CONFIGS)
+        if (message.metadata.dst_node_id == 103 and message.metadata.group_id == "1" and configs is not None
+                and configs.get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS):
+            return None
+        return deliver(grid, message)
+
+    monkeypatch.setattr(InProcessGrid, "_deliver", dropping)
+    dropped = run_intercepted(tmp_path, SITES, secagg=True, **{**RUN, "min-train-sites": 2})
+    first = read_metrics(tmp_path)[0]
+    assert first["sites"] == ["site-0", "site-1"] and first["aggregated"]
+    survivors = {n: m for n, m in _plain_site_models(plain.received).items() if n != 103}
+    examples = sum(n for _, n in survivors.values())
+    fedavg = sum(model * n for model, n in survivors.values()) / examples
+    error = np.abs(_secure_global_model_after_round_1(dropped.sent) - fedavg).max()
+    assert error <= _quantization_tolerance(2, examples)
