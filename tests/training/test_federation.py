@@ -142,3 +142,12 @@ def test_the_app_bundle_carries_only_training_code():
     code = [n for n in names if n not in ("pyproject.toml", "README.md", ".info/CONTENT")]
     assert code and all(n.startswith("flowerbed_training/") and n.endswith(".py") for n in code), code
     assert "flowerbed_training/client_app.py" in names and "flowerbed_training/server_app.py" in names
+
+
+def test_a_site_without_its_data_is_reported_and_the_others_train(tmp_path):
+    sites = study_sites(tmp_path / "data", [30, 30]) + [
+        Site(node_id=299, node_config={"site-name": "hospital-x", "data-root": str(tmp_path / "unmounted")})]
+    metrics = federate(tmp_path / "artifacts", sites, dataset="oncology/biopsies",
+                       **{"label-column": "diagnosis", "num-server-rounds": 2})
+    assert all(m["sites"] == ["hospital-0", "hospital-1"] and m["aggregated"] for m in metrics)
+    assert "unmounted/oncology/biopsies does not exist" in metrics[0]["failed"]["node-299"]

@@ -134,3 +134,16 @@ def test_a_resumed_run_continues_the_round_numbers(tmp_path, server_identity):
     one_round(rec, [train_reply(n, {"w": [1.0, 2.0, 3.0]}, 1, site=f"s{n}") for n in (1, 2)])
     assert read_metrics(tmp_path)[0]["round"] == 5
     assert CheckpointStore(tmp_path).latest().round == 5
+
+
+def test_the_aggregate_keeps_the_models_dtype(tmp_path, server_identity):
+    settings = ServerSettings.from_run_config({"strategy": "fedadam", "min-train-sites": 2, "min-available-sites": 3})
+    rec = RoundRecorder(build_strategy(settings, 0.1), tmp_path, min_train_sites=2,
+                        checkpoints=CheckpointStore(tmp_path), state_of=dict)
+    model32 = {"w": np.ones(4, dtype=np.float32)}
+    rec.configure_train(1, to_record(model32), ConfigRecord(), three_sites())
+    replies = [reply_from(n, RecordDict({ARRAYS: to_record({"w": np.full(4, 2.0, dtype=np.float32)}),
+                                         "metrics": train_reply(n, {"w": [0.0]}, 1).content["metrics"]}))
+               for n in (1, 2)]
+    arrays, _ = rec.aggregate_train(1, replies)
+    assert from_record(arrays)["w"].dtype == np.float32

@@ -131,8 +131,11 @@ class RoundRecorder(Strategy):
         record.aggregated = True
         if metrics is not None and "train-loss" in metrics:
             record.train_loss = float(metrics["train-loss"])  # type: ignore[arg-type]
-        record.contribution = self._contributions(answered, from_record(arrays))
-        return arrays, metrics
+        # FedAdam/FedYogi's numpy arithmetic promotes float32 to float64 (NEP 50); keep the
+        # model's own dtypes so it does not double in size on the wire every round.
+        new_model = {k: v.astype(self._global[k].dtype, copy=False) for k, v in from_record(arrays).items()}
+        record.contribution = self._contributions(answered, new_model)
+        return to_record(new_model), metrics
 
     def _contributions(self, answered: list[Message], new_model: Arrays) -> dict[str, float | None]:
         site_models: dict[str, Arrays] = {}
