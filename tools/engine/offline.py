@@ -57,9 +57,10 @@ def offline_env(project: Path, base: Mapping[str, str] | None = None) -> dict[st
         PULUMI_IGNORE_AMBIENT_PLUGINS="true",
         # The dynamic-provider host (PKI resources) runs this interpreter.
         PULUMI_PYTHON_CMD=str(project / ".venv" / "bin" / "python"),
-        # Render mode needs no cluster: make sure no ambient kubeconfig is ever contacted.
-        KUBECONFIG=os.devnull,
     )
+    # Render mode needs no cluster, and the kubernetes provider rejects any kubeconfig (it reads
+    # $KUBECONFIG as one) next to renderYamlToDirectory: an ambient one must not leak in.
+    env.pop("KUBECONFIG", None)
     if "PULUMI_CONFIG_PASSPHRASE" not in env and "PULUMI_CONFIG_PASSPHRASE_FILE" not in env:
         env["PULUMI_CONFIG_PASSPHRASE"] = DEV_PASSPHRASE
     return env

@@ -33,15 +33,18 @@ def rendered_manifests(render_root: Path) -> list[tuple[Path, dict]]:
     return found
 
 
-def summary(render_root: Path) -> str:
+def summary(render_root: Path, outputs: dict) -> str:
+    sites = outputs.get("sites", {})
+    lines = ["sites: " + ", ".join(f"{name} (cluster {site['cluster']}, namespace {site['namespace']})"
+                                   for name, site in sorted(sites.items()))]
     manifests = rendered_manifests(render_root)
     if not manifests:
-        return f"no manifests under {render_root.relative_to(REPO)}"
+        return "\n".join([*lines, f"no manifests under {render_root.relative_to(REPO)}"])
     clusters = Counter(path.relative_to(render_root).parts[0] for path, _ in manifests)
     namespaces = sorted({doc["metadata"]["name"] for _, doc in manifests if doc["kind"] == "Namespace"})
     kinds = Counter(doc["kind"] for _, doc in manifests)
     files = {path for path, _ in manifests}
-    lines = [
+    lines += [
         f"rendered {len(manifests)} objects in {len(files)} files under {render_root.relative_to(REPO)}/",
         "  per cluster: " + ", ".join(f"{name} {count}" for name, count in sorted(clusters.items())),
         "  namespaces: " + ", ".join(namespaces),
@@ -52,12 +55,12 @@ def summary(render_root: Path) -> str:
 
 def up(pulumi: Pulumi, render_root: Path) -> None:
     pulumi.select_or_init()
-    pulumi.run(["up", "--yes", "--diff"])
+    pulumi.run(["up", "--yes"])
     outputs = json.loads(pulumi.run(["stack", "output", "--json"], capture=True).stdout)
     print("\nstack outputs:")
     print(json.dumps(outputs, indent=2, sort_keys=True))
     print()
-    print(summary(render_root))
+    print(summary(render_root, outputs))
 
 
 def preview(pulumi: Pulumi, render_root: Path) -> None:
