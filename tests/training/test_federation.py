@@ -17,6 +17,7 @@ from flwr.common.constant import FAB_MAX_SIZE
 from flowerbed_training.checkpoints import CheckpointStore
 from flowerbed_training.data import DataError, builtin_partition
 from flowerbed_training.inprocess import TRAINING_APP_DIR, Site, builtin_sites, run_config_with, run_federation
+from flowerbed_training.protocol import ARRAYS, from_record, to_record
 from flowerbed_training.recording import read_metrics
 from flowerbed_training.task import builtin_options
 
@@ -151,3 +152,23 @@ def test_a_site_without_its_data_is_reported_and_the_others_train(tmp_path):
                        **{"label-column": "diagnosis", "num-server-rounds": 2})
     assert all(m["sites"] == ["hospital-0", "hospital-1"] and m["aggregated"] for m in metrics)
     assert "unmounted/oncology/biopsies does not exist" in metrics[0]["failed"]["node-299"]
+
+
+def poisoned(reply):
+    """A Byzantine site: sends its model scaled by -10 (a boosted sign-flip attack)."""
+    model = from_record(reply.content.array_records[ARRAYS])
+    reply.content[ARRAYS] = to_record({k: -10.0 * v for k, v in model.items()})
+    return reply
+
+
+@pytest.mark.parametrize(("strategy", "learns"), [("fedavg", False), ("fedmedian", True), ("krum", True)])
+def test_robust_aggregators_survive_a_poisoning_site_that_breaks_fedavg(tmp_path, strategy, learns):
+    sites = builtin_sites(5)
+    sites[4].tamper = poisoned
+    metrics = federate(tmp_path, sites, strategy=strategy, partitioning="iid",
+                       **{"num-server-rounds": 5, "min-train-sites": 5, "min-available-sites": 5,
+                          "krum-malicious": 1})
+    assert (metrics[-1]["accuracy"] >= 0.9) is learns, [m["accuracy"] for m in metrics]
+    if learns:  # the contribution score singles the saboteur out
+        scores = metrics[-1]["contribution"]
+        assert scores["site-4"] < 0 < min(v for k, v in scores.items() if k != "site-4")

@@ -147,3 +147,9 @@ def test_the_aggregate_keeps_the_models_dtype(tmp_path, server_identity):
                for n in (1, 2)]
     arrays, _ = rec.aggregate_train(1, replies)
     assert from_record(arrays)["w"].dtype == np.float32
+
+
+def test_contributions_are_scored_even_when_the_strategy_consumes_the_replies(tmp_path, server_identity):
+    rec = recorder(tmp_path, strategy="fedmedian")  # Flower's FedMedian empties the replies' arrays
+    one_round(rec, [train_reply(n, {"w": [2.0, 2.0, 2.0]}, 1, site=f"s{n}") for n in (1, 2, 3)])
+    assert read_metrics(tmp_path)[0]["contribution"] == {f"s{n}": pytest.approx(1.0) for n in (1, 2, 3)}

@@ -7,12 +7,13 @@ serialized to protobuf and back (as on the wire), handed to the ClientApp with
 that site's own persistent `Context`, and the reply travels back the same way.
 Sites can be scripted to crash (the ClientApp raises, so Flower's error reply
 arrives) or to stay silent (a straggler or a dropped site: no reply within the
-round timeout) in given rounds, and to answer again afterwards.
+round timeout) in given rounds, and to answer again afterwards; a `tamper`
+function makes a site Byzantine (it rewrites the site's training replies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ class Site:
     node_config: dict[str, Any]
     crash_rounds: set[int] = field(default_factory=set)  # ClientApp raises while training
     silent_rounds: set[int] = field(default_factory=set)  # no reply (straggler past the timeout)
+    # A Byzantine site: rewrites its own train replies (e.g. a poisoned model) before sending.
+    tamper: Callable[[Message], Message] | None = None
     state: RecordDict = field(default_factory=RecordDict)
     handled: list[str] = field(default_factory=list)  # "<message type>@<round>" it processed
 
@@ -95,9 +98,12 @@ class InProcessGrid(Grid):
         try:
             if message.metadata.message_type == "train" and server_round in site.crash_rounds:
                 raise RuntimeError(f"site {site.node_config.get('site-name')} crashed (scripted)")
-            return self.client_app(message, context)
+            reply = self.client_app(message, context)
         except Exception as err:  # the SuperNode turns a ClientApp exception into an error reply
             return Message(Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}"), reply_to=message)
+        if site.tamper is not None and message.metadata.message_type == "train" and not reply.has_error():
+            return site.tamper(reply)
+        return reply
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]

@@ -125,6 +125,8 @@ class RoundRecorder(Strategy):
             return None, None
         for message in answered:
             _decompress(message, self._global)
+        # Before aggregating: some Flower strategies (FedMedian) empty the replies' records.
+        site_models = self._site_models(answered)
         arrays, metrics = self.inner.aggregate_train(record.round, replies)
         if arrays is None:
             return None, metrics
@@ -134,19 +136,19 @@ class RoundRecorder(Strategy):
         # FedAdam/FedYogi's numpy arithmetic promotes float32 to float64 (NEP 50); keep the
         # model's own dtypes so it does not double in size on the wire every round.
         new_model = {k: v.astype(self._global[k].dtype, copy=False) for k, v in from_record(arrays).items()}
-        record.contribution = self._contributions(answered, new_model)
+        scores: dict[str, float | None] = {self.site_name(m): None for m in answered}
+        scores.update(cosine_contributions(self._global, site_models, new_model))
+        record.contribution = scores
         return to_record(new_model), metrics
 
-    def _contributions(self, answered: list[Message], new_model: Arrays) -> dict[str, float | None]:
+    def _site_models(self, answered: list[Message]) -> dict[str, Arrays]:
         site_models: dict[str, Arrays] = {}
         for message in answered:
             model = from_record(message.content.array_records[ARRAYS])
             # A site whose update is not a plain model (masked for secure aggregation) gets no score.
             if model.keys() == self._global.keys():
                 site_models[self.site_name(message)] = model
-        scores: dict[str, float | None] = {self.site_name(m): None for m in answered}
-        scores.update(cosine_contributions(self._global, site_models, new_model))
-        return scores
+        return site_models
 
     # --- evaluation ---------------------------------------------------------------------
 
