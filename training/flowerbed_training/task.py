@@ -28,7 +28,6 @@ from flowerbed_training.data import (
     builtin_partition,
     builtin_split,
     load_directory,
-    subset,
     train_test_split,
 )
 
