@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.mod import fixedclipping_mod
@@ -27,18 +27,19 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from opacus import PrivacyEngine
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.grad_sample import GradSampleHooks
-from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .settings import SettingsError, _get
 
+if TYPE_CHECKING:  # Opacus takes seconds to import: only the local-DP path loads it (see make_private)
+    from opacus import PrivacyEngine
+    from opacus.grad_sample import GradSampleHooks
+    from opacus.optimizers import DPOptimizer
+
 LOCAL_DP_STATE = "local-dp"  # ConfigRecord in context.state: noise multiplier + accountant history
 CENTRAL_DP_MODES = ("off", "server", "client")
+_ACCOUNTANT = "rdp"  # Opacus' RDP accountant: its history composes across rounds by concatenation
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -98,6 +99,9 @@ def make_private(
     state: RecordDict,
 ) -> PrivateTraining:
     """Attach Opacus for one round, continuing this site's accountant from `state`."""
+    from opacus import PrivacyEngine  # noqa: PLC0415  (slow import, DP runs only)
+    from opacus.accountants.utils import get_noise_multiplier  # noqa: PLC0415
+
     settings = LocalDpSettings.from_run_config(run_config)
     saved = state.config_records.get(LOCAL_DP_STATE)
     steps_per_round = settings.local_epochs * len(loader)
@@ -110,7 +114,7 @@ def make_private(
             target_delta=settings.target_delta,
             sample_rate=1 / len(loader),
             steps=settings.rounds * steps_per_round,
-            accountant=RDPAccountant.mechanism(),
+            accountant=_ACCOUNTANT,
         )
         history: list[tuple[float, float, int]] = []
     else:
@@ -118,7 +122,7 @@ def make_private(
         history = _history_from(saved)
 
     _refuse_if_over_budget(history, settings, (noise_multiplier, 1 / len(loader), steps_per_round))
-    engine = PrivacyEngine(accountant=RDPAccountant.mechanism())
+    engine = PrivacyEngine(accountant=_ACCOUNTANT)
     engine.accountant.history = history
     hooks, dp_optimizer, dp_loader = engine.make_private(
         module=model,
@@ -149,6 +153,8 @@ def epsilon_spent(private: PrivateTraining, state: RecordDict) -> float:
 def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     if not history:
         return 0.0
+    from opacus.accountants import RDPAccountant  # noqa: PLC0415  (slow import, DP runs only)
+
     accountant = RDPAccountant()
     accountant.history = history
     return float(accountant.get_epsilon(delta))
