@@ -20,16 +20,13 @@ from federate.processes import ManagedProcess, Supervisor
 from federate.sites import Site
 
 CONNECTION = "flowerbed-local"
-STARTUP_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_S = 120.0  # generous: on a busy 2-core machine each Flower process takes seconds to import
 
 
 @dataclass(frozen=True)
 class Ports:
     superlink: int  # Fleet, Control and Runtime APIs: Flower serves them all on one port
     supernode_runtime: dict[str, int]  # per site: the SuperNode's Runtime API for its SuperExec
-
-    def all(self) -> list[int]:
-        return [self.superlink, *self.supernode_runtime.values()]
 
 
 @dataclass
@@ -66,7 +63,7 @@ class LocalFederation:
     def start_server(self) -> FlwrCli:
         """The SuperLink and the SuperExec that launches its ServerApp tasks."""
         self.start_superlink()
-        self.start_superexec("superexec-serverapp", self.superlink_address, tls=True)
+        self.start_superexec("superexec-serverapp", self.superlink_address)
         return self.cli
 
     def register(self, site: Site) -> None:
@@ -75,9 +72,7 @@ class LocalFederation:
 
     def start_site(self, site: Site, data_root: Path) -> None:
         self.start_supernode(site, self.credentials.node_keys[site.name], data_root)
-        self.start_superexec(
-            f"superexec-{site.name}", f"{LOOPBACK}:{self.ports.supernode_runtime[site.name]}", tls=False
-        )
+        self.start_superexec(f"superexec-{site.name}", f"{LOOPBACK}:{self.ports.supernode_runtime[site.name]}")
 
     def start_superlink(self) -> ManagedProcess:
         home = self.workdir / "superlink"
@@ -99,19 +94,17 @@ class LocalFederation:
             ],
             flower_env(home),
         )
-        wait_until_listening(self.ports.superlink, STARTUP_TIMEOUT_S, lambda: self.supervisor.check())
+        wait_until_listening(self.ports.superlink, STARTUP_TIMEOUT_S, self.supervisor.check)
         return process
 
-    def start_superexec(self, name: str, runtime_address: str, *, tls: bool) -> ManagedProcess:
-        # The SuperLink's Runtime API shares its TLS port; a SuperNode's Runtime API is
-        # plain HTTP on loopback (in a pod it is reachable only inside the pod's network policy).
-        security = ["--root-certificates", str(self.credentials.ca_cert)] if tls else ["--insecure"]
+    def start_superexec(self, name: str, runtime_address: str) -> ManagedProcess:
+        """A task launcher for one Runtime API (SuperLink's or a SuperNode's), over TLS like in the cluster."""
         home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
         return self.supervisor.start(
             name,
-            [str(BIN_DIR / "flower-superexec"), "--runtime-api-address", runtime_address, *security,
-             "--executor", "subprocess"],
+            [str(BIN_DIR / "flower-superexec"), "--runtime-api-address", runtime_address,
+             "--root-certificates", str(self.credentials.ca_cert), "--executor", "subprocess"],
             flower_env(home),
         )
 
@@ -131,8 +124,13 @@ class LocalFederation:
                 "--auth-supernode-private-key", str(key.private_key),
                 "--node-config", site.node_config(data_root),
                 "--isolation", "process",
+                # The Runtime API (for the SuperExec and its ClientApps) over TLS, as in the cluster;
+                # the server certificate is valid for 127.0.0.1.
                 "--host", LOOPBACK,
                 "--port", str(self.ports.supernode_runtime[site.name]),
+                "--ssl-certfile", str(self.credentials.server_cert),
+                "--ssl-keyfile", str(self.credentials.server_key),
+                "--ssl-ca-certfile", str(self.credentials.ca_cert),
                 *retries,
             ],
             flower_env(home),
