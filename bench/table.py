@@ -9,8 +9,8 @@ def fmt(value: object) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        # Four decimals below 1, so an accuracy of 0.8997 does not print as a target of 0.900.
-        return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+        # Four decimals for small values, so an accuracy of 0.8997 does not print as its target 0.900.
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
