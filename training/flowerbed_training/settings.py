@@ -65,28 +65,24 @@ class ServerSettings:
 
     def validate(self) -> None:
         checks = [
-            ("num-server-rounds", self.num_rounds >= 1, "must be >= 1"),
-            ("strategy", self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
-            ("proximal-mu", self.proximal_mu >= 0, "must be >= 0"),
-            ("server-lr", self.server_lr > 0, "must be > 0"),
-            ("server-tau", self.server_tau > 0, "must be > 0"),
-            ("trimmed-beta", 0 <= self.trimmed_beta < 0.5, "must be in [0, 0.5)"),
-            ("krum-malicious", self.krum_malicious >= 0, "must be >= 0"),
-            ("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]"),
-            ("fraction-evaluate", 0 <= self.fraction_evaluate <= 1, "must be in [0, 1]"),
-            ("min-train-sites", self.min_train_sites >= 1, "must be >= 1"),
-            ("min-available-sites", self.min_available_sites >= self.min_train_sites,
+            ("num-server-rounds", self.num_rounds, self.num_rounds >= 1, "must be >= 1"),
+            ("strategy", self.strategy, self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
+            ("proximal-mu", self.proximal_mu, self.proximal_mu >= 0, "must be >= 0"),
+            ("server-lr", self.server_lr, self.server_lr > 0, "must be > 0"),
+            ("server-tau", self.server_tau, self.server_tau > 0, "must be > 0"),
+            ("trimmed-beta", self.trimmed_beta, 0 <= self.trimmed_beta < 0.5, "must be in [0, 0.5)"),
+            ("krum-malicious", self.krum_malicious, self.krum_malicious >= 0, "must be >= 0"),
+            ("fraction-train", self.fraction_train, 0 < self.fraction_train <= 1, "must be in (0, 1]"),
+            ("fraction-evaluate", self.fraction_evaluate, 0 <= self.fraction_evaluate <= 1, "must be in [0, 1]"),
+            ("min-train-sites", self.min_train_sites, self.min_train_sites >= 1, "must be >= 1"),
+            ("min-available-sites", self.min_available_sites, self.min_available_sites >= self.min_train_sites,
              "must be >= min-train-sites"),
-            ("round-timeout", self.round_timeout > 0, "must be > 0 seconds"),
-            ("checkpoint-keep", self.checkpoint_keep >= 1, "must be >= 1"),
+            ("round-timeout", self.round_timeout, self.round_timeout > 0, "must be > 0 seconds"),
+            ("checkpoint-keep", self.checkpoint_keep, self.checkpoint_keep >= 1, "must be >= 1"),
         ]
-        for key, ok, rule in checks:
+        for key, value, ok, rule in checks:
             if not ok:
-                raise SettingsError(f"run config {key}: {getattr(self, _field(key))!r} {rule}")
-
-
-def _field(key: str) -> str:
-    return {"num-server-rounds": "num_rounds"}.get(key, key.replace("-", "_"))
+                raise SettingsError(f"run config {key}: {value!r} {rule}")
 
 
 @dataclass(frozen=True)
