@@ -19,6 +19,7 @@ from flowerbed_training.data import DataError, builtin_partition
 from flowerbed_training.inprocess import TRAINING_APP_DIR, Site, builtin_sites, run_config_with, run_federation
 from flowerbed_training.protocol import ARRAYS, from_record, to_record
 from flowerbed_training.recording import read_metrics
+from flowerbed_training.scaffold import CLIENT_CONTROL
 from flowerbed_training.task import builtin_options
 
 
@@ -97,7 +98,7 @@ def test_drift_correcting_strategies_learn(tmp_path, strategy):
     metrics = federate(tmp_path, sites, strategy=strategy, **{"num-server-rounds": 6})
     assert metrics[-1]["accuracy"] >= 0.9
     if strategy == "scaffold":  # each site keeps its own control variate between rounds
-        assert all("scaffold-client-control" in site.state.array_records for site in sites)
+        assert all(CLIENT_CONTROL in site.state.array_records for site in sites)
 
 
 def write_study(root: Path, site: str, x: np.ndarray, y: np.ndarray) -> None:

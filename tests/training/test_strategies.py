@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord
+import torch
+from flwr.app import ConfigRecord, RecordDict
 
 from flowerbed_training.inprocess import InProcessGrid, Site
 from flowerbed_training.protocol import ARRAYS, CONTROL, CONTROL_DELTA, from_record, to_record
-from flowerbed_training.scaffold import Scaffold, client_control_update, server_update
+from flowerbed_training.scaffold import Scaffold, SiteControl, client_control_update, server_update
 from flowerbed_training.settings import ServerSettings, SettingsError
 from flowerbed_training.strategies import build_strategy, restore_strategy_state, strategy_state
 from tests.training.replies import train_reply
@@ -164,3 +165,19 @@ def test_every_advertised_strategy_builds():
 
 def test_arrays_key_is_what_flower_strategies_expect():
     assert ARRAYS == build_strategy(settings(), 0.1).arrayrecord_key
+
+
+def test_a_site_keeps_its_control_variate_between_rounds():
+    state = RecordDict()
+    assert SiteControl.received(RecordDict(), state) is None  # not a SCAFFOLD run
+    c = {"w": np.array([0.5, -0.5])}
+    content = RecordDict({CONTROL: to_record(c)})
+    first = SiteControl.received(content, state)
+    np.testing.assert_array_equal(first.c_i["w"], [0.0, 0.0])
+    np.testing.assert_allclose(first.correction(torch.device("cpu"))["w"].numpy(), [0.5, -0.5])
+    x, y = {"w": np.array([1.0, 1.0])}, {"w": np.array([0.8, 1.2])}
+    delta = from_record(first.finish(x, y, steps=4, lr=0.1, state=state))
+    expected_c_i = 0.0 - c["w"] + (x["w"] - y["w"]) / (4 * 0.1)
+    np.testing.assert_allclose(delta["w"], expected_c_i)
+    second = SiteControl.received(content, state)
+    np.testing.assert_allclose(second.c_i["w"], expected_c_i)

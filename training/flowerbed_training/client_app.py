@@ -20,7 +20,6 @@ from flowerbed_training.data import Dataset, check_compatible
 from flowerbed_training.protocol import (
     ARRAYS,
     CONFIG,
-    CONTROL,
     CONTROL_DELTA,
     METRICS,
     NUM_EXAMPLES,
@@ -28,17 +27,13 @@ from flowerbed_training.protocol import (
     from_record,
     to_record,
 )
-from flowerbed_training.scaffold import client_control_update
+from flowerbed_training.scaffold import SiteControl
 from flowerbed_training.settings import ClientSettings
 from flowerbed_training.survey import spec_from_config, standardizer_from_config, summary_reply
 
 # Both mods act only on the messages meant for them: SecAgg+ protocol / legacy-layout
 # messages, and messages that carry a central-DP clipping norm.
 app = ClientApp(mods=[secagg.secagg_plus_mod, privacy.central_dp_clipping_mod])
-
-# Context state key for SCAFFOLD's client control variate c_i (stays on the site).
-_CLIENT_CONTROL = "scaffold-client-control"
-
 
 def _site(context: Context) -> str:
     return str(context.node_config.get("site-name", f"node-{context.node_id}"))
@@ -98,26 +93,18 @@ def train(message: Message, context: Context) -> Message:
 
     proximal_mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]  # set by FedProx
     global_params = {k: torch.from_numpy(v).to(dev) for k, v in global_model.items()} if proximal_mu else None
-    scaffold = CONTROL in message.content.array_records  # sent by the SCAFFOLD strategy only
-    correction = None
-    if scaffold:
-        c = from_record(message.content.array_records[CONTROL])
-        stored = context.state.array_records.get(_CLIENT_CONTROL)
-        c_i = from_record(stored) if stored is not None else {k: np.zeros_like(v) for k, v in c.items()}
-        correction = {k: torch.from_numpy(c[k] - c_i[k]).to(dev) for k in c}
+    control = SiteControl.received(message.content, context.state)  # SCAFFOLD only
     stats = task.train(model, train_loader, optimizer, settings.local_epochs, dev,
                        proximal_mu=proximal_mu, global_params=global_params,
-                       gradient_correction=correction, amp=settings.amp)
+                       gradient_correction=control.correction(dev) if control else None, amp=settings.amp)
     trained = task.get_weights(model)
 
     metrics = MetricRecord({NUM_EXAMPLES: stats.examples, "train-loss": stats.loss})
     if private is not None:
         metrics["epsilon"] = privacy.epsilon_spent(private, context.state)
     records: dict[str, object] = {ARRAYS: _outgoing(trained, global_model, context), METRICS: metrics}
-    if scaffold:
-        c_i_new = client_control_update(c_i, c, global_model, trained, stats.steps, settings.lr)
-        context.state[_CLIENT_CONTROL] = to_record(c_i_new)
-        records[CONTROL_DELTA] = to_record({k: c_i_new[k] - c_i[k] for k in c_i_new})
+    if control is not None:
+        records[CONTROL_DELTA] = control.finish(global_model, trained, stats.steps, settings.lr, context.state)
     return _reply(message, context, records)
 
 

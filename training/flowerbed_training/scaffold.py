@@ -16,15 +16,19 @@ The server then updates, with S the sampled sites that answered and N all sites:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from flowerbed_training.protocol import ARRAYS, CONTROL, CONTROL_DELTA, from_record, to_record
 
 Arrays = dict[str, np.ndarray]
+# Context state key for the site's control variate c_i (it never leaves the site).
+CLIENT_CONTROL = "scaffold-client-control"
 
 
 def client_control_update(
@@ -46,6 +50,35 @@ def server_update(
     x_new = {k: x[k] + server_lr * np.mean([y_i[k] - x[k] for y_i in y], axis=0) for k in x}
     c_new = {k: c[k] + (sampled / num_sites) * np.mean([d[k] for d in delta_c], axis=0) for k in c}
     return x_new, c_new
+
+
+@dataclass
+class SiteControl:
+    """A site's side of SCAFFOLD for one round: the server's c and its own c_i (kept in the
+    site's Flower context state between rounds)."""
+
+    c: Arrays
+    c_i: Arrays
+
+    @staticmethod
+    def received(content: RecordDict, state: RecordDict) -> SiteControl | None:
+        """None unless the server runs SCAFFOLD (its train messages carry c)."""
+        if CONTROL not in content.array_records:
+            return None
+        c = from_record(content.array_records[CONTROL])
+        stored = state.array_records.get(CLIENT_CONTROL)
+        c_i = from_record(stored) if stored is not None else {k: np.zeros_like(v) for k, v in c.items()}
+        return SiteControl(c, c_i)
+
+    def correction(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """c - c_i, added to every local gradient step."""
+        return {k: torch.from_numpy(self.c[k] - self.c_i[k]).to(device) for k in self.c}
+
+    def finish(self, x: Arrays, y_i: Arrays, steps: int, lr: float, state: RecordDict) -> ArrayRecord:
+        """Store c_i+ in the site's state; return delta c_i for the server."""
+        c_i_new = client_control_update(self.c_i, self.c, x, y_i, steps, lr)
+        state[CLIENT_CONTROL] = to_record(c_i_new)
+        return to_record({k: c_i_new[k] - self.c_i[k] for k in c_i_new})
 
 
 class Scaffold(FedAvg):
