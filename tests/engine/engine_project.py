@@ -85,6 +85,12 @@ class StackCopy:
             steps.append(Step(raw["op"], kind, name, raw))
         return steps
 
+    def resource_outputs(self, type_suffix: str) -> dict[str, dict[str, Any]]:
+        """Outputs of every resource of one type in the stack's state, by resource name (secrets stay encrypted)."""
+        result = self.pulumi.run(["stack", "export"], capture=True)
+        resources = json.loads(result.stdout)["deployment"].get("resources", [])
+        return {parse_urn(r["urn"])[1]: r.get("outputs", {}) for r in resources if r["type"].endswith(type_suffix)}
+
     def read_config(self) -> dict[str, Any]:
         return yaml.safe_load(self.stack_file.read_text())
 

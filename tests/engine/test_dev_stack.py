@@ -1,6 +1,7 @@
 """The dev stack through the real engine: one `up` in a throwaway copy, then previews of config changes.
 
-Every change here is previewed, never applied, so the tests share the one deployed copy.
+Every change here is previewed, never applied, so the tests share the one deployed copy
+(test_lifecycle.py applies changes).
 """
 
 from __future__ import annotations
@@ -10,18 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 from engine_project import StackCopy, site
-from manifest_rules import check_manifest
+
+from tests.manifest_rules import check_manifest
 
 pytestmark = pytest.mark.engine
 
 CLUSTERS = ("hub", "hospitals")
-PKI_TYPES = ("flowerbed:CertificateAuthority", "flowerbed:ServerCertificate", "flowerbed:SupernodeKey")
-
-
-def is_pki(step_type: str) -> bool:
-    return step_type.endswith(PKI_TYPES)
-
-
 @pytest.fixture(scope="module")
 def deployed(toolchain: None, tmp_path_factory: pytest.TempPathFactory) -> StackCopy:
     copy = StackCopy.create(tmp_path_factory.mktemp("dev-stack"))
@@ -49,49 +44,34 @@ def test_second_up_changes_nothing(deployed: StackCopy) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_gpu_change_updates_only_that_sites_executor_config(deployed: StackCopy) -> None:
+def test_gpu_change_touches_only_that_sites_executor_config(deployed: StackCopy) -> None:
     with deployed.config_changed(lambda config: site(config, "hospital-a").update(gpus=2)):
         steps = deployed.preview_steps()
+    # The kubernetes provider replaces a ConfigMap whose data changes (it treats them as immutable).
     assert [(s.op, s.type, s.name) for s in steps] == [
-        ("update", "kubernetes:core/v1:ConfigMap", "hospital-a-executor-config")
+        ("replace", "kubernetes:core/v1:ConfigMap", "demo-hospital-a-executor-config")
     ]
 
 
-def test_added_site_only_creates(deployed: StackCopy) -> None:
+def test_added_site_creates_its_resources_and_leaves_existing_data_and_credentials_alone(
+        deployed: StackCopy) -> None:
     new_site = {"name": "clinic-d", "cluster": "hospitals", "gpus": 0, "cpu": "1", "memory": "2Gi"}
     with deployed.config_changed(lambda config: config["flowerbed:sites"].append(new_site)):
         steps = deployed.preview_steps()
-    assert steps, "adding a site planned nothing"
-    assert {s.op for s in steps} == {"create"}
-    assert any(s.type == "kubernetes:core/v1:Namespace" for s in steps)
-    assert any(s.type.endswith("flowerbed:SupernodeKey") for s in steps)
-
-
-def test_certificates_are_not_reissued_outside_their_renewal_window(deployed: StackCopy) -> None:
-    # The dev certificates were issued for `validityDays`; a renewal window that still ends
-    # before their expiry changes bookkeeping only.
-    pki = deployed.read_config()["config"].get("flowerbed:pki", {})
-    validity = pki.get("validityDays", 365)
-    with deployed.config_changed(lambda config: config.setdefault("flowerbed:pki", {}).update(
-            renewBeforeDays=validity // 2)):
-        steps = deployed.preview_steps()
-    assert [s for s in steps if s.op not in ("update",)] == []
-    assert all(is_pki(s.type) for s in steps)
-
-
-def test_certificates_within_their_renewal_window_are_replaced(deployed: StackCopy) -> None:
-    # A window longer than what is left of the issued certificates: every server certificate
-    # is due for renewal (the CA, valid for longer, is not).
-    pki = deployed.read_config()["config"].get("flowerbed:pki", {})
-    validity = pki.get("validityDays", 365)
-    ca_validity = pki.get("caValidityDays", 3650)
-    with deployed.config_changed(lambda config: config.setdefault("flowerbed:pki", {}).update(
-            validityDays=validity + 100, renewBeforeDays=validity + 1, caValidityDays=max(ca_validity, validity + 100))):
-        steps = deployed.preview_steps()
-    replaced = {s.name for s in steps if s.op == "replace" and is_pki(s.type)}
-    assert replaced, [(s.op, s.type, s.name) for s in steps]
-    assert all(s.type.endswith("flowerbed:ServerCertificate") for s in steps if s.op == "replace" and is_pki(s.type))
-    assert not any(s.op in ("replace", "delete") and "PersistentVolumeClaim" in s.type for s in steps)
+    new = [s for s in steps if "clinic-d" in s.name]
+    existing = [s for s in steps if "clinic-d" not in s.name]
+    assert new and {s.op for s in new} == {"create"}
+    assert any(s.type == "kubernetes:core/v1:Namespace" for s in new)
+    assert any(s.type.endswith("flowerbed:SupernodeKey") for s in new)
+    # What an extra site must change elsewhere, and nothing more: every SuperNode's node config
+    # (num-partitions is the number of sites) and the server's registry of SuperNode public keys.
+    assert {(s.op, s.type) for s in existing} <= {
+        ("update", "kubernetes:apps/v1:Deployment"),
+        ("replace", "kubernetes:core/v1:ConfigMap"),
+        ("replace", "kubernetes:batch/v1:Job"),
+    }
+    assert all(s.name.endswith("-supernode") for s in existing if s.op == "update")
+    assert {s.name for s in existing if s.op == "replace"} <= {"demo-server-supernode-keys", "demo-server-registrar"}
 
 
 def test_broken_config_fails_preview_with_the_validation_message(deployed: StackCopy) -> None:
