@@ -79,7 +79,8 @@ def destroy(pulumi: Pulumi, render_root: Path) -> None:
     left = rendered_manifests(render_root) if render_root.exists() else []
     print("\nkept (retain-on-delete data volumes; delete them by hand when the data may go):")
     for path, doc in left:
-        print(f"  {doc['kind']}/{doc['metadata']['name']}  ({path.relative_to(REPO)})")
+        where = doc["metadata"].get("namespace", "")
+        print(f"  {doc['kind']} {where}/{doc['metadata']['name']}  ({path.relative_to(REPO)})")
     if not left:
         print("  nothing")
 
