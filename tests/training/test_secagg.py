@@ -183,3 +183,13 @@ def test_a_site_dropping_before_sending_its_masked_vector_is_unmasked_out(plain:
     fedavg = sum(model * n for model, n in survivors.values()) / examples
     error = np.abs(_secure_global_model_after_round_1(dropped.sent) - fedavg).max()
     assert error <= _quantization_tolerance(2, examples)
+
+
+def test_local_dp_under_secagg_still_reports_each_sites_epsilon(tmp_path) -> None:
+    # Epsilon travels in the (unmasked) FitRes metrics; only the model is masked.
+    run_intercepted(tmp_path, SITES, secagg=True, **{**RUN, "local-dp": True, "local-dp-epsilon": 4.0})
+    lines = read_metrics(tmp_path)
+    for line in lines:
+        assert sorted(line["epsilon"]) == [f"site-{i}" for i in range(SITES)]
+        assert all(0 < value <= 4.0 for value in line["epsilon"].values())
+    assert all(value > 3.5 for value in lines[-1]["epsilon"].values())  # the last round ends near the target
