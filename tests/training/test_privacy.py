@@ -111,6 +111,7 @@ def test_per_sample_clipping_bounds_each_step() -> None:
          r"run config local-dp-delta: 1.5 must be in \(0, 1\)"),
         (privacy.LocalDpSettings.from_run_config, {"local-dp-max-grad-norm": "big"},
          "run config local-dp-max-grad-norm: 'big' must be a float"),
+        (privacy.LocalDpSettings.from_run_config, {"amp": True}, "run config amp: must be false with local-dp"),
         (privacy.CentralDpSettings.from_run_config, {"central-dp": "both"},
          "run config central-dp: 'both' must be one of off, server, client"),
         (privacy.CentralDpSettings.from_run_config, {"central-dp": "server", "strategy": "scaffold"},

@@ -72,6 +72,9 @@ class LocalDpSettings:
         ):
             if not ok:
                 raise SettingsError(f"run config {key}: {value!r} {rule}")
+        if _get(run_config, "amp", bool, False):
+            # The loss scaler would scale the per-sample gradients that Opacus clips.
+            raise SettingsError("run config amp: must be false with local-dp")
         return settings
 
 
