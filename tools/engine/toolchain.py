@@ -115,6 +115,8 @@ def go_env() -> dict[str, str]:
 
 def go_download(module: str, version: str) -> dict:
     """Fetches a module through the proxy; returns `go mod download -json` (Dir, GoMod, ...)."""
+    if shutil.which("go") is None:
+        raise SystemExit(f"toolchain: building {module} needs Go (1.25 or newer) on PATH")
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"{module}@{version}"],
         env=go_env(),
