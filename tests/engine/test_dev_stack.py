@@ -6,6 +6,7 @@ Every change here is previewed, never applied, so the tests share the one deploy
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import yaml
 from engine_project import StackCopy, site
 
 from tests.manifest_rules import check_manifest
+from tools.engine.stack import summary
 
 pytestmark = pytest.mark.engine
 
@@ -37,6 +39,18 @@ def test_up_renders_every_cluster_with_manifests_that_pass_the_rules(deployed: S
     namespaces = {m["metadata"]["name"] for m in rendered(deployed.render_root) if m["kind"] == "Namespace"}
     for name in ("hospital-a", "hospital-b", "lab-c"):
         assert any(name in namespace for namespace in namespaces), (name, namespaces)
+
+
+def test_up_summary_names_every_site_namespace_and_cluster(deployed: StackCopy) -> None:
+    outputs = json.loads(deployed.pulumi.run(["stack", "output", "--json"], capture=True).stdout)
+    text = summary(deployed.render_root, outputs)
+    for name, where in outputs["sites"].items():
+        assert f"{name} (cluster {where['cluster']}, namespace {where['namespace']})" in text
+        assert where["namespace"] in text.split("namespaces: ")[1]
+    total = len(rendered(deployed.render_root))
+    assert f"rendered {total} objects" in text
+    for cluster in CLUSTERS:
+        assert f"{cluster} {len(rendered(deployed.render_root / cluster))}" in text
 
 
 def test_second_up_changes_nothing(deployed: StackCopy) -> None:

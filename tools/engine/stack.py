@@ -33,19 +33,23 @@ def rendered_manifests(render_root: Path) -> list[tuple[Path, dict]]:
     return found
 
 
+def shown(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def summary(render_root: Path, outputs: dict) -> str:
     sites = outputs.get("sites", {})
     lines = ["sites: " + ", ".join(f"{name} (cluster {site['cluster']}, namespace {site['namespace']})"
                                    for name, site in sorted(sites.items()))]
     manifests = rendered_manifests(render_root)
     if not manifests:
-        return "\n".join([*lines, f"no manifests under {render_root.relative_to(REPO)}"])
+        return "\n".join([*lines, f"no manifests under {shown(render_root)}"])
     clusters = Counter(path.relative_to(render_root).parts[0] for path, _ in manifests)
     namespaces = sorted({doc["metadata"]["name"] for _, doc in manifests if doc["kind"] == "Namespace"})
     kinds = Counter(doc["kind"] for _, doc in manifests)
     files = {path for path, _ in manifests}
     lines += [
-        f"rendered {len(manifests)} objects in {len(files)} files under {render_root.relative_to(REPO)}/",
+        f"rendered {len(manifests)} objects in {len(files)} files under {shown(render_root)}/",
         "  per cluster: " + ", ".join(f"{name} {count}" for name, count in sorted(clusters.items())),
         "  namespaces: " + ", ".join(namespaces),
         "  kinds: " + ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items())),
@@ -70,7 +74,7 @@ def preview(pulumi: Pulumi, render_root: Path) -> None:
     render_root.mkdir(parents=True, exist_ok=True)
     target = render_root / "preview.json"
     target.write_text(machine.stdout)
-    print(f"\nJSON preview saved to {target.relative_to(REPO)}")
+    print(f"\nJSON preview saved to {shown(target)}")
 
 
 def destroy(pulumi: Pulumi, render_root: Path) -> None:
@@ -80,7 +84,7 @@ def destroy(pulumi: Pulumi, render_root: Path) -> None:
     print("\nkept (retain-on-delete data volumes; delete them by hand when the data may go):")
     for path, doc in left:
         where = doc["metadata"].get("namespace", "")
-        print(f"  {doc['kind']} {where}/{doc['metadata']['name']}  ({path.relative_to(REPO)})")
+        print(f"  {doc['kind']} {where}/{doc['metadata']['name']}  ({shown(path)})")
     if not left:
         print("  nothing")
 
