@@ -11,7 +11,6 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import yaml
 
 from components import kube, naming, superexec
 from components.config import FederationConfig
@@ -226,20 +225,11 @@ class ServerSite(pulumi.ComponentResource):
     def _executor(self, depends_on: Sequence[pulumi.Resource]) -> None:
         """SuperExec launching one ServerApp pod per run, with its ServiceAccounts and RBAC."""
         config = self._config
-        executor_sa = kube.service_account(f"{self._name}-executor-sa", self._meta(EXECUTOR, EXECUTOR),
-                                           config.images, automount=True, opts=self._in_ns)
-        task_sa = kube.service_account(f"{self._name}-task-sa", self._meta(TASK, TASK), config.images,
-                                       automount=False, opts=self._in_ns)
-        rbac = kube.executor_rbac(f"{self._name}-executor", self._meta(EXECUTOR, EXECUTOR), EXECUTOR, self._ns,
-                                  self._in_ns)
-        executor_map = k8s.core.v1.ConfigMap(f"{self._name}-executor-config", metadata=self._meta(EXECUTOR, EXECUTOR),
-                                             data={superexec.CONFIG_FILE: yaml.safe_dump(
-                                                 executor_config(config), sort_keys=True)}, opts=self._in_ns)
-        k8s.apps.v1.Deployment(f"{self._name}-executor", metadata=self._meta(EXECUTOR, EXECUTOR),
-                               spec=superexec.deployment_spec(
-            federation=config.federation, role=EXECUTOR, images=config.images,
+        superexec.declare(
+            self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
+            images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config),
             runtime_address=naming.service_address(naming.RUNTIME_SERVICE, self._ns, naming.RUNTIME_PORT),
-            ca_secret=CA_SECRET), opts=self._after([*depends_on, executor_sa, task_sa, *rbac, executor_map]))
+            ca_secret=CA_SECRET, opts=self._in_ns, depends_on=depends_on)
 
     def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
                       depends_on: Sequence[pulumi.Resource]) -> None:

@@ -9,10 +9,12 @@ hardening as every container flowerbed declares itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import pulumi
 import pulumi_kubernetes as k8s
+import yaml
 
 from components import kube, naming
 from components.config import Images
@@ -75,3 +77,24 @@ def deployment_spec(*, federation: str, role: str, images: Images, runtime_addre
             spec=kube.pod_spec(images, [container], [
                 kube.secret_volume("ca", ca_secret), kube.config_volume("executor", role)],
                 service_account=role)))
+
+
+def declare(prefix: str, *, meta: Callable[[str], k8s.meta.v1.ObjectMetaArgs], federation: str,
+            namespace: str, images: Images, executor_role: str, task_role: str, config: Mapping[str, Any],
+            runtime_address: str, ca_secret: str, opts: pulumi.ResourceOptions,
+            depends_on: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
+    """A SuperExec with what it needs: its and its task pods' ServiceAccounts, RBAC and executor config.
+
+    `meta(role)` gives the metadata of the object named `role` (each site labels its own objects).
+    """
+    executor_sa = kube.service_account(f"{prefix}-executor-sa", meta(executor_role), images,
+                                       automount=True, opts=opts)
+    task_sa = kube.service_account(f"{prefix}-task-sa", meta(task_role), images, automount=False, opts=opts)
+    rbac = kube.executor_rbac(f"{prefix}-executor", meta(executor_role), executor_role, namespace, opts)
+    config_map = k8s.core.v1.ConfigMap(f"{prefix}-executor-config", metadata=meta(executor_role),
+                                       data={CONFIG_FILE: yaml.safe_dump(dict(config), sort_keys=True)}, opts=opts)
+    after = pulumi.ResourceOptions.merge(
+        opts, pulumi.ResourceOptions(depends_on=[*depends_on, executor_sa, task_sa, *rbac, config_map]))
+    return k8s.apps.v1.Deployment(f"{prefix}-executor", metadata=meta(executor_role), spec=deployment_spec(
+        federation=federation, role=executor_role, images=images, runtime_address=runtime_address,
+        ca_secret=ca_secret), opts=after)
