@@ -61,6 +61,23 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _terminate(processes: Sequence[ManagedProcess], timeout: float) -> None:
+    """SIGTERM every process group, wait up to `timeout`, then SIGKILL the groups still alive."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        alive = [p for p in processes if _group_alive(p.pid)]  # start_new_session: pgid == pid
+        for process in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            for process in alive:
+                process.popen.poll()  # reap the leader, or its group never empties
+            alive = [p for p in alive if _group_alive(p.pid)]
+        if not alive:
+            return
+
+
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C/SIGTERM until the block ends.
@@ -112,28 +129,13 @@ class Supervisor:
 
     def stop(self, process: ManagedProcess, timeout: float = 10.0) -> None:
         """SIGTERM the child's whole group, then SIGKILL whatever is left after `timeout`."""
-        pgid = process.pid  # start_new_session makes the child its group's leader
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            if not _group_alive(pgid):
-                break
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                process.popen.poll()  # reap the leader, or the group never empties
-                if not _group_alive(pgid):
-                    break
-                time.sleep(0.1)
-        process.popen.poll()
+        _terminate([process], timeout)
 
-    def stop_all(self) -> None:
-        # Reverse start order: task launchers before the SuperNodes before the SuperLink.
+    def stop_all(self, timeout: float = 10.0) -> None:
+        # All at once: each Flower process takes about a second to shut down gracefully.
         # A second Ctrl-C must not cut the clean-up short and orphan what is left.
         with _interrupts_deferred():
-            for process in reversed(self.processes):
-                self.stop(process)
+            _terminate(self.processes, timeout)
 
     def __enter__(self) -> Supervisor:
         return self
