@@ -166,7 +166,7 @@ def federate(args: argparse.Namespace) -> Summary:
         progress.say(f"All {len(sites)} SuperNodes authenticated and online after {startup:.0f} s; submitting {app_dir.name}/")
         training = Timer()
         run_id = submit(cli, app_dir, overrides, Path(tmp))
-        progress.say(f"Run {run_id}: {run_config['strategy']} on {run_config['dataset']}, {rounds} rounds")
+        progress.say(f"Run {run_id}: {run_config['strategy']} on {run_config['dataset']}, {rounds} round(s)")
         metrics = MetricsFollower(args.out_dir / "metrics.jsonl")
         status = follow(cli, run_id, supervisor, metrics, progress.round_done, args.timeout)
         training_seconds = training.seconds()

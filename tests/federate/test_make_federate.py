@@ -121,3 +121,16 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
     assert f"port {taken} on 127.0.0.1 is already in use" in done.stderr
     assert "--superlink-port" in done.stderr
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_failing_app_is_reported_with_its_own_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-data"  # study data that no site has
+    done = subprocess.run(
+        [sys.executable, "-m", "federate", "--out-dir", str(tmp_path / "out"), "--sites", "site-a,site-b",
+         "--dataset", "study/cohort", "--data-dir", str(missing), "--rounds", "1", "--round-timeout", "60"],
+        cwd=REPO, env=isolated_env(tmp_path), capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 1
+    assert "ended as finished:failed" in done.stderr
+    assert f"{missing}/site-a/study/cohort does not exist" in done.stderr  # the ClientApp's DataError, relayed
+    assert processes_mentioning(str(tmp_path)) == []
