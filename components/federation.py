@@ -51,8 +51,8 @@ class Federation(pulumi.ComponentResource):
             config=config, ca=self.ca, supernode_public_keys={s: k.public_openssh for s, k in keys.items()}),
             opts=on_cluster(config.server.cluster))
         self.sites = {site.name: ClientSite(f"{name}-{site.name}", ClientSiteArgs(
-            config=config, site=site, partition_id=index, ca=self.ca, supernode_key=keys[site.name]),
-            opts=on_cluster(site.cluster)) for index, site in enumerate(config.sites)}
+            config=config, site=site, ca=self.ca, supernode_key=keys[site.name]),
+            opts=on_cluster(site.cluster)) for site in config.sites}
 
         server = config.server
         ca_file = f"{config.federation}-ca.crt"

@@ -59,10 +59,13 @@ def supernode_runtime_names(namespace: str) -> list[str]:
     return service_dns_names(SUPERNODE_SERVICE, namespace)
 
 
-def node_config(site: str, partition_id: int, num_partitions: int) -> str:
-    """The SuperNode's `--node-config` (TOML values; read by the ClientApp as context.node_config)."""
-    values = {"site-name": site, "data-root": DATA_ROOT, "partition-id": partition_id,
-              "num-partitions": num_partitions}
+def node_config(site: str) -> str:
+    """The SuperNode's `--node-config` (TOML values; read by the ClientApp as context.node_config).
+
+    Only facts of this site: nothing here may depend on the other sites, or adding a site
+    would restart every SuperNode (built-in demo data is split by the ServerApp at run time).
+    """
+    values = {"site-name": site, "data-root": DATA_ROOT}
     return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
 

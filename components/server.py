@@ -22,13 +22,13 @@ TYPE = "flowerbed:index:ServerSite"
 SUPERLINK = "superlink"
 EXECUTOR = "serverapp-executor"
 TASK = "serverapp-task"
-REGISTRAR = "register-supernodes"
+REGISTRAR = "register-supernode"
 CA_SECRET = "federation-ca"
 TLS_SECRET = "superlink-tls"
 STATE_CLAIM = "superlink-state"
 ARTIFACTS_CLAIM = "serverapp-artifacts"
 NGINX_CONFIG = "superlink-nginx"
-KEYS_CONFIG = "supernode-public-keys"
+KEYS_CONFIG = "supernode-public-key"
 FLWR_CONFIG = "registrar-flwr"
 
 _STATE_DIR = "/var/lib/flowerbed"
@@ -233,33 +233,38 @@ class ServerSite(pulumi.ComponentResource):
 
     def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
                       depends_on: Sequence[pulumi.Resource]) -> None:
-        """A Job that registers every site's SuperNode key; named by the keys, so a new site runs it again."""
+        """One Job per site registering its SuperNode key.
+
+        Per site, so adding a site only creates objects (nothing existing is replaced), and
+        named by the key, so a re-issued key is registered again.
+        """
         images = self._config.images
-        keys_map = k8s.core.v1.ConfigMap(f"{self._name}-supernode-keys",
-                                         metadata=self._meta(KEYS_CONFIG, REGISTRAR),
-                                         data={f"{site}.pub": key for site, key in sorted(public_keys.items())},
-                                         opts=self._in_ns)
         flwr_map = k8s.core.v1.ConfigMap(f"{self._name}-registrar-flwr", metadata=self._meta(FLWR_CONFIG, REGISTRAR),
                                          data={"config.toml": naming.flwr_connection(
                                              "federation", f"{naming.CA_DIR}/ca.crt", naming.service_address(
                                                  naming.CONTROL_SERVICE, self._ns, naming.CONTROL_PORT))},
                                          opts=self._in_ns)
-        job_name = pulumi.Output.all(*[public_keys[site] for site in sorted(public_keys)]).apply(
-            lambda keys: f"{REGISTRAR}-{_digest(keys)}")
-        k8s.batch.v1.Job(f"{self._name}-registrar", metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=job_name, namespace=self._ns, labels=self._labels(REGISTRAR)), spec=k8s.batch.v1.JobSpecArgs(
-            # SuperLink may still be starting: retry rather than fail the update.
-            backoff_limit=10, active_deadline_seconds=1800,
-            template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(REGISTRAR)),
-                spec=kube.pod_spec(images, [kube.container(
-                    "register", images.platform, images, command=["sh", "-c"],
-                    args=[registration_script()], sizing=_REGISTRAR_SIZING, env=naming.TASK_ENV,
-                    mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("keys", _KEYS_DIR),
-                            kube.mount("flwr", _FLWR_CONF_DIR)])],
-                    [kube.secret_volume("ca", CA_SECRET), kube.config_volume("keys", KEYS_CONFIG),
-                     kube.config_volume("flwr", FLWR_CONFIG)], restart_policy="OnFailure"))),
-            opts=self._after([*depends_on, keys_map, flwr_map]))
+        for site, public_key in sorted(public_keys.items()):
+            keys_config = f"{KEYS_CONFIG}-{site}"[:63].rstrip("-")
+            keys_map = k8s.core.v1.ConfigMap(f"{self._name}-{site}-supernode-key",
+                                             metadata=self._meta(keys_config, REGISTRAR),
+                                             data={f"{site}.pub": public_key}, opts=self._in_ns)
+            job_name = pulumi.Output.from_input(public_key).apply(
+                lambda key, site=site: f"{REGISTRAR}-{site[:40].rstrip('-')}-{_digest([site, key])}")
+            k8s.batch.v1.Job(f"{self._name}-{site}-registrar", metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=job_name, namespace=self._ns, labels=self._labels(REGISTRAR)), spec=k8s.batch.v1.JobSpecArgs(
+                # SuperLink may still be starting: retry rather than fail the update.
+                backoff_limit=10, active_deadline_seconds=1800,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(REGISTRAR)),
+                    spec=kube.pod_spec(images, [kube.container(
+                        "register", images.platform, images, command=["sh", "-c"],
+                        args=[registration_script()], sizing=_REGISTRAR_SIZING, env=naming.TASK_ENV,
+                        mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("keys", _KEYS_DIR),
+                                kube.mount("flwr", _FLWR_CONF_DIR)])],
+                        [kube.secret_volume("ca", CA_SECRET), kube.config_volume("keys", keys_config),
+                         kube.config_volume("flwr", FLWR_CONFIG)], restart_policy="OnFailure"))),
+                opts=self._after([*depends_on, keys_map, flwr_map]))
 
     def _network_policies(self) -> None:
         """Deny everything in the namespace, then allow exactly the flows above."""

@@ -31,8 +31,6 @@ _SUPERNODE_SIZING = kube.Sizing("100m", "256Mi", "1", "1Gi")
 class ClientSiteArgs:
     config: FederationConfig
     site: SiteConfig
-    # The site's index in the stack's site list: the ClientApp's `partition-id`.
-    partition_id: int
     ca: CertificateAuthority
     supernode_key: SupernodeKey
 
@@ -64,14 +62,14 @@ def executor_config(config: FederationConfig, site: SiteConfig) -> dict[str, Any
         volumes=volumes, volume_mounts=mounts, **extra)
 
 
-def supernode_args(config: FederationConfig, site: SiteConfig, partition_id: int) -> list[str]:
+def supernode_args(config: FederationConfig, site: SiteConfig) -> list[str]:
     tls = naming.TLS_DIR
     return [
         "--superlink", f"{config.server.endpoint}:{config.server.public_port}",
         "--root-certificates", f"{naming.CA_DIR}/ca.crt",
         "--auth-supernode-private-key", f"{_AUTH_DIR}/supernode.key",
         "--isolation", "process",
-        "--node-config", naming.node_config(site.name, partition_id, len(config.sites)),
+        "--node-config", naming.node_config(site.name),
         # The Runtime API (for this site's SuperExec and task pods) on all interfaces, over TLS.
         "--host", "0.0.0.0",
         "--port", str(naming.SUPERNODE_RUNTIME_PORT),
@@ -98,7 +96,7 @@ class ClientSite(pulumi.ComponentResource):
 
         secrets = self._secrets(args.ca, args.supernode_key)
         claims = self._study_data()
-        runtime_service = self._supernode(args.partition_id, depends_on=secrets)
+        runtime_service = self._supernode(depends_on=secrets)
         self._executor(depends_on=[secrets[0], runtime_service, *claims])
         self._network_policies()
 
@@ -142,12 +140,12 @@ class ClientSite(pulumi.ComponentResource):
                            data.size, data.storage_class, opts)
                 for data in self._site.study_data if data.size is not None]
 
-    def _supernode(self, partition_id: int, depends_on: Sequence[pulumi.Resource]) -> k8s.core.v1.Service:
+    def _supernode(self, depends_on: Sequence[pulumi.Resource]) -> k8s.core.v1.Service:
         """The SuperNode and the Service of its Runtime API (for this site's SuperExec and task pods)."""
         config, images = self._config, self._config.images
         supernode = kube.container(
             "supernode", images.platform, images, command=["flower-supernode"],
-            args=supernode_args(config, self._site, partition_id), sizing=_SUPERNODE_SIZING,
+            args=supernode_args(config, self._site), sizing=_SUPERNODE_SIZING,
             env={"FLWR_HOME": _FLWR_HOME},
             ports=[k8s.core.v1.ContainerPortArgs(name="runtime", container_port=naming.SUPERNODE_RUNTIME_PORT)],
             mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("auth", _AUTH_DIR), kube.mount("tls", naming.TLS_DIR),

@@ -9,6 +9,7 @@ hardening as every container flowerbed declares itself.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from components.config import Images
 
 CONFIG_DIR = "/etc/flowerbed/executor"
 CONFIG_FILE = "executor.yaml"
+CONFIG_DIGEST_ANNOTATION = "flowerbed.dev/executor-config-sha256"
 _SIZING = kube.Sizing("100m", "256Mi", "500m", "512Mi")
 
 
@@ -56,8 +58,12 @@ def task_resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
 
 
 def deployment_spec(*, federation: str, role: str, images: Images, runtime_address: str,
-                    ca_secret: str) -> k8s.apps.v1.DeploymentSpecArgs:
-    """SuperExec dialling `runtime_address` over TLS; its ServiceAccount and config are named `role`."""
+                    ca_secret: str, config_text: str) -> k8s.apps.v1.DeploymentSpecArgs:
+    """SuperExec dialling `runtime_address` over TLS; its ServiceAccount and config are named `role`.
+
+    SuperExec reads its executor config once at start, so the pod template carries the config's
+    digest: a changed config (a site's GPUs, say) rolls the Deployment instead of going unnoticed.
+    """
     container = kube.container(
         "superexec", images.platform, images, command=["flower-superexec"], args=[
             "--runtime-api-address", runtime_address,
@@ -73,7 +79,8 @@ def deployment_spec(*, federation: str, role: str, images: Images, runtime_addre
         replicas=1,
         selector=k8s.meta.v1.LabelSelectorArgs(match_labels=kube.selector(federation, role)),
         template=k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(federation, role)),
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(federation, role), annotations={
+                CONFIG_DIGEST_ANNOTATION: hashlib.sha256(config_text.encode()).hexdigest()}),
             spec=kube.pod_spec(images, [container], [
                 kube.secret_volume("ca", ca_secret), kube.config_volume("executor", role)],
                 service_account=role)))
@@ -91,10 +98,11 @@ def declare(prefix: str, *, meta: Callable[[str], k8s.meta.v1.ObjectMetaArgs], f
                                        automount=True, opts=opts)
     task_sa = kube.service_account(f"{prefix}-task-sa", meta(task_role), images, automount=False, opts=opts)
     rbac = kube.executor_rbac(f"{prefix}-executor", meta(executor_role), executor_role, namespace, opts)
+    config_text = yaml.safe_dump(dict(config), sort_keys=True)
     config_map = k8s.core.v1.ConfigMap(f"{prefix}-executor-config", metadata=meta(executor_role),
-                                       data={CONFIG_FILE: yaml.safe_dump(dict(config), sort_keys=True)}, opts=opts)
+                                       data={CONFIG_FILE: config_text}, opts=opts)
     after = pulumi.ResourceOptions.merge(
         opts, pulumi.ResourceOptions(depends_on=[*depends_on, executor_sa, task_sa, *rbac, config_map]))
     return k8s.apps.v1.Deployment(f"{prefix}-executor", metadata=meta(executor_role), spec=deployment_spec(
         federation=federation, role=executor_role, images=images, runtime_address=runtime_address,
-        ca_secret=ca_secret), opts=after)
+        ca_secret=ca_secret, config_text=config_text), opts=after)

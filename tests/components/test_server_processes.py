@@ -162,7 +162,7 @@ def test_a_registered_supernode_joins_through_the_fleet_listener(
     for name, text in (("ca.crt", runtime_ca.cert_pem), ("tls.crt", runtime.cert_pem), ("tls.key", runtime.key_pem)):
         (server.tmp / "rt" / name).write_text(text)
     endpoint = f"{config.server.endpoint}:{config.server.public_port}"
-    args = _relocate(supernode_args(config, site, 2), {
+    args = _relocate(supernode_args(config, site), {
         endpoint: f"localhost:{server.fleet_port}", f"{naming.CA_DIR}/": f"{server.tmp}/tls/",
         "/etc/flowerbed/auth/supernode.key": str(server.tmp / "lab-c.key"), f"{naming.TLS_DIR}/": f"{server.tmp}/rt/",
         "0.0.0.0": "127.0.0.1", str(naming.SUPERNODE_RUNTIME_PORT): str(_free_port())})

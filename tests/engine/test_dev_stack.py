@@ -61,9 +61,11 @@ def test_second_up_changes_nothing(deployed: StackCopy) -> None:
 def test_gpu_change_touches_only_that_sites_executor_config(deployed: StackCopy) -> None:
     with deployed.config_changed(lambda config: site(config, "hospital-a").update(gpus=2)):
         steps = deployed.preview_steps()
-    # The kubernetes provider replaces a ConfigMap whose data changes (it treats them as immutable).
-    assert [(s.op, s.type, s.name) for s in steps] == [
-        ("replace", "kubernetes:core/v1:ConfigMap", "demo-hospital-a-executor-config")
+    # The kubernetes provider replaces a ConfigMap whose data changes (it treats them as immutable);
+    # the executor's pod template carries the config's digest, so the executor restarts and reads it.
+    assert sorted((s.op, s.type, s.name) for s in steps) == [
+        ("replace", "kubernetes:core/v1:ConfigMap", "demo-hospital-a-executor-config"),
+        ("update", "kubernetes:apps/v1:Deployment", "demo-hospital-a-executor"),
     ]
 
 
@@ -72,20 +74,12 @@ def test_added_site_creates_its_resources_and_leaves_existing_data_and_credentia
     new_site = {"name": "clinic-d", "cluster": "hospitals", "gpus": 0, "cpu": "1", "memory": "2Gi"}
     with deployed.config_changed(lambda config: config["flowerbed:sites"].append(new_site)):
         steps = deployed.preview_steps()
-    new = [s for s in steps if "clinic-d" in s.name]
-    existing = [s for s in steps if "clinic-d" not in s.name]
-    assert new and {s.op for s in new} == {"create"}
-    assert any(s.type == "kubernetes:core/v1:Namespace" for s in new)
-    assert any(s.type.endswith("flowerbed:SupernodeKey") for s in new)
-    # What an extra site must change elsewhere, and nothing more: every SuperNode's node config
-    # (num-partitions is the number of sites) and the server's registry of SuperNode public keys.
-    assert {(s.op, s.type) for s in existing} <= {
-        ("update", "kubernetes:apps/v1:Deployment"),
-        ("replace", "kubernetes:core/v1:ConfigMap"),
-        ("replace", "kubernetes:batch/v1:Job"),
-    }
-    assert all(s.name.endswith("-supernode") for s in existing if s.op == "update")
-    assert {s.name for s in existing if s.op == "replace"} <= {"demo-server-supernode-keys", "demo-server-registrar"}
+    assert steps and all("clinic-d" in s.name for s in steps)
+    assert {s.op for s in steps} == {"create"}
+    created = {s.type for s in steps}
+    assert "kubernetes:core/v1:Namespace" in created
+    assert "kubernetes:batch/v1:Job" in created  # its key's registration, in the server's namespace
+    assert any(t.endswith("flowerbed:SupernodeKey") for t in created)
 
 
 def test_broken_config_fails_preview_with_the_validation_message(deployed: StackCopy) -> None:
