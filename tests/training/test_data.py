@@ -15,6 +15,7 @@ from flowerbed_training.data import (
     load_directory,
     partition_indices,
 )
+from flowerbed_training.partitions import Partition
 from flowerbed_training.task import site_dataset
 
 
@@ -109,7 +110,12 @@ def test_dataset_names_outside_the_contract_are_refused(dataset):
 
 def test_unknown_builtin_lists_the_allowed_ones():
     with pytest.raises(DataError, match="allowed: builtin:breast-cancer, builtin:digits"):
-        site_dataset({"dataset": "builtin:mnist"}, {"partition-id": 0, "num-partitions": 2})
+        site_dataset({"dataset": "builtin:mnist"}, {}, Partition(0, 2))
+
+
+def test_builtin_data_needs_the_servers_partition():
+    with pytest.raises(DataError, match="'builtin:digits': the server assigned this site no partition"):
+        site_dataset({"dataset": "builtin:digits"}, {"site-name": "lab-c", "data-root": "/data"})
 
 
 # --- partitioning ----------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Thin: reads the site's data through `task`, trains or evaluates the model the
 server sent, and answers. Node config (`--node-config`): `site-name`,
-`data-root`, `partition-id`, `num-partitions` (see the brief's contract) and
-optionally `device` (auto | cpu | cuda | cuda:<n>; default auto).
+`data-root` (see the brief's contract) and optionally `device` (auto | cpu |
+cuda | cuda:<n>; default auto). The share of a built-in dataset comes from the
+server, in each message's config (partitions.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from flowerbed_training import compression, privacy, secagg, task
 from flowerbed_training.data import Dataset, check_compatible
+from flowerbed_training.partitions import partition_of
 from flowerbed_training.protocol import (
     ARRAYS,
     CONFIG,
@@ -43,13 +45,15 @@ def _device(context: Context) -> torch.device:
     return task.device(str(context.node_config.get("device", "auto")))
 
 
-def _local_data(context: Context) -> tuple[Dataset, Dataset]:
-    return task.local_split(task.site_dataset(context.run_config, context.node_config), context.run_config)
+def _local_data(context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
+    partition = partition_of(_site(context), config)
+    data = task.site_dataset(context.run_config, context.node_config, partition)
+    return task.local_split(data, context.run_config)
 
 
 def _prepared(context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
     """The site's train/validation data, checked against and standardized like the federation's."""
-    train_set, val_set = _local_data(context)
+    train_set, val_set = _local_data(context, config)
     check_compatible(_site(context), train_set.spec, config)  # type: ignore[arg-type]
     standardizer = standardizer_from_config(config)
     return standardizer.apply(train_set), standardizer.apply(val_set)
@@ -66,10 +70,16 @@ def _reply(message: Message, context: Context, records: Mapping[str, object]) ->
     return Message(content, reply_to=message)
 
 
+@app.query("site_name")
+def name(message: Message, context: Context) -> Message:
+    """Who this site is: the server assigns built-in data's partitions by name."""
+    return _reply(message, context, {})
+
+
 @app.query("data_summary")
 def describe(message: Message, context: Context) -> Message:
     """Feature count, classes, image shape and per-feature sums of the site's training split."""
-    train_set, _ = _local_data(context)
+    train_set, _ = _local_data(context, message.content.config_records.get(CONFIG, ConfigRecord()))
     return summary_reply(message, _site(context), train_set.spec, task.FeatureSums.of(train_set.x))
 
 

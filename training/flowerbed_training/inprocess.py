@@ -134,10 +134,12 @@ def run_federation(sites: list[Site], run_config: Mapping[str, Any], *,
 
 
 def builtin_sites(count: int, **scripted: Any) -> list[Site]:
-    """`count` sites sharing a built-in dataset by partition-id (node ids 101, 102, ...)."""
+    """`count` sites sharing a built-in dataset (node ids 101, 102, ...; names `site-<i>`).
+
+    The server gives site-<i> partition i (names sort by index below 10 sites).
+    """
     return [
-        Site(node_id=101 + i, node_config={"site-name": f"site-{i}", "data-root": "/nonexistent",
-                                           "partition-id": i, "num-partitions": count},
+        Site(node_id=101 + i, node_config={"site-name": f"site-{i}", "data-root": "/nonexistent"},
              **{k: v.get(i, set()) for k, v in scripted.items()})
         for i in range(count)
     ]

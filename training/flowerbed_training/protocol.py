@@ -18,7 +18,9 @@ CONTROL_DELTA = "control-delta"  # SCAFFOLD: the site's delta c_i+ - c_i (site -
 SUMS = "sums"  # survey reply: per-feature sums for federated standardization
 SUMMARY = "summary"  # survey reply: ConfigRecord describing the site's data
 
-# Before training, the server asks every site what its data looks like.
+# Before training, the server asks every site what its data looks like; for built-in
+# data it first asks for the sites' names, which decide the partitions (partitions.py).
+QUERY_SITE_NAME = "query.site_name"
 QUERY_DATA_SUMMARY = "query.data_summary"
 
 # Keys the server puts in every train/evaluate ConfigRecord.
@@ -27,6 +29,7 @@ NUM_CLASSES = "num-classes"
 FEATURE_MEAN = "feature-mean"
 FEATURE_STD = "feature-std"
 NUM_EXAMPLES = "num-examples"
+# Built-in data: the partition assignment, `partitions.PARTITION_SITES`, travels with them.
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

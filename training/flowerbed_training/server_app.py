@@ -1,8 +1,9 @@
 """ServerApp: runs once per run in the server cluster (artifacts volume at `artifacts-dir`).
 
-Thin: survey the sites' data, build the model and the strategy chosen by run
-config, resume from the latest checkpoint if asked, and let Flower's strategy
-loop run the rounds through the RoundRecorder.
+Thin: survey the sites' data (assigning built-in data's partitions), build
+the model and the strategy chosen by run config, resume from the latest
+checkpoint if asked, and let Flower's strategy loop run the rounds through the
+RoundRecorder.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def central_evaluation(context: Context, federation: FederationData) -> CentralE
 def main(grid: Grid, context: Context) -> None:
     settings = ServerSettings.from_run_config(context.run_config)
     local_lr = ClientSettings.from_run_config(context.run_config).lr
-    federation = survey_sites(grid, settings.min_available_sites, settings.round_timeout)
+    builtin = task.builtin_name(str(context.run_config.get("dataset", ""))) is not None
+    federation = survey_sites(grid, settings.min_available_sites, settings.round_timeout,
+                              assign_partitions=builtin)
 
     base = build_strategy(settings, local_lr)
     sampled = max(int(len(federation.examples) * settings.fraction_train), settings.min_train_sites)

@@ -5,6 +5,9 @@ per-feature sums (never rows). The server checks that the sites agree, then
 derives the model's input shape and a federation-wide standardizer from the
 pooled sums. Both travel in every train/evaluate config, so a site that joins
 later with different data fails with a clear error instead of training garbage.
+
+For built-in data the server first asks for the sites' names and assigns the
+partitions (partitions.py): a site needs its share before it can describe it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from flowerbed_training.data import DataError, DataSpec
+from flowerbed_training.partitions import PARTITION_SITES, assign
 from flowerbed_training.protocol import (
+    CONFIG,
     FEATURE_MEAN,
     FEATURE_STD,
     NUM_CLASSES,
     NUM_FEATURES,
     QUERY_DATA_SUMMARY,
+    QUERY_SITE_NAME,
     SITE,
     SUMMARY,
     SUMS,
@@ -50,16 +56,20 @@ class FederationData:
     standardizer: Standardizer
     examples: dict[str, int]  # site -> training examples
     names: dict[int, str]  # node id -> site name
+    partition_sites: list[str] | None = None  # built-in data: the partition assignment
 
-    def config(self) -> dict[str, int | list[int] | list[float]]:
-        """What every train/evaluate ConfigRecord carries (see protocol.py)."""
-        return {
+    def config(self) -> dict[str, int | list[int] | list[float] | list[str]]:
+        """What every train/evaluate ConfigRecord carries (see protocol.py and partitions.py)."""
+        config: dict[str, int | list[int] | list[float] | list[str]] = {
             NUM_FEATURES: self.spec.num_features,
             NUM_CLASSES: self.spec.num_classes,
             IMAGE_SHAPE: list(self.spec.image_shape or []),
             FEATURE_MEAN: self.standardizer.mean.tolist(),
             FEATURE_STD: self.standardizer.std.tolist(),
         }
+        if self.partition_sites is not None:
+            config[PARTITION_SITES] = self.partition_sites
+        return config
 
 
 def spec_from_config(config: Mapping[str, object]) -> DataSpec:
@@ -83,9 +93,25 @@ def summary_reply(message: Message, site: str, spec: DataSpec, sums: FeatureSums
     return Message(content, reply_to=message)
 
 
-def survey_sites(grid: Grid, min_sites: int, timeout: float) -> FederationData:
+def survey_sites(grid: Grid, min_sites: int, timeout: float, *, assign_partitions: bool) -> FederationData:
+    """Survey the connected sites; with `assign_partitions` (built-in data) share the data out among them first."""
     node_ids = _wait_for_sites(grid, min_sites, timeout)
-    queries = [Message(RecordDict(), dst_node_id=node, message_type=QUERY_DATA_SUMMARY) for node in node_ids]
+    config = ConfigRecord()
+    partition_sites = None
+    if assign_partitions:
+        named = _ask(grid, node_ids, QUERY_SITE_NAME, config, min_sites, timeout)
+        partition_sites = assign(site_name(m) for m in named)
+        log(INFO, "Partitions of the built-in data: %s", ", ".join(partition_sites))
+        node_ids = [m.metadata.src_node_id for m in named]
+        config = ConfigRecord({PARTITION_SITES: partition_sites})
+    return _combine(_ask(grid, node_ids, QUERY_DATA_SUMMARY, config, min_sites, timeout), partition_sites)
+
+
+def _ask(grid: Grid, node_ids: list[int], message_type: str, config: ConfigRecord,
+         min_sites: int, timeout: float) -> list[Message]:
+    """The sites' answers to a survey query; fewer than `min_sites` stops the run."""
+    queries = [Message(RecordDict({CONFIG: ConfigRecord(dict(config))}), dst_node_id=node, message_type=message_type)
+               for node in node_ids]
     replies = list(grid.send_and_receive(queries, timeout=timeout))
     answered = [m for m in replies if not m.has_error()]
     for message in replies:
@@ -94,10 +120,10 @@ def survey_sites(grid: Grid, min_sites: int, timeout: float) -> FederationData:
     if len(answered) < min_sites:
         problems = "; ".join(f"{site_name(m)}: {m.error.reason}" for m in replies if m.has_error())
         raise FederationNotReady(
-            f"{len(answered)} of {len(node_ids)} sites described their data within {timeout:g}s, "
-            f"min-train-sites is {min_sites}" + (f" ({problems})" if problems else "")
+            f"{len(answered)} of {len(node_ids)} sites answered {message_type} within {timeout:g}s, "
+            f"min-available-sites is {min_sites}" + (f" ({problems})" if problems else "")
         )
-    return _combine(answered)
+    return answered
 
 
 def _wait_for_sites(grid: Grid, min_sites: int, timeout: float) -> list[int]:
@@ -111,7 +137,7 @@ def _wait_for_sites(grid: Grid, min_sites: int, timeout: float) -> list[int]:
     return node_ids
 
 
-def _combine(answered: list[Message]) -> FederationData:
+def _combine(answered: list[Message], partition_sites: list[str] | None) -> FederationData:
     summaries = {site_name(m): m.content.config_records[SUMMARY] for m in answered}
     for key, what in ((NUM_FEATURES, "feature count"), (IMAGE_SHAPE, "image shape")):
         values = {site: tuple(s[key]) if key == IMAGE_SHAPE else s[key] for site, s in summaries.items()}
@@ -132,4 +158,4 @@ def _combine(answered: list[Message]) -> FederationData:
     log(INFO, "Federation data: %s from %d sites (%d examples)", spec, len(answered), total.count)
     return FederationData(spec, Standardizer.from_sums(total),
                           {site: int(s["count"]) for site, s in summaries.items()},  # type: ignore[arg-type]
-                          {m.metadata.src_node_id: site_name(m) for m in answered})
+                          {m.metadata.src_node_id: site_name(m) for m in answered}, partition_sites)

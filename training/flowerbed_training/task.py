@@ -30,6 +30,7 @@ from flowerbed_training.data import (
     load_directory,
     train_test_split,
 )
+from flowerbed_training.partitions import PARTITION_SITES, Partition
 
 MODELS = ("auto", "mlp", "cnn")
 
@@ -51,18 +52,22 @@ def builtin_name(dataset: str) -> str | None:
     return dataset[len(BUILTIN_PREFIX) :] if dataset.startswith(BUILTIN_PREFIX) else None
 
 
-def site_dataset(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Dataset:
-    """The data this site trains on, chosen by run config `dataset` (see the brief's contract)."""
+def site_dataset(
+    run_config: Mapping[str, Any], node_config: Mapping[str, Any], partition: Partition | None = None
+) -> Dataset:
+    """The data this site trains on, chosen by run config `dataset` (see the brief's contract).
+
+    Built-in sources need the `partition` the server assigned this site (partitions.py).
+    """
     dataset = str(run_config.get("dataset", ""))
     name = builtin_name(dataset)
     if name is not None:
-        for key in ("partition-id", "num-partitions"):
-            if key not in node_config:
-                raise DataError(f"node config {key} is required for dataset {dataset!r}")
-        return builtin_partition(
-            name, int(node_config["partition-id"]), int(node_config["num-partitions"]),
-            builtin_options(run_config),
-        )
+        if partition is None:
+            raise DataError(
+                f"dataset {dataset!r}: the server assigned this site no partition ({PARTITION_SITES} "
+                "missing from the message config)"
+            )
+        return builtin_partition(name, partition.index, partition.count, builtin_options(run_config))
     if dataset.count("/") != 1 or ".." in dataset or dataset.startswith("/"):
         raise DataError(
             f"dataset: {dataset!r} must be builtin:breast-cancer, builtin:digits or <study>/<dataset>"
