@@ -14,21 +14,19 @@ CONFIG_NAMESPACE = "flowerbed:"
 
 @dataclass(frozen=True)
 class Site:
-    """One client site; its index in the stack's site list is its data partition."""
+    """One client site. Its node config holds only its own facts: the ServerApp assigns
+    built-in datasets' partitions per run, so adding a site leaves the others' configs alone."""
 
     name: str
-    partition_id: int
-    num_partitions: int
 
     def node_config(self, data_root: Path) -> str:
         """The SuperNode's `--node-config` (TOML values; JSON quoting is valid TOML), as the pods get it."""
-        values = {"site-name": self.name, "data-root": str(data_root),
-                  "partition-id": self.partition_id, "num-partitions": self.num_partitions}
+        values = {"site-name": self.name, "data-root": str(data_root)}
         return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
 
 def sites_from_names(names: Sequence[str]) -> list[Site]:
-    return [Site(name, index, len(names)) for index, name in enumerate(names)]
+    return [Site(name) for name in names]
 
 
 def site_names_from_stack(stack_file: Path) -> list[str]:

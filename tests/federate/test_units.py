@@ -27,16 +27,17 @@ def test_sites_come_from_the_dev_stack_in_order() -> None:
     assert site_names_from_stack(REPO / "Pulumi.dev.yaml") == ["hospital-a", "hospital-b", "lab-c"]
 
 
-def test_partition_ids_follow_the_site_order() -> None:
-    sites = sites_from_names(["a", "b", "c"])
-    assert [(s.partition_id, s.num_partitions) for s in sites] == [(0, 3), (1, 3), (2, 3)]
-
-
 def test_node_config_parses_in_flower_to_the_contract_types() -> None:
-    site = Site("hospital-a", 1, 3)
+    site = Site("hospital-a")
     parsed = parse_config_args([site.node_config(Path("/tmp/data dir/hospital-a"))])
-    assert parsed == {"site-name": "hospital-a", "data-root": "/tmp/data dir/hospital-a",
-                      "partition-id": 1, "num-partitions": 3}
+    assert parsed == {"site-name": "hospital-a", "data-root": "/tmp/data dir/hospital-a"}
+
+
+def test_a_sites_node_config_does_not_depend_on_the_other_sites() -> None:
+    # Adding a site must not change (and so restart) the others' SuperNodes.
+    before = {s.name: s.node_config(Path("data") / s.name) for s in sites_from_names(["a", "b"])}
+    after = {s.name: s.node_config(Path("data") / s.name) for s in sites_from_names(["a", "b", "c"])}
+    assert {name: after[name] for name in before} == before
 
 
 def test_a_taken_port_is_named_with_the_flag_that_moves_it() -> None:
