@@ -63,9 +63,9 @@ PROVIDER_SOURCES: dict[str, ProviderSource] = {
         command_dir="cmd/pulumi-resource-kubernetes",
         version_var="github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version",
         note=(
-            "main-branch commit of 2026-01-15 (just before the v4.25.0 tag): the module proxy here refuses "
-            "the pseudo-version of the v4.30.0 commit (dd7f832c5e2b) with 403, so this is the newest source "
-            "it serves. It is registered under the SDK's plugin version so that pulumi_kubernetes finds it."
+            "main-branch commit of 2026-01-15, the day before the v4.25.0 tag: the module proxy here refuses "
+            "the pseudo-versions of release commits (v4.30.0's, dd7f832c5e2b, answers 403), so this is the "
+            "newest source it serves; requirements.in pins the SDK to 4.25.0 to match it."
         ),
     ),
 }
