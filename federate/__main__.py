@@ -119,11 +119,20 @@ def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app_defaults:
 
 def validate_run_config(app_dir: Path, run_config: dict[str, Any]) -> None:
     """The app's own validation, before any process starts (errors name the key)."""
-    sys.path.insert(0, str(app_dir))
+    if str(app_dir) not in sys.path:
+        sys.path.insert(0, str(app_dir))  # the app's own modules, as its ServerApp imports them
+    from flowerbed_training import compression, privacy, secagg
     from flowerbed_training.settings import ClientSettings, ServerSettings
 
     ServerSettings.from_run_config(run_config)
     ClientSettings.from_run_config(run_config)
+    # Otherwise a bad privacy or SecAgg+ setting would only surface as error replies from the sites.
+    if privacy.local_dp_enabled(run_config):
+        privacy.LocalDpSettings.from_run_config(run_config)
+    privacy.CentralDpSettings.from_run_config(run_config)
+    if secagg.secagg_enabled(run_config):
+        secagg.SecAggSettings.from_run_config(run_config)
+    compression.CompressionSettings.from_run_config(run_config)
 
 
 def clear_outputs(out_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from federate.__main__ import parse_args, run_overrides
+from federate.__main__ import parse_args, run_overrides, validate_run_config
 from federate.job import MetricsFollower, RunFailed, app_run_config, effective_run_config
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
@@ -142,3 +143,14 @@ def test_sites_evaluate_study_data_themselves(tmp_path: Path) -> None:
     args = parse_args(["--dataset", "default/tabular", "--out-dir", str(tmp_path)])
     overrides = run_overrides(args, sites_from_names(["a", "b"]), app_run_config(REPO / "training"))
     assert "fraction-evaluate" not in overrides  # no server test set: the app's default applies
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"strategy": "nope"}, "run config strategy: 'nope' must be one of fedavg"),
+    ({"local-dp": True, "local-dp-epsilon": -1.0}, "run config local-dp-epsilon: -1.0 must be > 0"),
+    ({"compression": "zip"}, "run config compression: 'zip' must be one of none, int8, topk"),
+])
+def test_a_bad_run_config_fails_before_any_process_starts(override: dict, message: str) -> None:
+    config = effective_run_config(REPO / "training", override)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate_run_config(REPO / "training", config)
