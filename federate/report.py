@@ -28,6 +28,7 @@ class Summary:
     run_id: str
     app: str
     strategy: str
+    protections: list[str]  # secure aggregation, differential privacy, compression in force
     dataset: str
     rounds: int
     sites: list[str]
@@ -69,6 +70,19 @@ def per_site(rounds: Sequence[Mapping[str, Any]], sites: Sequence[str]) -> dict[
     return result
 
 
+def protections(run_config: Mapping[str, Any]) -> list[str]:
+    found = []
+    if run_config.get("secagg"):
+        found.append("SecAgg+")
+    if run_config.get("local-dp"):
+        found.append("local DP")
+    if run_config.get("central-dp", "off") != "off":
+        found.append(f"central DP ({run_config['central-dp']}-side clipping)")
+    if run_config.get("compression", "none") != "none":
+        found.append(f"{run_config['compression']} compression")
+    return found
+
+
 def summarize(
     *,
     run_id: str,
@@ -87,6 +101,7 @@ def summarize(
         run_id=run_id,
         app=str(app_dir),
         strategy=str(run_config["strategy"]),
+        protections=protections(run_config),
         dataset=str(run_config["dataset"]),
         rounds=len(rounds),
         sites=list(sites),
@@ -114,7 +129,7 @@ def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Pat
     numbers = [r["round"] for r in rounds]
     fig, (acc_ax, loss_ax, site_ax) = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     fig.suptitle(
-        f"flowerbed local federation: {summary.strategy} on {summary.dataset}, "
+        f"flowerbed local federation: {' + '.join([summary.strategy, *summary.protections])} on {summary.dataset}, "
         f"{len(summary.sites)} sites, {summary.rounds} rounds, {summary.seconds['total']:.0f} s — "
         f"final accuracy {_fmt(summary.final_accuracy)} vs centralized {_fmt(summary.centralized_accuracy)}",
         fontsize=13,
@@ -148,6 +163,8 @@ def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Pat
                         label="one round" if index == 0 else None)
         info = summary.per_site[name]
         label = f"{info.rounds_answered}/{summary.rounds} rounds"
+        if info.contribution is None:
+            label += "\nno score\n(masked)"  # secure aggregation hides single updates
         if info.epsilon is not None:
             label += f"\nε = {info.epsilon:.2f}"
         site_ax.annotate(label, (index, 1.03), ha="center", va="bottom", fontsize=9)
