@@ -47,7 +47,7 @@ class Summary:
 
     def final_line(self) -> str:
         return (
-            f"federated accuracy {_fmt(self.final_accuracy)} after {self.rounds} rounds on "
+            f"federated accuracy {_fmt(self.final_accuracy)} after {self.rounds} round(s) on "
             f"{len(self.sites)} sites; centralized baseline (same model, pooled data) "
             f"{_fmt(self.centralized_accuracy)}; {self.seconds['total']:.0f} s"
         )
