@@ -59,13 +59,13 @@ def supernode_runtime_names(namespace: str) -> list[str]:
     return service_dns_names(SUPERNODE_SERVICE, namespace)
 
 
-def node_config(site: str) -> str:
+def node_config(site: str, data_root: str = DATA_ROOT) -> str:
     """The SuperNode's `--node-config` (TOML values; read by the ClientApp as context.node_config).
 
     Only facts of this site: nothing here may depend on the other sites, or adding a site
     would restart every SuperNode (built-in demo data is split by the ServerApp at run time).
     """
-    values = {"site-name": site, "data-root": DATA_ROOT}
+    values = {"site-name": site, "data-root": data_root}
     return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
 

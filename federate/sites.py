@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from components import naming
 
 CONFIG_NAMESPACE = "flowerbed:"
 
@@ -20,9 +21,8 @@ class Site:
     name: str
 
     def node_config(self, data_root: Path) -> str:
-        """The SuperNode's `--node-config` (TOML values; JSON quoting is valid TOML), as the pods get it."""
-        values = {"site-name": self.name, "data-root": str(data_root)}
-        return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+        """The SuperNode's `--node-config`, built as the pods get it, with a local data root."""
+        return naming.node_config(self.name, str(data_root))
 
 
 def sites_from_names(names: Sequence[str]) -> list[Site]:
