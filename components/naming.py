@@ -24,6 +24,8 @@ SUPERNODE_SERVICE = "supernode-runtime"
 # Where things live inside the pods.
 TLS_DIR = "/etc/flowerbed/tls"
 CA_DIR = "/etc/flowerbed/ca"
+# The Secret holding the federation CA certificate, under this name in every namespace.
+CA_SECRET = "federation-ca"
 DATA_ROOT = "/data"
 ARTIFACTS_DIR = "/artifacts"
 SCRATCH_DIR = "/scratch"

@@ -23,7 +23,6 @@ SUPERLINK = "superlink"
 EXECUTOR = "serverapp-executor"
 TASK = "serverapp-task"
 REGISTRAR = "register-supernode"
-CA_SECRET = "federation-ca"
 TLS_SECRET = "superlink-tls"
 STATE_CLAIM = "superlink-state"
 ARTIFACTS_CLAIM = "serverapp-artifacts"
@@ -146,7 +145,7 @@ class ServerSite(pulumi.ComponentResource):
                                         type="kubernetes.io/tls", string_data={
                                             "tls.crt": certificate.cert_pem, "tls.key": certificate.key_pem,
                                             "ca.crt": ca.cert_pem}, opts=self._in_ns)
-        ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(CA_SECRET, "server"),
+        ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(naming.CA_SECRET, "server"),
                                        string_data={"ca.crt": ca.cert_pem}, opts=self._in_ns)
         return tls_secret, ca_secret
 
@@ -229,7 +228,7 @@ class ServerSite(pulumi.ComponentResource):
             self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
             images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config),
             runtime_address=naming.service_address(naming.RUNTIME_SERVICE, self._ns, naming.RUNTIME_PORT),
-            ca_secret=CA_SECRET, opts=self._in_ns, depends_on=depends_on)
+            opts=self._in_ns, depends_on=depends_on)
 
     def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
                       depends_on: Sequence[pulumi.Resource]) -> None:
@@ -262,7 +261,7 @@ class ServerSite(pulumi.ComponentResource):
                         args=[registration_script()], sizing=_REGISTRAR_SIZING, env=naming.TASK_ENV,
                         mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("keys", _KEYS_DIR),
                                 kube.mount("flwr", _FLWR_CONF_DIR)])],
-                        [kube.secret_volume("ca", CA_SECRET), kube.config_volume("keys", keys_config),
+                        [kube.secret_volume("ca", naming.CA_SECRET), kube.config_volume("keys", keys_config),
                          kube.config_volume("flwr", FLWR_CONFIG)], restart_policy="OnFailure"))),
                 opts=self._after([*depends_on, keys_map, flwr_map]))
 

@@ -18,7 +18,6 @@ TYPE = "flowerbed:index:ClientSite"
 SUPERNODE = "supernode"
 EXECUTOR = "clientapp-executor"
 TASK = "clientapp-task"
-CA_SECRET = "federation-ca"
 AUTH_SECRET = "supernode-auth"
 RUNTIME_TLS_SECRET = "supernode-runtime-tls"
 
@@ -115,7 +114,7 @@ class ClientSite(pulumi.ComponentResource):
     def _secrets(self, ca: CertificateAuthority, key: SupernodeKey) -> list[k8s.core.v1.Secret]:
         """The CA (to trust SuperLink), the SuperNode key, and the certificate of the SuperNode's Runtime API."""
         pki = self._config.pki
-        ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(CA_SECRET, "site"),
+        ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(naming.CA_SECRET, "site"),
                                        string_data={"ca.crt": ca.cert_pem}, opts=self._in_ns)
         auth_secret = k8s.core.v1.Secret(f"{self._name}-auth", metadata=self._meta(AUTH_SECRET, SUPERNODE),
                                          string_data={"supernode.key": key.private_openssh}, opts=self._in_ns)
@@ -160,7 +159,7 @@ class ClientSite(pulumi.ComponentResource):
             template=k8s.core.v1.PodTemplateSpecArgs(
                 metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(SUPERNODE)),
                 spec=kube.pod_spec(images, [supernode], [
-                    kube.secret_volume("ca", CA_SECRET), kube.secret_volume("auth", AUTH_SECRET),
+                    kube.secret_volume("ca", naming.CA_SECRET), kube.secret_volume("auth", AUTH_SECRET),
                     kube.secret_volume("tls", RUNTIME_TLS_SECRET),
                     k8s.core.v1.VolumeArgs(name="flwr-home", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
                         size_limit="2Gi"))]))), opts=self._after(depends_on))
@@ -180,7 +179,7 @@ class ClientSite(pulumi.ComponentResource):
             self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
             images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config, self._site),
             runtime_address=naming.service_address(naming.SUPERNODE_SERVICE, self._ns, naming.SUPERNODE_RUNTIME_PORT),
-            ca_secret=CA_SECRET, opts=self._in_ns, depends_on=depends_on)
+            opts=self._in_ns, depends_on=depends_on)
 
     def _network_policies(self) -> None:
         """Out only to the server endpoint (and DNS); in only from this site's own pods."""

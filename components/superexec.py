@@ -58,7 +58,7 @@ def task_resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
 
 
 def deployment_spec(*, federation: str, role: str, images: Images, runtime_address: str,
-                    ca_secret: str, config_text: str) -> k8s.apps.v1.DeploymentSpecArgs:
+                    config_text: str) -> k8s.apps.v1.DeploymentSpecArgs:
     """SuperExec dialling `runtime_address` over TLS; its ServiceAccount and config are named `role`.
 
     SuperExec reads its executor config once at start, so the pod template carries the config's
@@ -82,13 +82,13 @@ def deployment_spec(*, federation: str, role: str, images: Images, runtime_addre
             metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(federation, role), annotations={
                 CONFIG_DIGEST_ANNOTATION: hashlib.sha256(config_text.encode()).hexdigest()}),
             spec=kube.pod_spec(images, [container], [
-                kube.secret_volume("ca", ca_secret), kube.config_volume("executor", role)],
+                kube.secret_volume("ca", naming.CA_SECRET), kube.config_volume("executor", role)],
                 service_account=role)))
 
 
 def declare(prefix: str, *, meta: Callable[[str], k8s.meta.v1.ObjectMetaArgs], federation: str,
             namespace: str, images: Images, executor_role: str, task_role: str, config: Mapping[str, Any],
-            runtime_address: str, ca_secret: str, opts: pulumi.ResourceOptions,
+            runtime_address: str, opts: pulumi.ResourceOptions,
             depends_on: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
     """A SuperExec with what it needs: its and its task pods' ServiceAccounts, RBAC and executor config.
 
@@ -105,4 +105,4 @@ def declare(prefix: str, *, meta: Callable[[str], k8s.meta.v1.ObjectMetaArgs], f
         opts, pulumi.ResourceOptions(depends_on=[*depends_on, executor_sa, task_sa, *rbac, config_map]))
     return k8s.apps.v1.Deployment(f"{prefix}-executor", metadata=meta(executor_role), spec=deployment_spec(
         federation=federation, role=executor_role, images=images, runtime_address=runtime_address,
-        ca_secret=ca_secret, config_text=config_text), opts=after)
+        config_text=config_text), opts=after)
