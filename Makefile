@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
 
-.PHONY: venv test test-fast federate toolchain up preview destroy images bench clean
+.PHONY: venv test test-fast federate toolchain cluster cluster-down up preview destroy images bench clean
 
 venv:
 	@tools/ensure-venv
@@ -21,6 +21,13 @@ federate: venv
 
 toolchain:
 	@tools/toolchain
+
+# Local Kubernetes control planes (etcd, kube-apiserver, controllers, kwok) for STACK's clusters.
+cluster: venv toolchain
+	@tools/cluster up $(STACK)
+
+cluster-down: venv toolchain
+	@tools/cluster down $(STACK)
 
 up: venv toolchain
 	@tools/stack up $(STACK)

@@ -72,6 +72,8 @@ class ServerConfig:
     service_type: str
     load_balancer_ip: str | None
     service_annotations: Mapping[str, str]
+    # LoadBalancer only: whether `up` waits (the provider's ~10 minutes at most) for the address.
+    wait_for_address: bool
     public_port: int
     # The addresses `endpoint` resolves to; client sites may dial only these.
     endpoint_cidrs: tuple[str, ...]
@@ -253,7 +255,8 @@ def _clusters(raw: Any) -> dict[str, ClusterConfig]:
         _dns_label(name, field)
         entry = _mapping(value, field, ("renderDir", "kubeconfig", "context", "apiServerCidrs"))
         if ("renderDir" in entry) == ("kubeconfig" in entry):
-            raise ConfigError(f"{field}: set exactly one of renderDir (write YAML) or kubeconfig (a real cluster)")
+            raise ConfigError(f"{field}: set exactly one of renderDir (write YAML) or kubeconfig (a real cluster; "
+                              "for a local control plane `make cluster STACK=<stack>` sets it)")
         if "context" in entry and "renderDir" in entry:
             raise ConfigError(f"{field}.context: only allowed with kubeconfig")
         clusters[name] = ClusterConfig(
@@ -283,7 +286,7 @@ def _cluster_ref(value: Any, field: str, clusters: Mapping[str, ClusterConfig]) 
 def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) -> ServerConfig:
     field = "server"
     keys = ("cluster", "endpoint", "namespace", "serviceType", "loadBalancerIP", "serviceAnnotations",
-            "publicPort", "endpointCidrs", "stateStorage", "artifactsStorage", "serverApp")
+            "publicPort", "endpointCidrs", "stateStorage", "artifactsStorage", "serverApp", "waitForAddress")
     server = _mapping(raw, field, keys, ("cluster", "endpoint"))
     service_type = _choice(server.get("serviceType", "LoadBalancer"), f"{field}.serviceType", SERVICE_TYPES)
     load_balancer_ip = server.get("loadBalancerIP")
@@ -294,6 +297,8 @@ def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) ->
             ipaddress.ip_address(load_balancer_ip)
         except (TypeError, ValueError):
             raise _fail(f"{field}.loadBalancerIP", load_balancer_ip, "an IP address") from None
+    if "waitForAddress" in server and service_type != "LoadBalancer":
+        raise ConfigError(f"{field}.waitForAddress: only allowed with serviceType LoadBalancer")
     app = _mapping(server.get("serverApp", {}), f"{field}.serverApp", ("cpu", "memory", "gpus"))
     return ServerConfig(
         cluster=_cluster_ref(server["cluster"], f"{field}.cluster", clusters),
@@ -302,6 +307,7 @@ def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) ->
         service_type=service_type,
         load_balancer_ip=load_balancer_ip,
         service_annotations=_string_map(server.get("serviceAnnotations", {}), f"{field}.serviceAnnotations"),
+        wait_for_address=_boolean(server.get("waitForAddress", True), f"{field}.waitForAddress"),
         public_port=_integer(server.get("publicPort", 443), f"{field}.publicPort", 1, 65535),
         endpoint_cidrs=_cidrs(server.get("endpointCidrs", ["0.0.0.0/0"]), f"{field}.endpointCidrs"),
         state_storage=_storage(server.get("stateStorage", {}), f"{field}.stateStorage", "5Gi"),

@@ -58,6 +58,7 @@ class Federation(pulumi.ComponentResource):
         ca_file = f"{config.federation}-ca.crt"
         self.outputs = {
             "endpoint": self.server.endpoint,
+            "fleetAddress": self.server.fleet_address,
             "sites": {site.name: {"namespace": site.namespace, "cluster": site.cluster} for site in config.sites},
             "serverNamespace": server.namespace,
             "caCertificate": self.ca.cert_pem,

@@ -25,6 +25,8 @@ TASK = "serverapp-task"
 REGISTRAR = "register-supernode"
 TLS_SECRET = "superlink-tls"
 STATE_CLAIM = "superlink-state"
+# pulumi-kubernetes: create/update the object without waiting for it to become ready.
+SKIP_AWAIT = "pulumi.com/skipAwait"
 ARTIFACTS_CLAIM = "serverapp-artifacts"
 NGINX_CONFIG = "superlink-nginx"
 KEYS_CONFIG = "supernode-public-key"
@@ -100,6 +102,7 @@ class ServerSite(pulumi.ComponentResource):
 
     namespace: pulumi.Output[str]
     endpoint: pulumi.Output[str]
+    fleet_address: pulumi.Output[str]
 
     def __init__(self, name: str, args: ServerSiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
@@ -121,7 +124,8 @@ class ServerSite(pulumi.ComponentResource):
         server = self._config.server
         self.namespace = namespace.metadata.name
         self.endpoint = pulumi.Output.from_input(f"{server.endpoint}:{server.public_port}")
-        self.register_outputs({"namespace": self.namespace, "endpoint": self.endpoint})
+        self.register_outputs({"namespace": self.namespace, "endpoint": self.endpoint,
+                               "fleetAddress": self.fleet_address})
 
     def _labels(self, role: str) -> dict[str, str]:
         return kube.labels(self._config.federation, role)
@@ -208,11 +212,18 @@ class ServerSite(pulumi.ComponentResource):
     def _services(self) -> list[k8s.core.v1.Service]:
         """The public Fleet Service (fleet listener only) and the internal Runtime and Control Services."""
         server = self._config.server
-        k8s.core.v1.Service(f"{self._name}-fleet", metadata=self._meta(
-            naming.FLEET_SERVICE, SUPERLINK, server.service_annotations), spec=k8s.core.v1.ServiceSpecArgs(
+        annotations = dict(server.service_annotations)
+        if server.service_type == "LoadBalancer" and not server.wait_for_address:
+            # The provider otherwise waits ~10 minutes for an address that a cluster without a
+            # load-balancer controller never assigns, then fails the update.
+            annotations[SKIP_AWAIT] = "true"
+        fleet = k8s.core.v1.Service(f"{self._name}-fleet", metadata=self._meta(
+            naming.FLEET_SERVICE, SUPERLINK, annotations), spec=k8s.core.v1.ServiceSpecArgs(
             type=server.service_type, selector=self._superlink_pods(), load_balancer_ip=server.load_balancer_ip,
             ports=[k8s.core.v1.ServicePortArgs(name="fleet", port=server.public_port, target_port="fleet",
                                                protocol="TCP")]), opts=self._in_ns)
+        self.fleet_address = pulumi.Output.all(fleet.spec, fleet.status).apply(
+            lambda parts: fleet_address(server.service_type, *parts))
         return [k8s.core.v1.Service(f"{self._name}-{api}", metadata=self._meta(service, SUPERLINK),
                                     spec=k8s.core.v1.ServiceSpecArgs(
             type="ClusterIP", selector=self._superlink_pods(),
@@ -288,6 +299,27 @@ class ServerSite(pulumi.ComponentResource):
                             kube.selector(fed, REGISTRAR),
                             egress=[kube.Flow(ports=(naming.CONTROL_PORT,), pods=self._superlink_pods())],
                             opts=self._in_ns)
+
+
+def fleet_address(service_type: str, spec: Any, status: Any) -> str:
+    """Where the Fleet Service is reachable from outside, as the API server reports it.
+
+    LoadBalancer: the first ingress hostname or IP (point `server.endpoint`'s DNS record at it);
+    NodePort: `<any node address>:<nodePort>`; ClusterIP: in-cluster only. Render mode and an
+    address not yet assigned say so instead of an empty string.
+    """
+    if service_type == "ClusterIP":
+        return "in-cluster only (serviceType ClusterIP)"
+    if service_type == "NodePort":
+        ports = getattr(spec, "ports", None) or []
+        node_port = getattr(ports[0], "node_port", None) if ports else None
+        return f"<any node address>:{node_port}" if node_port else "node port not known (render mode)"
+    ingress = getattr(getattr(status, "load_balancer", None), "ingress", None) or []
+    for entry in ingress:
+        address = getattr(entry, "hostname", None) or getattr(entry, "ip", None)
+        if address:
+            return address
+    return f"pending: no load-balancer address yet (kubectl get service {naming.FLEET_SERVICE}, or pulumi refresh)"
 
 
 def _digest(values: list[str]) -> str:

@@ -36,7 +36,8 @@ def variant_raw_config() -> dict[str, Any]:
     raw = dev_raw_config()
     raw["images"].update(pullPolicy="Always", pullSecrets=["regcred"])
     raw["server"].update(serviceType="LoadBalancer", loadBalancerIP="203.0.113.7", publicPort=8443,
-                         serviceAnnotations={"example.org/lb": "internal"}, endpointCidrs=["203.0.113.7/32"])
+                         serviceAnnotations={"example.org/lb": "internal"}, endpointCidrs=["203.0.113.7/32"],
+                         waitForAddress=False)
     raw["dataSafety"] = {"retainOnDelete": False, "protect": True}
     return raw
 

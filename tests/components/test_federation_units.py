@@ -191,9 +191,15 @@ def test_runtime_and_control_services_are_cluster_internal(dev: Deployment) -> N
 
 def test_public_service_follows_type_port_annotations_and_ip(variant: Deployment) -> None:
     spec = variant.one("Service", "superlink-fleet", SERVER_NS)
-    assert spec.inputs["metadata"]["annotations"] == {"example.org/lb": "internal"}
+    # waitForAddress: false -> the provider does not wait for a load-balancer address
+    assert spec.inputs["metadata"]["annotations"] == {"example.org/lb": "internal", "pulumi.com/skipAwait": "true"}
     assert spec.inputs["spec"]["loadBalancerIP"] == "203.0.113.7"
     assert spec.manifest()["spec"]["ports"][0]["port"] == 8443
+
+
+def test_a_load_balancer_is_awaited_by_default(dev: Deployment) -> None:
+    annotations = dev.one("Service", "superlink-fleet", SERVER_NS).inputs["metadata"].get("annotations") or {}
+    assert "pulumi.com/skipAwait" not in annotations
 
 
 def test_server_certificate_names_endpoint_and_services(dev: Deployment) -> None:
@@ -512,3 +518,19 @@ def test_executor_pods_carry_their_configs_digest_so_a_config_change_rolls_them(
     grown_annotated, _ = digests(grown, SITE_NS["hospital-a"])  # hospital-a's GPUs changed
     assert grown_annotated != annotated
     assert digests(grown, SITE_NS["hospital-b"])[0] == digests(dev, SITE_NS["hospital-b"])[0]
+
+
+def test_fleet_address_reads_what_the_api_server_assigned() -> None:
+    from types import SimpleNamespace as Obj
+
+    from components.server import fleet_address
+
+    node_port = Obj(ports=[Obj(node_port=31443)])
+    assert fleet_address("NodePort", node_port, None) == "<any node address>:31443"
+    assert fleet_address("NodePort", Obj(ports=[Obj(node_port=None)]), None).startswith("node port not known")
+    lb = Obj(load_balancer=Obj(ingress=[Obj(hostname=None, ip="203.0.113.9")]))
+    assert fleet_address("LoadBalancer", None, lb) == "203.0.113.9"
+    named = Obj(load_balancer=Obj(ingress=[Obj(hostname="abc.elb.example.com", ip=None)]))
+    assert fleet_address("LoadBalancer", None, named) == "abc.elb.example.com"
+    assert fleet_address("LoadBalancer", None, Obj(load_balancer=Obj(ingress=None))).startswith("pending")
+    assert fleet_address("ClusterIP", None, None).startswith("in-cluster only")

@@ -1,0 +1,272 @@
+"""make cluster / cluster-down: one local control plane per cluster that a stack names.
+
+    tools/cluster up|down|status <stack>
+
+`up` builds the binaries once (tools/live/build.py), starts a plane per cluster of
+`Pulumi.<stack>.yaml` on free loopback ports, gives each a kwok node (plus a GPU node
+with `nvidia.com/gpu` and the labels and taints the GPU sites of that cluster select),
+a default StorageClass and one hostPath PersistentVolume per claim the stack will make,
+so PVCs bind. It sets `clusters.<name>.kubeconfig` in the stack config as a secret and
+writes `out/<stack>/<cluster>.kubeconfig` for kubectl. A second `up` finds the running
+planes and changes nothing. `down` stops exactly the processes `up` started (PID files),
+removes their data and takes the kubeconfigs out of the stack config again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.config import ConfigError, FederationConfig, SiteConfig, parse
+from tools.engine.offline import REPO, Pulumi
+from tools.live.build import ensure as ensure_binaries
+from tools.live.plane import ControlPlane, PlaneError
+
+PREFIX = "flowerbed:"
+STORAGE_CLASS = "local"
+GPUS_PER_NODE = 8
+# The placeholder kubeconfig lets the stack's config be validated before the planes exist.
+_PENDING = "set by make cluster"
+
+
+class ClusterError(RuntimeError):
+    """Bad input or a plane that did not come up; printed as one line (plus log lines)."""
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    """A stack whose clusters are local control planes, inside one project directory."""
+
+    project: Path
+    stack: str
+
+    @property
+    def stack_file(self) -> Path:
+        return self.project / f"Pulumi.{self.stack}.yaml"
+
+    @property
+    def out(self) -> Path:
+        return self.project / "out" / self.stack
+
+    def plane(self, cluster: str, binaries=None) -> ControlPlane:
+        return ControlPlane(cluster, self.out / "live" / cluster, binaries)
+
+    def raw_config(self) -> dict[str, Any]:
+        if not self.stack_file.exists():
+            raise ClusterError(f"no stack file {self.stack_file.name} in {self.project}")
+        document = yaml.safe_load(self.stack_file.read_text()) or {}
+        return {key[len(PREFIX):]: value for key, value in (document.get("config") or {}).items()
+                if key.startswith(PREFIX)}
+
+    def config(self) -> FederationConfig:
+        """The stack's validated config, with the kubeconfigs that `up` will set taken as given."""
+        raw = self.raw_config()
+        clusters = raw.get("clusters")
+        if not isinstance(clusters, Mapping) or not clusters:
+            raise ClusterError(f"{self.stack_file.name}: flowerbed:clusters names no cluster")
+        rendered = sorted(name for name, entry in clusters.items() if isinstance(entry, Mapping) and "renderDir" in entry)
+        if rendered:
+            raise ClusterError(f"stack {self.stack}: cluster {rendered[0]} is in render mode (renderDir); make cluster "
+                               f"starts live control planes for clusters without renderDir (see Pulumi.local.yaml)")
+        raw["clusters"] = {name: {**(entry or {}), "kubeconfig": _PENDING} for name, entry in clusters.items()}
+        try:
+            return parse(raw)
+        except ConfigError as err:
+            raise ClusterError(f"invalid stack configuration in {self.stack_file.name}: {err}") from None
+
+    def pulumi(self) -> Pulumi:
+        return Pulumi(self.project, self.stack)
+
+
+def kwok_node(name: str, labels: Mapping[str, str] | None = None, taints: list[dict] | None = None,
+              gpus: int = 0) -> dict:
+    """A Node that kwok manages (annotation `kwok.x-k8s.io/node: fake`): it reports Ready, runs nothing."""
+    capacity = {"cpu": "64", "memory": "512Gi", "pods": "250", **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                     "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                "kubernetes.io/arch": "amd64", "type": "kwok", **(labels or {})}},
+        "spec": {"taints": taints or []},
+        "status": {"allocatable": capacity, "capacity": capacity},
+    }
+
+
+def taints_tolerated(site: SiteConfig) -> list[dict]:
+    """The taints a GPU node must carry so that only pods with this site's tolerations land on it."""
+    taints = []
+    for toleration in site.tolerations:
+        if not toleration.get("key"):
+            continue  # a key-less toleration tolerates everything: no taint follows from it
+        taint = {"key": toleration["key"], "effect": toleration.get("effect") or "NoSchedule"}
+        if toleration.get("operator", "Equal") == "Equal" and toleration.get("value"):
+            taint["value"] = toleration["value"]
+        taints.append(taint)
+    return taints
+
+
+def nodes_for(config: FederationConfig, cluster: str) -> list[dict]:
+    """A general node, plus one GPU node when a GPU site or ServerApp of this cluster needs GPUs."""
+    nodes = [kwok_node(f"kwok-{cluster}-0")]
+    gpu_sites = [site for site in config.sites if site.cluster == cluster and site.gpus > 0]
+    labels: dict[str, str] = {}
+    taints: dict[tuple[str, str], dict] = {}
+    for site in gpu_sites:
+        labels.update(site.node_selector)
+        taints.update({(t["key"], t["effect"]): t for t in taints_tolerated(site)})
+    server_gpus = config.server.cluster == cluster and config.server.server_app.gpus > 0
+    if gpu_sites or server_gpus:
+        nodes.append(kwok_node(f"kwok-{cluster}-gpu-0", labels, list(taints.values()), GPUS_PER_NODE))
+    return nodes
+
+
+def claims_for(config: FederationConfig, cluster: str) -> list[tuple[str, str]]:
+    """(storage class, size) of every PersistentVolumeClaim the program makes in this cluster."""
+    claims = []
+    server = config.server
+    if server.cluster == cluster:
+        claims += [(s.storage_class or STORAGE_CLASS, s.size) for s in (server.state_storage, server.artifacts_storage)]
+    for site in config.sites:
+        if site.cluster == cluster:
+            claims += [(d.storage_class or STORAGE_CLASS, d.size) for d in site.study_data if d.existing_claim is None]
+    return claims
+
+
+def storage_for(config: FederationConfig, cluster: str, plane: ControlPlane) -> list[dict]:
+    """A default StorageClass (and any class the stack names) and two hostPath PVs per claim.
+
+    Two, so a claim that is deleted and made again (its first PV stays Released) still binds.
+    Binding needs the classes to bind at once: the pinned provider waits forever on a
+    WaitForFirstConsumer claim (pulumi-kubernetes fixed that in 4.27).
+    """
+    claims = claims_for(config, cluster)
+    classes = sorted({STORAGE_CLASS, *(storage_class for storage_class, _ in claims)})
+    objects: list[dict] = [{
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": name, "annotations": {
+            "storageclass.kubernetes.io/is-default-class": str(name == STORAGE_CLASS).lower()}},
+        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate",
+        "allowVolumeExpansion": True, "reclaimPolicy": "Retain",
+    } for name in classes]
+    for index, (storage_class, size) in enumerate(claims * 2):
+        objects.append({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"local-{cluster}-{index}", "labels": {"flowerbed.dev/local-cluster": cluster}},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                     "storageClassName": storage_class, "persistentVolumeReclaimPolicy": "Retain",
+                     # Never written: kwok runs no container. The path only has to be absolute.
+                     "hostPath": {"path": str(plane.root / "volumes" / f"pv-{index}")}},
+        })
+    return objects
+
+
+def set_kubeconfig(stack: LocalStack, cluster: str, kubeconfig: str | None) -> None:
+    """Writes (or, with None, removes) `clusters.<cluster>.kubeconfig` as a secret in the stack config."""
+    pulumi = stack.pulumi()
+    pulumi.select_or_init()
+    key = f"{PREFIX}clusters.{cluster}.kubeconfig"
+    if kubeconfig is None:
+        pulumi.run(["config", "rm", "--path", key], capture=True, check=False)
+        return
+    current = pulumi.run(["config", "get", "--path", key], capture=True, check=False)
+    if current.returncode == 0 and current.stdout.rstrip("\n") == kubeconfig.rstrip("\n"):
+        return  # unchanged: leave the stack file alone
+    pulumi.run(["config", "set", "--secret", "--path", key, "--", kubeconfig], capture=True)
+
+
+def up(stack: LocalStack) -> dict[str, ControlPlane]:
+    """Starts (or finds running) one plane per cluster of the stack; returns them by cluster name."""
+    config = stack.config()
+    if shutil.which("go") is None and not _built():
+        raise ClusterError("make cluster builds etcd, kube-apiserver and kwok from Go modules: install Go "
+                           "(1.25 or newer) and put it on PATH")
+    binaries = ensure_binaries()
+    planes = {}
+    for cluster in config.clusters:
+        plane = stack.plane(cluster, binaries)
+        if plane.ready():
+            print(f"cluster {cluster}: already running (API server https://127.0.0.1:{plane.ports().api_server})")
+        else:
+            plane.stop()  # a half-started or crashed plane: clear its processes and data first
+            shutil.rmtree(plane.root, ignore_errors=True)
+            started = time.monotonic()
+            plane.start(nodes_for(config, cluster), storage_for(config, cluster, plane))
+            print(f"cluster {cluster}: started in {time.monotonic() - started:.1f} s "
+                  f"(API server https://127.0.0.1:{plane.ports().api_server})")
+        kubeconfig = plane.kubeconfig.read_text()
+        set_kubeconfig(stack, cluster, kubeconfig)
+        copy = stack.out / f"{cluster}.kubeconfig"
+        copy.write_text(kubeconfig)
+        copy.chmod(0o600)
+        print(f"  kubectl --kubeconfig {_shown(copy)} get nodes")
+        print(f"  logs: {_shown(plane.root)}/*.log")
+        planes[cluster] = plane
+    print(f"clusters.<name>.kubeconfig set as secrets in {stack.stack_file.name}; next: make up STACK={stack.stack}")
+    return planes
+
+
+def down(stack: LocalStack) -> None:
+    """Stops the planes `up` started, removes their data and the kubeconfigs it set."""
+    live = stack.out / "live"
+    clusters = sorted(p.name for p in live.iterdir() if p.is_dir()) if live.exists() else []
+    for cluster in clusters:
+        plane = stack.plane(cluster)
+        stopped = plane.stop()
+        shutil.rmtree(plane.root)
+        (stack.out / f"{cluster}.kubeconfig").unlink(missing_ok=True)
+        set_kubeconfig(stack, cluster, None)
+        print(f"cluster {cluster}: stopped {', '.join(stopped) or 'nothing (no process was running)'}; data removed")
+    if not clusters:
+        print(f"stack {stack.stack}: no local control planes under {_shown(live)}")
+
+
+def status(stack: LocalStack) -> bool:
+    live = stack.out / "live"
+    clusters = sorted(p.name for p in live.iterdir() if p.is_dir()) if live.exists() else []
+    for cluster in clusters:
+        plane = stack.plane(cluster)
+        print(f"cluster {cluster}: {'running' if plane.ready() else 'NOT running'} ({_shown(plane.root)})")
+    return bool(clusters) and all(stack.plane(c).ready() for c in clusters)
+
+
+def _built() -> bool:
+    from tools.live import build
+    return all((build.CACHE / f"{name}-{version}" / ".complete").exists() for name, version in (
+        ("etcd", build.ETCD_VERSION), ("kubernetes", build.KUBERNETES_VERSION), ("kwok", build.KWOK_VERSION)))
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("up", "down", "status"):
+        print("usage: tools/cluster up|down|status <stack>", file=sys.stderr)
+        return 2
+    stack = LocalStack(REPO, argv[1])
+    try:
+        if argv[0] == "up":
+            up(stack)
+        elif argv[0] == "down":
+            down(stack)
+        else:
+            return 0 if status(stack) else 1
+    except (ClusterError, PlaneError) as err:
+        print(f"make cluster: {err}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as err:
+        print(f"make cluster: {' '.join(err.cmd[:3])} failed: {(err.stderr or '').strip()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
