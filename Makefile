@@ -3,24 +3,29 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
 
-.PHONY: venv test test-fast federate toolchain cluster cluster-down up preview destroy images bench clean
+.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench clean
 
 venv:
 	@tools/ensure-venv
 
-# The whole suite. Engine tests need the Pulumi CLI and plugins, so the toolchain comes first.
-test: venv toolchain
+# The whole suite. Engine tests need the Pulumi CLI and plugins, live tests the control-plane
+# binaries, so both are built (once, cached) first.
+test: venv toolchain cluster-binaries
 	$(PY) -m pytest
 
-# Everything but the real Pulumi engine (no Go build needed).
+# Everything but the real Pulumi engine and the live control planes (no Go build needed).
 test-fast: venv
-	$(PY) -m pytest -m "not engine"
+	$(PY) -m pytest -m "not engine and not live"
 
 federate: venv
 	$(PY) -m federate
 
 toolchain:
 	@tools/toolchain
+
+# etcd, kube-apiserver/controller-manager/scheduler and kwok, built from Go modules once (cached).
+cluster-binaries: venv
+	@$(PY) -m tools.live.build
 
 # Local Kubernetes control planes (etcd, kube-apiserver, controllers, kwok) for STACK's clusters.
 cluster: venv toolchain

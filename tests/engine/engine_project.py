@@ -1,7 +1,7 @@
 """Throwaway copies of the Pulumi project for the engine tests, and reading `pulumi preview --json`.
 
 Each copy has its own file backend (.pulumi/state inside the copy) and its own
-Pulumi.dev.yaml, so a test can change config or state without touching the
+Pulumi.<stack>.yaml (dev: render mode; local: the live control planes of tests/live), so a test can change config or state without touching the
 repository; the CLI and plugins come from the repository's .toolchain/bin.
 """
 
@@ -20,13 +20,13 @@ import yaml
 from tools.engine.offline import REPO, Pulumi
 
 STACK = "dev"
-PROGRAM_FILES = ("Pulumi.yaml", f"Pulumi.{STACK}.yaml", "__main__.py")
+PROGRAM_FILES = ("Pulumi.yaml", "__main__.py")
 PROGRAM_DIRS = ("components",)
 
 
-def copy_project(target: Path) -> Path:
+def copy_project(target: Path, stack: str = STACK) -> Path:
     target.mkdir(parents=True, exist_ok=True)
-    for name in PROGRAM_FILES:
+    for name in (*PROGRAM_FILES, f"Pulumi.{stack}.yaml"):
         shutil.copy2(REPO / name, target / name)
     for name in PROGRAM_DIRS:
         shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -56,18 +56,18 @@ class StackCopy:
     pulumi: Pulumi
 
     @classmethod
-    def create(cls, root: Path) -> StackCopy:
-        copy = cls(copy_project(root), Pulumi(root, STACK))
+    def create(cls, root: Path, stack: str = STACK) -> StackCopy:
+        copy = cls(copy_project(root, stack), Pulumi(root, stack))
         copy.pulumi.select_or_init()
         return copy
 
     @property
     def stack_file(self) -> Path:
-        return self.root / f"Pulumi.{STACK}.yaml"
+        return self.root / f"Pulumi.{self.pulumi.stack}.yaml"
 
     @property
     def render_root(self) -> Path:
-        return self.root / "out" / STACK
+        return self.root / "out" / self.pulumi.stack
 
     def up(self) -> None:
         result = self.pulumi.run(["up", "--yes", "--skip-preview"], capture=True, check=False)

@@ -42,6 +42,11 @@ def summary(render_root: Path, outputs: dict) -> str:
     lines = ["sites: " + ", ".join(f"{name} (cluster {site['cluster']}, namespace {site['namespace']})"
                                    for name, site in sorted(sites.items()))]
     manifests = rendered_manifests(render_root)
+    kubeconfigs = sorted(render_root.glob("*.kubeconfig"))  # written by make cluster for a live stack
+    if not manifests and kubeconfigs:
+        return "\n".join([*lines, "live clusters (make cluster); see the workloads with:", *(
+            f"  kubectl --kubeconfig {shown(path)} get deployments,jobs,pvc -A -l app.kubernetes.io/part-of=flowerbed"
+            for path in kubeconfigs)])
     if not manifests:
         return "\n".join([*lines, f"no manifests under {shown(render_root)}"])
     clusters = Counter(path.relative_to(render_root).parts[0] for path, _ in manifests)

@@ -125,4 +125,5 @@ def ensure() -> Binaries:
 
 
 if __name__ == "__main__":
-    print(ensure())
+    binaries = ensure()
+    print(f"control-plane binaries ready: {binaries.kube_apiserver.parent}, {binaries.etcd.parent}, {binaries.kwok.parent}")

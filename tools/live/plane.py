@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -103,6 +104,8 @@ class ControlPlane:
         self.root = root
         self.binaries = binaries
         self.pki = pki.PlanePki(root / "pki")
+        # Children this object started, reaped on stop (the processes outlive `make cluster` itself).
+        self._children: dict[str, subprocess.Popen] = {}
 
     @property
     def kubeconfig(self) -> Path:
@@ -230,6 +233,7 @@ class ControlPlane:
         with open(self.log(process), "ab") as log:
             child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
+        self._children[process] = child
         self.pid_file(process).write_text(str(child.pid))
 
     def _await(self, process: str, check: Callable[[], bool], timeout: float) -> None:
@@ -272,6 +276,8 @@ class ControlPlane:
                     os.killpg(pid, signal.SIGKILL)
                     wait_until(lambda pid=pid: not pid_alive(pid), 5, 0.1)
                 stopped.append(process)
+            if process in self._children:
+                self._children.pop(process).wait(timeout=5)
             self.pid_file(process).unlink()
         return stopped
 
