@@ -179,7 +179,9 @@ def set_kubeconfig(stack: LocalStack, cluster: str, kubeconfig: str | None) -> N
     current = pulumi.run(["config", "get", "--path", key], capture=True, check=False)
     if current.returncode == 0 and current.stdout.rstrip("\n") == kubeconfig.rstrip("\n"):
         return  # unchanged: leave the stack file alone
-    pulumi.run(["config", "set", "--secret", "--path", key, "--", kubeconfig], capture=True)
+    # The value is YAML starting with "apiVersion", never with a dash, so no "--" is needed (and `run`
+    # appends --stack after the arguments, which a "--" would turn into values).
+    pulumi.run(["config", "set", "--secret", "--path", key, kubeconfig], capture=True)
 
 
 def up(stack: LocalStack) -> dict[str, ControlPlane]:
