@@ -306,20 +306,28 @@ def fleet_address(service_type: str, spec: Any, status: Any) -> str:
 
     LoadBalancer: the first ingress hostname or IP (point `server.endpoint`'s DNS record at it);
     NodePort: `<any node address>:<nodePort>`; ClusterIP: in-cluster only. Render mode and an
-    address not yet assigned say so instead of an empty string.
+    address not yet assigned say so instead of an empty string. `spec` and `status` are the
+    Service's outputs, typed objects or plain mappings (camelCase), depending on the SDK path.
     """
     if service_type == "ClusterIP":
         return "in-cluster only (serviceType ClusterIP)"
     if service_type == "NodePort":
-        ports = getattr(spec, "ports", None) or []
-        node_port = getattr(ports[0], "node_port", None) if ports else None
+        ports = _field(spec, "ports") or []
+        node_port = _field(ports[0], "node_port") if ports else None
         return f"<any node address>:{node_port}" if node_port else "node port not known (render mode)"
-    ingress = getattr(getattr(status, "load_balancer", None), "ingress", None) or []
-    for entry in ingress:
-        address = getattr(entry, "hostname", None) or getattr(entry, "ip", None)
+    for entry in _field(_field(status, "load_balancer"), "ingress") or []:
+        address = _field(entry, "hostname") or _field(entry, "ip")
         if address:
             return address
     return f"pending: no load-balancer address yet (kubectl get service {naming.FLEET_SERVICE}, or pulumi refresh)"
+
+
+def _field(value: Any, name: str) -> Any:
+    """`value.name`, or `value["name"]` / `value["nAme"]` (camelCase) when it is a mapping."""
+    if isinstance(value, Mapping):
+        head, *rest = name.split("_")
+        return value.get(name, value.get(head + "".join(part.title() for part in rest)))
+    return getattr(value, name, None)
 
 
 def _digest(values: list[str]) -> str:

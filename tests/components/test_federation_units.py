@@ -534,3 +534,6 @@ def test_fleet_address_reads_what_the_api_server_assigned() -> None:
     assert fleet_address("LoadBalancer", None, named) == "abc.elb.example.com"
     assert fleet_address("LoadBalancer", None, Obj(load_balancer=Obj(ingress=None))).startswith("pending")
     assert fleet_address("ClusterIP", None, None).startswith("in-cluster only")
+    # The same facts as plain mappings with the API's camelCase keys
+    assert fleet_address("NodePort", {"ports": [{"nodePort": 30001}]}, None) == "<any node address>:30001"
+    assert fleet_address("LoadBalancer", None, {"loadBalancer": {"ingress": [{"ip": "198.51.100.4"}]}}) == "198.51.100.4"

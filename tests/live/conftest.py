@@ -58,9 +58,14 @@ class Kubectl:
         return self.json("get", kind, *scope)["items"]
 
     def can_i(self, verb: str, resource: str, namespace: str, service_account: str) -> bool:
-        """`kubectl auth can-i` as `system:serviceaccount:<sa>` (the SelfSubjectAccessReview the API answers)."""
-        result = self.run("auth", "can-i", verb, resource, "-n", namespace, "--as",
-                          f"system:serviceaccount:{service_account}", check=False)
+        """`kubectl auth can-i` as `system:serviceaccount:<sa>` (a SubjectAccessReview the API server answers).
+
+        `resource` may name a subresource (`pods/exec`); it is passed as `--subresource`, because
+        kubectl 1.32 asks about the whole resource when given `pods/exec` and answers for `pods`.
+        """
+        resource, _, subresource = resource.partition("/")
+        result = self.run("auth", "can-i", verb, resource, *(["--subresource", subresource] if subresource else []),
+                          "-n", namespace, "--as", f"system:serviceaccount:{service_account}", check=False)
         answer = result.stdout.strip()
         assert answer in ("yes", "no"), result.stderr
         return answer == "yes"

@@ -104,8 +104,6 @@ class ControlPlane:
         self.root = root
         self.binaries = binaries
         self.pki = pki.PlanePki(root / "pki")
-        # Children this object started, reaped on stop (the processes outlive `make cluster` itself).
-        self._children: dict[str, subprocess.Popen] = {}
 
     @property
     def kubeconfig(self) -> Path:
@@ -226,15 +224,23 @@ class ControlPlane:
             self._await("kwok", lambda name=name: client.node_ready(name), left())
 
     def _spawn(self, process: str, argv: list[str], ports: Sequence[int], env: dict[str, str] | None = None) -> None:
+        """Starts `argv` detached (its own session, a child of init, not of this Python) with its PID file.
+
+        Detached because the plane outlives `make cluster`; the shell writes its own PID and then
+        becomes the process (`exec`), so the PID file names exactly the server.
+        """
         for port in ports:
             if port_taken(port):
                 raise PlaneError(f"cluster {self.cluster}: port {port} on 127.0.0.1 is taken (needed by {process}); "
                                  "free it or run `make cluster` again for other ports")
+        pid_file = self.pid_file(process)
+        pid_file.unlink(missing_ok=True)
         with open(self.log(process), "ab") as log:
-            child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
-        self._children[process] = child
-        self.pid_file(process).write_text(str(child.pid))
+            subprocess.run(["setsid", "--fork", "sh", "-c", 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec "$@"',
+                            str(pid_file), *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                           env={**os.environ, **(env or {})}, check=True)
+        if not wait_until(pid_file.exists, 10, 0.02):
+            raise PlaneError(f"cluster {self.cluster}: {process} did not start; see {self.log(process)}")
 
     def _await(self, process: str, check: Callable[[], bool], timeout: float) -> None:
         pid = self.pids()[process]
@@ -276,8 +282,6 @@ class ControlPlane:
                     os.killpg(pid, signal.SIGKILL)
                     wait_until(lambda pid=pid: not pid_alive(pid), 5, 0.1)
                 stopped.append(process)
-            if process in self._children:
-                self._children.pop(process).wait(timeout=5)
             self.pid_file(process).unlink()
         return stopped
 
