@@ -437,7 +437,17 @@ def load() -> FederationConfig:
     import pulumi  # only here: parse() stays importable without the Pulumi engine
 
     config = pulumi.Config("flowerbed")
-    return parse({key: _decode(config.get(key)) for key in TOP_LEVEL_KEYS})
+    # Every key the stack sets, not only the known ones: a misspelt key must reach parse() and fail.
+    keys = {*TOP_LEVEL_KEYS, *_stack_keys(config.name)}
+    return parse({key: _decode(config.get(key)) for key in sorted(keys)})
+
+
+def _stack_keys(namespace: str) -> set[str]:
+    """The keys (without `namespace:`) the stack sets, as the engine handed them to this program."""
+    from pulumi.runtime.config import CONFIG, get_config_env
+
+    prefix = f"{namespace}:"
+    return {key.removeprefix(prefix) for key in {**get_config_env(), **CONFIG.get()} if key.startswith(prefix)}
 
 
 def _decode(text: str | None) -> Any:
