@@ -27,6 +27,8 @@ DATA_MODES = ("ro", "rw")
 TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
 # Names this program derives from the federation and site names must stay DNS labels.
 SERVER_NAMESPACE_SUFFIX = "-server"
+# NodeLocal DNSCache's default listen address (the `__PILLAR__LOCAL__DNS__` of its manifest), on every node.
+NODE_LOCAL_DNS_ADDRESS = "169.254.20.10"
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,18 @@ class Images:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """Where pods of a cluster send DNS queries: `allow-dns` admits exactly these."""
+
+    # The DNS server pods (kube-dns/CoreDNS by default): their namespace and labels.
+    namespace: str
+    pod_labels: Mapping[str, str]
+    # Addresses of DNS servers outside any pod selector: NodeLocal DNSCache's link-local
+    # address on the host network, or a DNS service by IP.
+    cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     name: str
     render_dir: str | None
@@ -49,6 +63,7 @@ class ClusterConfig:
     context: str | None
     # Where the executors may reach the Kubernetes API (NetworkPolicy cannot name it).
     api_server_cidrs: tuple[str, ...]
+    dns: DnsConfig
 
 
 @dataclass(frozen=True)
@@ -251,7 +266,7 @@ def _clusters(raw: Any) -> dict[str, ClusterConfig]:
     for name, value in raw.items():
         field = f"clusters.{name}"
         _dns_label(name, field)
-        entry = _mapping(value, field, ("renderDir", "kubeconfig", "context", "apiServerCidrs"))
+        entry = _mapping(value, field, ("renderDir", "kubeconfig", "context", "apiServerCidrs", "dns"))
         if ("renderDir" in entry) == ("kubeconfig" in entry):
             raise ConfigError(f"{field}: set exactly one of renderDir (write YAML) or kubeconfig (a real cluster)")
         if "context" in entry and "renderDir" in entry:
@@ -262,8 +277,24 @@ def _clusters(raw: Any) -> dict[str, ClusterConfig]:
             kubeconfig=_optional_string(entry.get("kubeconfig"), f"{field}.kubeconfig"),
             context=_optional_string(entry.get("context"), f"{field}.context"),
             api_server_cidrs=_cidrs(entry.get("apiServerCidrs", ["0.0.0.0/0"]), f"{field}.apiServerCidrs"),
+            dns=_dns(entry.get("dns", {}), f"{field}.dns"),
         )
     return clusters
+
+
+def _dns(raw: Any, field: str) -> DnsConfig:
+    dns = _mapping(raw, field, ("namespace", "podLabels", "nodeLocalCache", "cidrs"))
+    labels = _string_map(dns.get("podLabels", {"k8s-app": "kube-dns"}), f"{field}.podLabels", label_keys=True)
+    if not labels:
+        raise _fail(f"{field}.podLabels", labels, "at least one label of the DNS server pods")
+    node_local = [f"{NODE_LOCAL_DNS_ADDRESS}/32"] if _boolean(dns.get("nodeLocalCache", False),
+                                                                f"{field}.nodeLocalCache") else []
+    extra = _cidrs(dns["cidrs"], f"{field}.cidrs") if "cidrs" in dns else ()
+    return DnsConfig(
+        namespace=_dns_label(dns.get("namespace", "kube-system"), f"{field}.namespace"),
+        pod_labels=labels,
+        cidrs=tuple(dict.fromkeys([*node_local, *extra])),
+    )
 
 
 def _storage(raw: Any, field: str, default_size: str) -> Storage:

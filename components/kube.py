@@ -15,7 +15,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.config import Images
+from components.config import DnsConfig, Images
 
 # Flower's official images run as `app` (uid/gid 49999); flowerbed's images keep that uid.
 APP_UID = 49999
@@ -177,12 +177,19 @@ def namespace(resource_name: str, name: str, object_labels: Mapping[str, str],
         name=name, labels={**object_labels, **psa}), opts=opts)
 
 
-def claim(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, size: str, storage_class: str | None,
-          opts: pulumi.ResourceOptions) -> k8s.core.v1.PersistentVolumeClaim:
+# The pinned provider (4.25) awaits a PVC on every update as on creation: on a WaitForFirstConsumer
+# StorageClass it waits for `Pending`, which a bound claim never returns to, so growing a claim hangs
+# `up` (pulumi/pulumi-kubernetes#4179, fixed in 4.27 by #4181). Pods that mount a claim wait for it anyway.
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+
+def claim(resource_name: str, name: str, namespace_name: str, object_labels: Mapping[str, str], size: str,
+          storage_class: str | None, opts: pulumi.ResourceOptions) -> k8s.core.v1.PersistentVolumeClaim:
     spec = k8s.core.v1.PersistentVolumeClaimSpecArgs(
         access_modes=["ReadWriteOnce"], storage_class_name=storage_class,
         resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size}))
-    return k8s.core.v1.PersistentVolumeClaim(resource_name, metadata=meta, spec=spec, opts=opts)
+    return k8s.core.v1.PersistentVolumeClaim(resource_name, metadata=metadata(
+        name, namespace_name, object_labels, SKIP_AWAIT), spec=spec, opts=opts)
 
 
 # --- network policies ------------------------------------------------------------------
@@ -226,22 +233,26 @@ def network_policy(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, pods: M
     ), opts=opts)
 
 
-def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[str, str],
+def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[str, str], dns: DnsConfig,
                       opts: pulumi.ResourceOptions) -> list[k8s.networking.v1.NetworkPolicy]:
-    """Deny all traffic in the namespace, then let every pod resolve names through cluster DNS."""
+    """Deny all traffic in the namespace, then let every pod resolve names through the cluster's DNS."""
     deny = k8s.networking.v1.NetworkPolicy(f"{prefix}-default-deny", metadata=metadata(
         "default-deny", namespace_name, object_labels), spec=k8s.networking.v1.NetworkPolicySpecArgs(
         pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]), opts=opts)
-    dns_peer = k8s.networking.v1.NetworkPolicyPeerArgs(
+    dns_pods = k8s.networking.v1.NetworkPolicyPeerArgs(
         namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-            match_labels={"kubernetes.io/metadata.name": "kube-system"}),
-        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))
-    dns = k8s.networking.v1.NetworkPolicy(f"{prefix}-allow-dns", metadata=metadata(
+            match_labels={"kubernetes.io/metadata.name": dns.namespace}),
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(dns.pod_labels)))
+    # NodeLocal DNSCache answers on a link-local address on the host network, which no pod
+    # selector matches; such servers are admitted by address.
+    dns_addresses = [k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=cidr))
+                     for cidr in dns.cidrs]
+    allow = k8s.networking.v1.NetworkPolicy(f"{prefix}-allow-dns", metadata=metadata(
         "allow-dns", namespace_name, object_labels), spec=k8s.networking.v1.NetworkPolicySpecArgs(
         pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Egress"],
-        egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=[dns_peer], ports=[
+        egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=[dns_pods, *dns_addresses], ports=[
             k8s.networking.v1.NetworkPolicyPortArgs(port=53, protocol=p) for p in ("UDP", "TCP")])]), opts=opts)
-    return [deny, dns]
+    return [deny, allow]
 
 
 # --- RBAC for the Flower Kubernetes executor ---------------------------------------------

@@ -154,9 +154,9 @@ class ServerSite(pulumi.ComponentResource):
         server, safety = self._config.server, self._config.data_safety
         opts = pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(
             retain_on_delete=safety.retain_on_delete, protect=safety.protect))
-        state = kube.claim(f"{self._name}-state", self._meta(STATE_CLAIM, SUPERLINK), server.state_storage.size,
-                           server.state_storage.storage_class, opts)
-        artifacts = kube.claim(f"{self._name}-artifacts", self._meta(ARTIFACTS_CLAIM, TASK),
+        state = kube.claim(f"{self._name}-state", STATE_CLAIM, self._ns, self._labels(SUPERLINK),
+                           server.state_storage.size, server.state_storage.storage_class, opts)
+        artifacts = kube.claim(f"{self._name}-artifacts", ARTIFACTS_CLAIM, self._ns, self._labels(TASK),
                                server.artifacts_storage.size, server.artifacts_storage.storage_class, opts)
         return state, artifacts
 
@@ -268,7 +268,8 @@ class ServerSite(pulumi.ComponentResource):
     def _network_policies(self) -> None:
         """Deny everything in the namespace, then allow exactly the flows above."""
         config, name, fed = self._config, self._name, self._config.federation
-        kube.baseline_policies(name, self._ns, self._labels("server"), self._in_ns)
+        kube.baseline_policies(name, self._ns, self._labels("server"), config.clusters[config.server.cluster].dns,
+                               self._in_ns)
         everyone_here: dict[str, str] = {}
         kube.network_policy(f"{name}-superlink-policy", self._meta(SUPERLINK, SUPERLINK), self._superlink_pods(),
                             ingress=[

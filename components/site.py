@@ -135,7 +135,7 @@ class ClientSite(pulumi.ComponentResource):
         opts = pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(
             retain_on_delete=safety.retain_on_delete, protect=safety.protect))
         return [kube.claim(f"{self._name}-study-{data.study}-{data.dataset}",
-                           self._meta(naming.study_claim_name(data.study, data.dataset), TASK),
+                           naming.study_claim_name(data.study, data.dataset), self._ns, self._labels(TASK),
                            data.size, data.storage_class, opts)
                 for data in self._site.study_data if data.size is not None]
 
@@ -184,7 +184,8 @@ class ClientSite(pulumi.ComponentResource):
     def _network_policies(self) -> None:
         """Out only to the server endpoint (and DNS); in only from this site's own pods."""
         config, name = self._config, self._name
-        kube.baseline_policies(name, self._ns, self._labels("site"), self._in_ns)
+        kube.baseline_policies(name, self._ns, self._labels("site"), config.clusters[self._site.cluster].dns,
+                               self._in_ns)
         to_runtime = kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=self._pods(SUPERNODE))
         kube.network_policy(f"{name}-supernode-policy", self._meta(SUPERNODE, SUPERNODE), self._pods(SUPERNODE),
                             ingress=[kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=self._pods(role))

@@ -404,6 +404,15 @@ def test_state_and_study_volumes_are_retained_on_delete(dev: Deployment) -> None
     assert not any(r.retain_on_delete for r in dev.kubernetes() if r.kind != "PersistentVolumeClaim")
 
 
+def test_claims_skip_the_providers_await_so_growing_one_cannot_hang_up(large: Deployment) -> None:
+    claims = large.objects("PersistentVolumeClaim")
+    assert claims
+    for claim in claims:
+        assert claim.inputs["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}, claim.k8s_name
+    assert not [r for r in large.kubernetes() if r.kind != "PersistentVolumeClaim"
+                and "pulumi.com/skipAwait" in (r.inputs["metadata"].get("annotations") or {})]
+
+
 def test_data_safety_is_configurable(variant: Deployment) -> None:
     claims = variant.objects("PersistentVolumeClaim")
     assert claims and all(c.protect and not c.retain_on_delete for c in claims)
@@ -466,7 +475,21 @@ def test_client_sites_admit_nothing_from_outside_the_namespace(dev: Deployment, 
 def test_dns_is_the_only_other_egress(dev: Deployment) -> None:
     dns = policies(dev, "demo-lab-c")["allow-dns"]
     assert dns["podSelector"] == {} and dns["policyTypes"] == ["Egress"]
-    assert sorted(p["port"] for p in dns["egress"][0]["ports"]) == [53, 53]
+    [rule] = dns["egress"]
+    assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert sorted((p["port"], p["protocol"]) for p in rule["ports"]) == [(53, "TCP"), (53, "UDP")]
+
+
+@pytest.mark.parametrize("namespace", [SERVER_NS, "demo-lab-c"])  # both on cluster hub
+def test_dns_admits_node_local_dns_cache_and_the_configured_dns_service(variant: Deployment, namespace: str) -> None:
+    [rule] = policies(variant, namespace)["allow-dns"]["egress"]
+    assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}},
+                           "podSelector": {"matchLabels": {"app": "coredns"}}},
+                          {"ipBlock": {"cidr": "169.254.20.10/32"}}, {"ipBlock": {"cidr": "10.96.0.53/32"}}]
+    # The other cluster keeps its own (default) DNS.
+    [other] = policies(variant, "demo-hospital-a")["allow-dns"]["egress"]
+    assert [peer["podSelector"]["matchLabels"] for peer in other["to"]] == [{"k8s-app": "kube-dns"}]
 
 
 def test_endpoint_cidrs_and_port_restrict_supernode_egress(variant: Deployment) -> None:

@@ -99,6 +99,13 @@ BAD_INPUTS = [
     (_set("pki", {"caValidityDays": 100, "validityDays": 365}), "pki.validityDays", "at most pki.caValidityDays"),
     (_set("dataSafety", {"retainOnDelete": "yes"}), "dataSafety.retainOnDelete", "true or false"),
     (_set("flavour", "vanilla"), "flavour", "allowed keys are"),
+    (_set("clusters.hub.dns", {"nodeLocal": True}), "clusters.hub.dns.nodeLocal", "allowed keys are"),
+    (_set("clusters.hub.dns", {"nodeLocalCache": "yes"}), "clusters.hub.dns.nodeLocalCache", "true or false"),
+    (_set("clusters.hub.dns", {"cidrs": []}), "clusters.hub.dns.cidrs", "non-empty list"),
+    (_set("clusters.hub.dns", {"cidrs": "169.254.20.10/32"}), "clusters.hub.dns.cidrs", "list of CIDRs"),
+    (_set("clusters.hub.dns", {"cidrs": ["dns.local"]}), "clusters.hub.dns.cidrs[0]", "CIDR"),
+    (_set("clusters.hub.dns", {"podLabels": {}}), "clusters.hub.dns.podLabels", "at least one label"),
+    (_set("clusters.hub.dns", {"namespace": "Kube_System"}), "clusters.hub.dns.namespace", "DNS label"),
 ]
 
 
@@ -120,3 +127,12 @@ def test_study_data_may_not_repeat_a_dataset() -> None:
     raw["sites"][0]["studyData"].append(dict(raw["sites"][0]["studyData"][0]))
     with pytest.raises(ConfigError, match=r"sites\[0\]\.studyData\[1\]: default/tabular is listed twice"):
         parse(raw)
+
+
+def test_dns_defaults_to_kube_dns_and_admits_node_local_dns_cache_when_asked() -> None:
+    raw = dev_raw_config()
+    raw["clusters"]["hub"]["dns"] = {"nodeLocalCache": True, "cidrs": ["10.96.0.53/32", "169.254.20.10/32"]}
+    clusters = parse(raw).clusters
+    default = clusters["hospitals"].dns
+    assert (default.namespace, dict(default.pod_labels), default.cidrs) == ("kube-system", {"k8s-app": "kube-dns"}, ())
+    assert clusters["hub"].dns.cidrs == ("169.254.20.10/32", "10.96.0.53/32")
