@@ -84,6 +84,8 @@ class ServerConfig:
     cluster: str
     endpoint: str
     namespace: str
+    # True: the namespace exists already; the program neither creates, labels nor deletes it.
+    existing_namespace: bool
     service_type: str
     load_balancer_ip: str | None
     service_annotations: Mapping[str, str]
@@ -114,6 +116,7 @@ class SiteConfig:
     name: str
     cluster: str
     namespace: str
+    existing_namespace: bool
     gpus: int
     cpu: str
     memory: str
@@ -135,6 +138,16 @@ class PkiConfig:
 class DataSafety:
     retain_on_delete: bool
     protect: bool
+
+    def namespace_options(self, *, managed_claims: bool, existing_claims: bool) -> tuple[bool, bool]:
+        """(retain_on_delete, protect) of a namespace holding these claims.
+
+        Kubernetes deletes every claim in a deleted namespace, so a namespace is kept whenever a
+        claim in it must survive: claims this program manages (as `dataSafety` says) and existing
+        claims (never this program's to delete).
+        """
+        retain = (managed_claims and self.retain_on_delete) or existing_claims
+        return retain, managed_claims and self.protect
 
 
 @dataclass(frozen=True)
@@ -305,6 +318,14 @@ def _storage(raw: Any, field: str, default_size: str) -> Storage:
     )
 
 
+def _namespace(raw: Any, field: str, default: str) -> tuple[str, bool]:
+    """(name, existing): a name the program creates, or `{name, existing: true}` for one it must not own."""
+    if not isinstance(raw, Mapping):
+        return _dns_label(default if raw is None else raw, field), False
+    entry = _mapping(raw, field, ("name", "existing"), ("name",))
+    return _dns_label(entry["name"], f"{field}.name"), _boolean(entry.get("existing", False), f"{field}.existing")
+
+
 def _cluster_ref(value: Any, field: str, clusters: Mapping[str, ClusterConfig]) -> str:
     if value not in clusters:
         raise _fail(field, value, f"one of the configured clusters ({', '.join(clusters)})")
@@ -326,10 +347,13 @@ def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) ->
         except (TypeError, ValueError):
             raise _fail(f"{field}.loadBalancerIP", load_balancer_ip, "an IP address") from None
     app = _mapping(server.get("serverApp", {}), f"{field}.serverApp", ("cpu", "memory", "gpus"))
+    namespace, existing = _namespace(server.get("namespace"), f"{field}.namespace",
+                                     f"{federation}{SERVER_NAMESPACE_SUFFIX}")
     return ServerConfig(
         cluster=_cluster_ref(server["cluster"], f"{field}.cluster", clusters),
         endpoint=_dns_name(server["endpoint"], f"{field}.endpoint"),
-        namespace=_dns_label(server.get("namespace", f"{federation}{SERVER_NAMESPACE_SUFFIX}"), f"{field}.namespace"),
+        namespace=namespace,
+        existing_namespace=existing,
         service_type=service_type,
         load_balancer_ip=load_balancer_ip,
         service_annotations=_string_map(server.get("serviceAnnotations", {}), f"{field}.serviceAnnotations"),
@@ -383,10 +407,12 @@ def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterC
             raise ConfigError(f"{field}.studyData[{i}]: {data.study}/{data.dataset} is listed twice; "
                               "each study/dataset may appear once per site")
         seen.add((data.study, data.dataset))
+    namespace, existing = _namespace(site.get("namespace"), f"{field}.namespace", f"{federation}-{name}")
     return SiteConfig(
         name=name,
         cluster=_cluster_ref(site["cluster"], f"{field}.cluster", clusters),
-        namespace=_dns_label(site.get("namespace", f"{federation}-{name}"), f"{field}.namespace"),
+        namespace=namespace,
+        existing_namespace=existing,
         gpus=_integer(site.get("gpus", 0), f"{field}.gpus", 0),
         cpu=_quantity(site.get("cpu", "2"), f"{field}.cpu"),
         memory=_quantity(site.get("memory", "8Gi"), f"{field}.memory"),

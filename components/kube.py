@@ -169,12 +169,22 @@ def mount(name: str, path: str, *, read_only: bool = True) -> k8s.core.v1.Volume
     return k8s.core.v1.VolumeMountArgs(name=name, mount_path=path, read_only=read_only)
 
 
-def namespace(resource_name: str, name: str, object_labels: Mapping[str, str],
-              opts: pulumi.ResourceOptions) -> k8s.core.v1.Namespace:
-    """A namespace that admits only Pod Security `restricted` pods."""
+def namespace(resource_name: str, name: str, object_labels: Mapping[str, str], *, existing: bool,
+              keep: tuple[bool, bool], parent: pulumi.Resource) -> tuple[pulumi.ResourceOptions, pulumi.Output[str]]:
+    """The namespace a component's objects live in: the options that put a child there, and its name.
+
+    A namespace the program creates admits only Pod Security `restricted` pods; `keep` is its
+    (retain_on_delete, protect), see `DataSafety.namespace_options`. An `existing` one is only
+    used: never created, labelled or deleted.
+    """
+    if existing:
+        return pulumi.ResourceOptions(parent=parent), pulumi.Output.from_input(name)
     psa = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
-    return k8s.core.v1.Namespace(resource_name, metadata=k8s.meta.v1.ObjectMetaArgs(
-        name=name, labels={**object_labels, **psa}), opts=opts)
+    retain, protect = keep
+    created = k8s.core.v1.Namespace(resource_name, metadata=k8s.meta.v1.ObjectMetaArgs(
+        name=name, labels={**object_labels, **psa}), opts=pulumi.ResourceOptions(
+        parent=parent, retain_on_delete=retain, protect=protect))
+    return pulumi.ResourceOptions(parent=parent, depends_on=[created]), created.metadata.name
 
 
 # The pinned provider (4.25) awaits a PVC on every update as on creation: on a WaitForFirstConsumer
@@ -233,12 +243,19 @@ def network_policy(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, pods: M
     ), opts=opts)
 
 
+def baseline_scope(federation: str, existing_namespace: bool) -> dict[str, str]:
+    """The pods the baseline policies cover: all of a namespace the program owns; in an existing
+    namespace only this federation's (other workloads there are not the program's to cut off)."""
+    return {FEDERATION_LABEL: federation} if existing_namespace else {}
+
+
 def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[str, str], dns: DnsConfig,
-                      opts: pulumi.ResourceOptions) -> list[k8s.networking.v1.NetworkPolicy]:
-    """Deny all traffic in the namespace, then let every pod resolve names through the cluster's DNS."""
+                      pods: Mapping[str, str], opts: pulumi.ResourceOptions) -> list[k8s.networking.v1.NetworkPolicy]:
+    """Deny all traffic of `pods` ({}: every pod of the namespace), then let them resolve names through DNS."""
+    everything = k8s.meta.v1.LabelSelectorArgs(match_labels=dict(pods) or None)
     deny = k8s.networking.v1.NetworkPolicy(f"{prefix}-default-deny", metadata=metadata(
         "default-deny", namespace_name, object_labels), spec=k8s.networking.v1.NetworkPolicySpecArgs(
-        pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]), opts=opts)
+        pod_selector=everything, policy_types=["Ingress", "Egress"]), opts=opts)
     dns_pods = k8s.networking.v1.NetworkPolicyPeerArgs(
         namespace_selector=k8s.meta.v1.LabelSelectorArgs(
             match_labels={"kubernetes.io/metadata.name": dns.namespace}),
@@ -249,7 +266,7 @@ def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[s
                      for cidr in dns.cidrs]
     allow = k8s.networking.v1.NetworkPolicy(f"{prefix}-allow-dns", metadata=metadata(
         "allow-dns", namespace_name, object_labels), spec=k8s.networking.v1.NetworkPolicySpecArgs(
-        pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Egress"],
+        pod_selector=everything, policy_types=["Egress"],
         egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=[dns_pods, *dns_addresses], ports=[
             k8s.networking.v1.NetworkPolicyPortArgs(port=53, protocol=p) for p in ("UDP", "TCP")])]), opts=opts)
     return [deny, allow]

@@ -105,10 +105,12 @@ class ServerSite(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         self._name = name
         self._config = args.config
-        self._ns = args.config.server.namespace
-        namespace = kube.namespace(f"{name}-namespace", self._ns, self._labels("server"),
-                                   pulumi.ResourceOptions(parent=self))
-        self._in_ns = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
+        server = args.config.server
+        self._ns = server.namespace
+        # SuperLink's state and the artifacts are claims this program manages.
+        self._in_ns, self.namespace = kube.namespace(
+            f"{name}-namespace", self._ns, self._labels("server"), existing=server.existing_namespace,
+            keep=args.config.data_safety.namespace_options(managed_claims=True, existing_claims=False), parent=self)
 
         tls_secret, ca_secret = self._tls(args.ca)
         state, artifacts = self._volumes()
@@ -118,8 +120,6 @@ class ServerSite(pulumi.ComponentResource):
         self._registration(args.supernode_public_keys, depends_on=[ca_secret, superlink, *internal_services])
         self._network_policies()
 
-        server = self._config.server
-        self.namespace = namespace.metadata.name
         self.endpoint = pulumi.Output.from_input(f"{server.endpoint}:{server.public_port}")
         self.register_outputs({"namespace": self.namespace, "endpoint": self.endpoint})
 
@@ -269,7 +269,7 @@ class ServerSite(pulumi.ComponentResource):
         """Deny everything in the namespace, then allow exactly the flows above."""
         config, name, fed = self._config, self._name, self._config.federation
         kube.baseline_policies(name, self._ns, self._labels("server"), config.clusters[config.server.cluster].dns,
-                               self._in_ns)
+                               kube.baseline_scope(fed, config.server.existing_namespace), self._in_ns)
         everyone_here: dict[str, str] = {}
         kube.network_policy(f"{name}-superlink-policy", self._meta(SUPERLINK, SUPERLINK), self._superlink_pods(),
                             ingress=[

@@ -88,10 +88,13 @@ class ClientSite(pulumi.ComponentResource):
         self._name = name
         self._config = args.config
         self._site = args.site
-        self._ns = args.site.namespace
-        namespace = kube.namespace(f"{name}-namespace", self._ns, self._labels("site"),
-                                   pulumi.ResourceOptions(parent=self))
-        self._in_ns = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
+        site = args.site
+        self._ns = site.namespace
+        self._in_ns, self.namespace = kube.namespace(
+            f"{name}-namespace", self._ns, self._labels("site"), existing=site.existing_namespace,
+            keep=args.config.data_safety.namespace_options(
+                managed_claims=any(d.size is not None for d in site.study_data),
+                existing_claims=any(d.existing_claim is not None for d in site.study_data)), parent=self)
 
         secrets = self._secrets(args.ca, args.supernode_key)
         claims = self._study_data()
@@ -99,7 +102,6 @@ class ClientSite(pulumi.ComponentResource):
         self._executor(depends_on=[secrets[0], runtime_service, *claims])
         self._network_policies()
 
-        self.namespace = namespace.metadata.name
         self.register_outputs({"namespace": self.namespace})
 
     def _labels(self, role: str) -> dict[str, str]:
@@ -185,7 +187,7 @@ class ClientSite(pulumi.ComponentResource):
         """Out only to the server endpoint (and DNS); in only from this site's own pods."""
         config, name = self._config, self._name
         kube.baseline_policies(name, self._ns, self._labels("site"), config.clusters[self._site.cluster].dns,
-                               self._in_ns)
+                               kube.baseline_scope(config.federation, self._site.existing_namespace), self._in_ns)
         to_runtime = kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=self._pods(SUPERNODE))
         kube.network_policy(f"{name}-supernode-policy", self._meta(SUPERNODE, SUPERNODE), self._pods(SUPERNODE),
                             ingress=[kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=self._pods(role))

@@ -11,7 +11,7 @@ import yaml
 from cryptography import x509
 from flwr.common.config import parse_config_args
 
-from component_harness import ROOT, Declared, Deployment, launched_pod
+from component_harness import ROOT, Declared, Deployment, deploy_raw, dev_raw_config, large_raw_config, launched_pod
 from components import naming
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
@@ -401,7 +401,14 @@ def test_state_and_study_volumes_are_retained_on_delete(dev: Deployment) -> None
         (SERVER_NS, "superlink-state"), (SERVER_NS, "serverapp-artifacts"),
         ("demo-hospital-a", "study-default-tabular"), ("demo-hospital-b", "study-default-tabular")}
     assert all(c.retain_on_delete and not c.protect for c in claims)
-    assert not any(r.retain_on_delete for r in dev.kubernetes() if r.kind != "PersistentVolumeClaim")
+
+
+def test_namespaces_holding_retained_claims_are_retained_so_deleting_them_cannot_delete_the_claims(
+        dev: Deployment) -> None:
+    # Kubernetes deletes every claim of a deleted namespace, retained or not.
+    retained = {(r.kind, r.k8s_name) for r in dev.kubernetes() if r.retain_on_delete and r.kind != "PersistentVolumeClaim"}
+    assert retained == {("Namespace", SERVER_NS), ("Namespace", "demo-hospital-a"), ("Namespace", "demo-hospital-b")}
+    assert not any(r.protect for r in dev.kubernetes())  # lab-c holds no claim: its namespace goes with it
 
 
 def test_claims_skip_the_providers_await_so_growing_one_cannot_hang_up(large: Deployment) -> None:
@@ -416,6 +423,43 @@ def test_claims_skip_the_providers_await_so_growing_one_cannot_hang_up(large: De
 def test_data_safety_is_configurable(variant: Deployment) -> None:
     claims = variant.objects("PersistentVolumeClaim")
     assert claims and all(c.protect and not c.retain_on_delete for c in claims)
+    holders = {c.namespace for c in claims}
+    for ns in variant.objects("Namespace"):
+        assert (ns.protect, ns.retain_on_delete) == (ns.k8s_name in holders, False), ns.k8s_name
+
+
+def test_a_namespace_holding_existing_claims_is_always_retained() -> None:
+    raw = large_raw_config(sites=2, clusters=1)
+    raw["dataSafety"] = {"retainOnDelete": False}
+    raw["sites"][1]["studyData"] = [d for d in raw["sites"][1]["studyData"] if "existingClaim" in d]
+    namespaces = {ns.k8s_name: ns for ns in deploy_raw(raw).objects("Namespace")}
+    # site-00 holds a managed claim (deleted as configured) and an existing one (never ours to delete).
+    assert namespaces["demo-site-00"].retain_on_delete and namespaces["demo-site-01"].retain_on_delete
+    assert not namespaces["demo-server"].retain_on_delete
+
+
+@pytest.fixture(scope="module")
+def existing_namespaces() -> Deployment:
+    raw = dev_raw_config()
+    raw["server"]["namespace"] = {"name": "shared-server", "existing": True}
+    raw["sites"][2]["namespace"] = {"name": "lab-team", "existing": True}
+    return deploy_raw(raw)
+
+
+def test_existing_namespaces_are_used_never_declared(existing_namespaces: Deployment) -> None:
+    declared = {ns.k8s_name for ns in existing_namespaces.objects("Namespace")}
+    assert declared == {"demo-hospital-a", "demo-hospital-b"}
+    assert existing_namespaces.one("Deployment", "superlink", "shared-server")
+    assert existing_namespaces.one("Deployment", "supernode", "lab-team")
+    assert existing_namespaces.stack_outputs["serverNamespace"] == "shared-server"
+
+
+@pytest.mark.parametrize("namespace", ["shared-server", "lab-team"])
+def test_in_an_existing_namespace_the_baseline_policies_cover_only_the_federations_pods(
+        existing_namespaces: Deployment, namespace: str) -> None:
+    for name in ("default-deny", "allow-dns"):
+        spec = existing_namespaces.one("NetworkPolicy", name, namespace).manifest()["spec"]
+        assert spec["podSelector"] == {"matchLabels": {"flowerbed.dev/federation": "demo"}}, name
 
 
 # --- network policies ---------------------------------------------------------------------

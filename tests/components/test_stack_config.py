@@ -99,6 +99,12 @@ BAD_INPUTS = [
     (_set("pki", {"caValidityDays": 100, "validityDays": 365}), "pki.validityDays", "at most pki.caValidityDays"),
     (_set("dataSafety", {"retainOnDelete": "yes"}), "dataSafety.retainOnDelete", "true or false"),
     (_set("flavour", "vanilla"), "flavour", "allowed keys are"),
+    (_set("sites[0].namespace", {"name": "pacs", "existing": "yes"}), "sites[0].namespace.existing", "true or false"),
+    (_set("sites[0].namespace", {"existing": True}), "sites[0].namespace.name", "required"),
+    (_set("sites[0].namespace", {"name": "pacs", "owned": False}), "sites[0].namespace.owned", "allowed keys"),
+    (_set("server.namespace", {"name": "Shared", "existing": True}), "server.namespace.name", "DNS label"),
+    (_set("sites[1].namespace", {"name": "demo-hospital-a", "existing": True}), "sites[1].namespace",
+     "sites[0].namespace"),
     (_set("clusters.hub.dns", {"nodeLocal": True}), "clusters.hub.dns.nodeLocal", "allowed keys are"),
     (_set("clusters.hub.dns", {"nodeLocalCache": "yes"}), "clusters.hub.dns.nodeLocalCache", "true or false"),
     (_set("clusters.hub.dns", {"cidrs": []}), "clusters.hub.dns.cidrs", "non-empty list"),
@@ -136,3 +142,14 @@ def test_dns_defaults_to_kube_dns_and_admits_node_local_dns_cache_when_asked() -
     default = clusters["hospitals"].dns
     assert (default.namespace, dict(default.pod_labels), default.cidrs) == ("kube-system", {"k8s-app": "kube-dns"}, ())
     assert clusters["hub"].dns.cidrs == ("169.254.20.10/32", "10.96.0.53/32")
+
+
+def test_a_namespace_may_be_an_existing_one_the_program_does_not_own() -> None:
+    raw = dev_raw_config()
+    raw["sites"][0]["namespace"] = {"name": "pacs", "existing": True}
+    raw["sites"][1]["namespace"] = {"name": "radiology"}
+    raw["server"]["namespace"] = "fl-server"
+    config = parse(raw)
+    assert [(s.namespace, s.existing_namespace) for s in config.sites] == [
+        ("pacs", True), ("radiology", False), ("demo-lab-c", False)]
+    assert (config.server.namespace, config.server.existing_namespace) == ("fl-server", False)
