@@ -14,6 +14,8 @@ import pytest
 import yaml
 from engine_project import StackCopy
 
+from tools.engine.stack import destroy, up
+
 pytestmark = pytest.mark.engine
 
 REMOVED = "hospital-b"  # has study data, so it owns a retained volume
@@ -62,13 +64,16 @@ def manifests_by_file(root: Path) -> dict[Path, dict]:
     return {path: yaml.safe_load(path.read_text()) for path in sorted(root.rglob("*.yaml"))}
 
 
-def test_removing_a_site_deletes_its_resources_but_keeps_its_data_volumes(deployed: StackCopy) -> None:
+def test_removing_a_site_deletes_its_resources_but_keeps_its_data_volumes(
+        deployed: StackCopy, capsys: pytest.CaptureFixture[str]) -> None:
     deployed.up()  # back to the committed config, so that the preview below shows only the removal
     before = manifests_by_file(deployed.render_root)
     site_files = {path for path, doc in before.items() if REMOVED in doc["metadata"].get("namespace", "")
                   or (doc["kind"] == "Namespace" and REMOVED in doc["metadata"]["name"])}
     volumes = {path for path in site_files if before[path]["kind"] == "PersistentVolumeClaim"}
     assert volumes, f"{REMOVED} renders no data volume"
+    # Deleting a namespace deletes every claim in it: the namespace holding the volumes stays too.
+    kept = volumes | {path for path in site_files if before[path]["kind"] == "Namespace"}
 
     def remove(config: dict) -> None:
         config["flowerbed:sites"] = [s for s in config["flowerbed:sites"] if s["name"] != REMOVED]
@@ -80,15 +85,26 @@ def test_removing_a_site_deletes_its_resources_but_keeps_its_data_volumes(deploy
         # Elsewhere only what the site count and the server's key registry imply (see test_dev_stack.py).
         assert not [s for s in steps if s.op == "create"]
         assert {s.name for s in steps if s.op == "replace"} <= {"demo-server-supernode-keys", "demo-server-registrar"}
-        deployed.up()
+        capsys.readouterr()
+        up(deployed.pulumi, deployed.render_root)  # what `make up` runs
         after = manifests_by_file(deployed.render_root)
 
-    assert {path for path in site_files if path in after} == volumes
+    assert {path for path in site_files if path in after} == kept
+    printed = capsys.readouterr().out  # `make up` says what it kept and how to delete it
+    for path in kept:
+        assert f"kubectl delete -f {path}" in printed
 
 
-def test_destroy_keeps_only_the_retained_data_volumes(deployed: StackCopy) -> None:
-    result = deployed.pulumi.run(["destroy", "--yes", "--skip-preview"], capture=True, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_destroy_keeps_only_the_retained_data_volumes_and_says_how_to_delete_them(
+        deployed: StackCopy, capsys: pytest.CaptureFixture[str]) -> None:
+    destroy(deployed.pulumi, deployed.render_root)  # what `make destroy` runs
     left = manifests_by_file(deployed.render_root)
     assert left, "destroy removed the retained data volumes too"
-    assert {doc["kind"] for doc in left.values()} == {"PersistentVolumeClaim"}
+    assert {doc["kind"] for doc in left.values()} == {"PersistentVolumeClaim", "Namespace"}
+    claims = {doc["metadata"]["namespace"] for doc in left.values() if doc["kind"] == "PersistentVolumeClaim"}
+    assert {doc["metadata"]["name"] for doc in left.values() if doc["kind"] == "Namespace"} == claims
+    printed = capsys.readouterr().out
+    for path, doc in left.items():
+        meta = doc["metadata"]
+        assert f"    {doc['kind']} {meta['namespace'] + '/' if 'namespace' in meta else ''}{meta['name']}" in printed
+        assert f"kubectl delete -f {path}" in printed
