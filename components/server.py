@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +9,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import kube, naming, superexec
+from components import kube, naming, registration, superexec
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
 from components.pki_resources import CertificateAuthority, ServerCertificate
@@ -22,23 +19,17 @@ TYPE = "flowerbed:index:ServerSite"
 SUPERLINK = "superlink"
 EXECUTOR = "serverapp-executor"
 TASK = "serverapp-task"
-REGISTRAR = "register-supernode"
 TLS_SECRET = "superlink-tls"
 STATE_CLAIM = "superlink-state"
 ARTIFACTS_CLAIM = "serverapp-artifacts"
 NGINX_CONFIG = "superlink-nginx"
-KEYS_CONFIG = "supernode-public-key"
-FLWR_CONFIG = "registrar-flwr"
 
 _STATE_DIR = "/var/lib/flowerbed"
 _NGINX_CONF_DIR = "/etc/flowerbed/nginx"
 _NGINX_RUN_DIR = "/run/nginx"
-_KEYS_DIR = "/etc/flowerbed/supernode-keys"
-_FLWR_CONF_DIR = "/etc/flowerbed/flwr"
 
 _SUPERLINK_SIZING = kube.Sizing("250m", "512Mi", "2", "2Gi")
 _NGINX_SIZING = kube.Sizing("50m", "64Mi", "500m", "256Mi")
-_REGISTRAR_SIZING = kube.Sizing("100m", "128Mi", "500m", "256Mi")
 
 
 @dataclass(frozen=True)
@@ -58,26 +49,6 @@ def executor_config(config: FederationConfig) -> dict[str, Any]:
         resources=superexec.task_resources(app.cpu, app.memory, app.gpus),
         volumes=[{"name": "artifacts", "persistentVolumeClaim": {"claimName": ARTIFACTS_CLAIM}}],
         volume_mounts=[{"name": "artifacts", "mountPath": naming.ARTIFACTS_DIR}])
-
-
-def registration_script(flwr_conf_dir: str = _FLWR_CONF_DIR, keys_dir: str = _KEYS_DIR) -> str:
-    """Register every mounted public key; keys SuperLink already knows count as done (reruns are safe)."""
-    return textwrap.dedent(f"""\
-        set -eu
-        mkdir -p "$FLWR_HOME"
-        cp {flwr_conf_dir}/config.toml "$FLWR_HOME/config.toml"
-        for key in {keys_dir}/*.pub; do
-          site=$(basename "$key" .pub)
-          if out=$(flwr supernode register --name "$site" "$key" federation 2>&1); then
-            echo "$site: registered"
-          elif printf '%s' "$out" | grep -q 'already in use'; then
-            echo "$site: already registered"
-          else
-            printf '%s\\n' "$out" >&2
-            exit 1
-          fi
-        done
-        """)
 
 
 def superlink_args() -> list[str]:
@@ -232,38 +203,12 @@ class ServerSite(pulumi.ComponentResource):
 
     def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
                       depends_on: Sequence[pulumi.Resource]) -> None:
-        """One Job per site registering its SuperNode key.
-
-        Per site, so adding a site only creates objects (nothing existing is replaced), and
-        named by the key, so a re-issued key is registered again.
-        """
-        images = self._config.images
-        flwr_map = k8s.core.v1.ConfigMap(f"{self._name}-registrar-flwr", metadata=self._meta(FLWR_CONFIG, REGISTRAR),
-                                         data={"config.toml": naming.flwr_connection(
-                                             "federation", f"{naming.CA_DIR}/ca.crt", naming.service_address(
-                                                 naming.CONTROL_SERVICE, self._ns, naming.CONTROL_PORT))},
-                                         opts=self._in_ns)
-        for site, public_key in sorted(public_keys.items()):
-            keys_config = f"{KEYS_CONFIG}-{site}"[:63].rstrip("-")
-            keys_map = k8s.core.v1.ConfigMap(f"{self._name}-{site}-supernode-key",
-                                             metadata=self._meta(keys_config, REGISTRAR),
-                                             data={f"{site}.pub": public_key}, opts=self._in_ns)
-            job_name = pulumi.Output.from_input(public_key).apply(
-                lambda key, site=site: f"{REGISTRAR}-{site[:40].rstrip('-')}-{_digest([site, key])}")
-            k8s.batch.v1.Job(f"{self._name}-{site}-registrar", metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=job_name, namespace=self._ns, labels=self._labels(REGISTRAR)), spec=k8s.batch.v1.JobSpecArgs(
-                # SuperLink may still be starting: retry rather than fail the update.
-                backoff_limit=10, active_deadline_seconds=1800,
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(REGISTRAR)),
-                    spec=kube.pod_spec(images, [kube.container(
-                        "register", images.platform, images, command=["sh", "-c"],
-                        args=[registration_script()], sizing=_REGISTRAR_SIZING, env=naming.TASK_ENV,
-                        mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("keys", _KEYS_DIR),
-                                kube.mount("flwr", _FLWR_CONF_DIR)])],
-                        [kube.secret_volume("ca", naming.CA_SECRET), kube.config_volume("keys", keys_config),
-                         kube.config_volume("flwr", FLWR_CONFIG)], restart_policy="OnFailure"))),
-                opts=self._after([*depends_on, keys_map, flwr_map]))
+        """The Job keeping SuperLink's registered keys equal to the sites (components/registration.py)."""
+        registration.declare(
+            self._name, meta=lambda obj_name: self._meta(obj_name, registration.ROLE),
+            labels=self._labels(registration.ROLE), namespace=self._ns, images=self._config.images,
+            public_keys=public_keys, control_address=naming.service_address(
+                naming.CONTROL_SERVICE, self._ns, naming.CONTROL_PORT), opts=self._in_ns, depends_on=depends_on)
 
     def _network_policies(self) -> None:
         """Deny everything in the namespace, then allow exactly the flows above."""
@@ -285,11 +230,7 @@ class ServerSite(pulumi.ComponentResource):
                             egress=[to_runtime, api_server], opts=self._in_ns)
         kube.network_policy(f"{name}-task-policy", self._meta(TASK, TASK), kube.selector(fed, TASK),
                             egress=[to_runtime], opts=self._in_ns)
-        kube.network_policy(f"{name}-registrar-policy", self._meta(REGISTRAR, REGISTRAR),
-                            kube.selector(fed, REGISTRAR),
+        kube.network_policy(f"{name}-registrar-policy", self._meta(registration.ROLE, registration.ROLE),
+                            kube.selector(fed, registration.ROLE),
                             egress=[kube.Flow(ports=(naming.CONTROL_PORT,), pods=self._superlink_pods())],
                             opts=self._in_ns)
-
-
-def _digest(values: list[str]) -> str:
-    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:10]

@@ -12,7 +12,7 @@ from cryptography import x509
 from flwr.common.config import parse_config_args
 
 from component_harness import ROOT, Declared, Deployment, deploy_raw, dev_raw_config, large_raw_config, launched_pod
-from components import naming
+from components import naming, registration
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
 
@@ -96,7 +96,7 @@ def test_every_namespace_enforces_restricted_pod_security(dev: Deployment) -> No
 
 def test_every_container_runs_as_flowers_app_user_hardened(dev: Deployment) -> None:
     pods = [d.manifest()["spec"]["template"]["spec"] for d in dev.objects("Deployment") + dev.objects("Job")]
-    assert len(pods) == 1 + 1 + 3 * len(SITE_NS)  # superlink, serverapp executor; per site: registration job, supernode, executor
+    assert len(pods) == 3 + 2 * len(SITE_NS)  # superlink, serverapp executor, registration job; per site: supernode, executor
     for pod in pods:
         for c in pod["containers"]:
             ctx = c["securityContext"]
@@ -278,31 +278,46 @@ def test_no_cluster_wide_rbac(dev: Deployment) -> None:
     assert not dev.objects("ClusterRole") and not dev.objects("ClusterRoleBinding")
 
 
-def test_one_registration_job_per_site_registers_that_sites_key(dev: Deployment) -> None:
+def registration_job(d: Deployment) -> Declared:
+    [job] = d.objects("Job", SERVER_NS)
+    return job
+
+
+def test_one_registration_job_syncs_every_sites_key_with_the_registry_script(dev: Deployment) -> None:
     issued = {r.inputs["site"]: r.outputs["public_openssh"]
               for r in dev.of_type("pulumi-python:dynamic/flowerbed:SupernodeKey")}
-    jobs = dev.objects("Job", SERVER_NS)
-    assert len(jobs) == len(issued) == 3
-    for site, key in issued.items():
-        [job] = [j for j in jobs if j.k8s_name.startswith(f"register-supernode-{site}-")]
-        mounted = next(v["configMap"]["name"] for v in job.manifest()["spec"]["template"]["spec"]["volumes"]
-                       if v["name"] == "keys")
-        assert dev.one("ConfigMap", mounted, SERVER_NS).inputs["data"] == {f"{site}.pub": key}
-        script = container(job, "register")["args"][0]
-        assert "flwr supernode register" in script and "already in use" in script
+    job = registration_job(dev)
+    pod = job.manifest()["spec"]["template"]["spec"]
+    [keys] = [v for v in pod["volumes"] if v["name"] == "keys"]
+    mounted = {}
+    for source in keys["projected"]["sources"]:
+        mounted.update(dev.one("ConfigMap", source["configMap"]["name"], SERVER_NS).inputs["data"])
+    assert mounted == {f"{site}.pub": key for site, key in issued.items()}
+    [script] = [v["configMap"]["name"] for v in pod["volumes"] if v["name"] == "script"]
+    assert dev.one("ConfigMap", script, SERVER_NS).inputs["data"] == {
+        "supernode_registry.py": (ROOT / "components" / "supernode_registry.py").read_text()}
+    register = container(job, "register")
+    assert [*register["command"], *register["args"]] == registration.command("superlink-control.demo-server.svc:9093")
+    assert job.k8s_name == registration.job_name(registration.SCRIPT.read_text(), issued)
 
 
-def test_adding_a_site_adds_its_registration_job_and_keeps_the_others(dev: Deployment, grown: Deployment) -> None:
-    # Pulumi names (URNs) are what decide create vs replace; the engine tests check the real diff.
-    before = {j.name for j in dev.objects("Job", SERVER_NS)}
-    after = {j.name for j in grown.objects("Job", SERVER_NS)}
-    assert before < after and len(after - before) == 1
+def test_the_registration_job_dials_the_control_service_with_the_federation_ca(dev: Deployment) -> None:
+    args = container(registration_job(dev), "register")["args"]
+    assert flag(args, "--superlink") == "superlink-control.demo-server.svc:9093"
+    ca_dir = next(m["mountPath"] for m in container(registration_job(dev), "register")["volumeMounts"]
+                  if m["name"] == "ca")
+    assert flag(args, "--root-certificates") == f"{ca_dir}/ca.crt"
 
 
-def test_registration_dials_the_control_service_with_the_federation_ca(dev: Deployment) -> None:
-    toml = dev.one("ConfigMap", "registrar-flwr", SERVER_NS).inputs["data"]["config.toml"]
-    assert tomllib.loads(toml)["superlink"]["federation"] == {
-        "address": "superlink-control.demo-server.svc:9093", "root-certificates": f"{naming.CA_DIR}/ca.crt"}
+def test_the_registration_runs_again_exactly_when_the_sites_keys_change() -> None:
+    # The Job's name is its identity in Kubernetes: a new name is a new run, the same name none.
+    script, keys = registration.SCRIPT.read_text(), {"a": "ecdsa-sha2-nistp384 AAAA1", "b": "ecdsa-sha2-nistp384 BBBB"}
+    name = registration.job_name(script, keys)
+    assert registration.job_name(script, dict(reversed(keys.items()))) == name
+    assert registration.job_name(script, {"a": keys["a"]}) != name  # a site removed
+    assert registration.job_name(script, {**keys, "c": "ecdsa-sha2-nistp384 CCCC"}) != name  # a site added
+    assert registration.job_name(script, {**keys, "b": "ecdsa-sha2-nistp384 B2"}) != name  # a key re-issued
+    assert registration.job_name(script + "\n", keys) != name  # the script changed
 
 
 # --- client sites ---------------------------------------------------------------------------
