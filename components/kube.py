@@ -8,6 +8,8 @@ construction; the manifest tests check them again on the output.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +134,48 @@ def pod_spec(images: Images, containers: Sequence[k8s.core.v1.ContainerArgs],
         restart_policy=restart_policy,
         enable_service_links=False,
     )
+
+
+# Processes read their certificates, keys and configs once, at start: a pod template carrying the
+# digest of what it mounts is rolled by Kubernetes exactly when one of those objects changes.
+MOUNTED_DIGEST_ANNOTATION = "flowerbed.dev/mounted-sha256"
+# What a component's Secrets and ConfigMaps hold, keyed "<Kind>/<name>": the same data they are declared with.
+Contents = Mapping[str, Mapping[str, pulumi.Input[str]]]
+
+
+def content_key(kind: str, name: str) -> str:
+    return f"{kind}/{name}"
+
+
+def mounted_objects(volumes: Sequence[k8s.core.v1.VolumeArgs]) -> list[str]:
+    """The content keys of the Secrets and ConfigMaps these volumes mount (projected ones too)."""
+    keys = []
+    for volume in volumes:
+        if volume.secret is not None:
+            keys.append(content_key("Secret", volume.secret.secret_name))
+        elif volume.config_map is not None:
+            keys.append(content_key("ConfigMap", volume.config_map.name))
+        elif volume.projected is not None:
+            keys += [content_key("ConfigMap", source.config_map.name) for source in volume.projected.sources
+                     if source.config_map is not None]
+    return keys
+
+
+def digest(contents: Mapping[str, Mapping[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()
+
+
+def pod_template(object_labels: Mapping[str, str], spec: k8s.core.v1.PodSpecArgs,
+                 contents: Contents) -> k8s.core.v1.PodTemplateSpecArgs:
+    """A Deployment's pod template annotated with the digest of exactly the Secrets and ConfigMaps it mounts.
+
+    Every one of them must be in `contents` (a KeyError otherwise): nothing mounted goes unwatched.
+    The digest is not secret: it reveals nothing of the keys it covers.
+    """
+    mounted = {key: contents[key] for key in mounted_objects(spec.volumes or [])}
+    annotation = pulumi.Output.unsecret(pulumi.Output.from_input(mounted).apply(digest))
+    return k8s.core.v1.PodTemplateSpecArgs(metadata=k8s.meta.v1.ObjectMetaArgs(
+        labels=dict(object_labels), annotations={MOUNTED_DIGEST_ANNOTATION: annotation}), spec=spec)
 
 
 def pull_secrets(images: Images) -> list[k8s.core.v1.LocalObjectReferenceArgs] | None:

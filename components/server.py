@@ -78,6 +78,8 @@ class ServerSite(pulumi.ComponentResource):
         self._config = args.config
         server = args.config.server
         self._ns = server.namespace
+        # The data of this namespace's Secrets and ConfigMaps, for the pod templates' digests.
+        self._contents: dict[str, Mapping[str, pulumi.Input[str]]] = {}
         # SuperLink's state and the artifacts are claims this program manages.
         self._in_ns, self.namespace = kube.namespace(
             f"{name}-namespace", self._ns, self._labels("server"), existing=server.existing_namespace,
@@ -112,12 +114,14 @@ class ServerSite(pulumi.ComponentResource):
             dns_names=naming.server_certificate_names(self._config.server.endpoint, self._ns),
             validity_days=pki.validity_days, renew_before_days=pki.renew_before_days,
             opts=pulumi.ResourceOptions(parent=self))
+        tls_data = {"tls.crt": certificate.cert_pem, "tls.key": certificate.key_pem, "ca.crt": ca.cert_pem}
+        ca_data = {"ca.crt": ca.cert_pem}
+        self._contents.update({kube.content_key("Secret", TLS_SECRET): tls_data,
+                               kube.content_key("Secret", naming.CA_SECRET): ca_data})
         tls_secret = k8s.core.v1.Secret(f"{self._name}-tls", metadata=self._meta(TLS_SECRET, SUPERLINK),
-                                        type="kubernetes.io/tls", string_data={
-                                            "tls.crt": certificate.cert_pem, "tls.key": certificate.key_pem,
-                                            "ca.crt": ca.cert_pem}, opts=self._in_ns)
+                                        type="kubernetes.io/tls", string_data=tls_data, opts=self._in_ns)
         ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(naming.CA_SECRET, "server"),
-                                       string_data={"ca.crt": ca.cert_pem}, opts=self._in_ns)
+                                       string_data=ca_data, opts=self._in_ns)
         return tls_secret, ca_secret
 
     def _volumes(self) -> tuple[k8s.core.v1.PersistentVolumeClaim, k8s.core.v1.PersistentVolumeClaim]:
@@ -134,13 +138,16 @@ class ServerSite(pulumi.ComponentResource):
     def _superlink(self, depends_on: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
         """SuperLink, reachable only through the nginx sidecar's three listeners."""
         images = self._config.images
-        nginx = k8s.core.v1.ConfigMap(f"{self._name}-nginx", metadata=self._meta(NGINX_CONFIG, SUPERLINK), data={
+        nginx_data = {
             "nginx.conf": nginx_conf(
                 superlink_port=naming.SUPERLINK_PORT, fleet_port=naming.FLEET_PORT,
                 runtime_port=naming.RUNTIME_PORT, control_port=naming.CONTROL_PORT,
                 cert_file=f"{naming.TLS_DIR}/tls.crt", key_file=f"{naming.TLS_DIR}/tls.key",
                 ca_file=f"{naming.TLS_DIR}/ca.crt", superlink_server_name="localhost",
-                runtime_dir=_NGINX_RUN_DIR)}, opts=self._in_ns)
+                runtime_dir=_NGINX_RUN_DIR)}
+        self._contents[kube.content_key("ConfigMap", NGINX_CONFIG)] = nginx_data
+        nginx = k8s.core.v1.ConfigMap(f"{self._name}-nginx", metadata=self._meta(NGINX_CONFIG, SUPERLINK),
+                                      data=nginx_data, opts=self._in_ns)
         superlink = kube.container(
             "superlink", images.platform, images, command=["flower-superlink"], args=superlink_args(),
             sizing=_SUPERLINK_SIZING, env={"FLWR_HOME": f"{_STATE_DIR}/flwr-home"},
@@ -163,15 +170,13 @@ class ServerSite(pulumi.ComponentResource):
             # One SQLite database on a ReadWriteOnce volume: never two SuperLinks at once.
             strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._superlink_pods()),
-            template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(SUPERLINK)),
-                spec=kube.pod_spec(images, [superlink, fleet_filter], [
-                    kube.secret_volume("tls", TLS_SECRET),
-                    kube.config_volume("nginx-conf", NGINX_CONFIG),
-                    kube.claim_volume("state", STATE_CLAIM),
-                    k8s.core.v1.VolumeArgs(name="nginx-run", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
-                        size_limit="256Mi")),
-                ]))), opts=self._after([*depends_on, nginx]))
+            template=kube.pod_template(self._labels(SUPERLINK), kube.pod_spec(images, [superlink, fleet_filter], [
+                kube.secret_volume("tls", TLS_SECRET),
+                kube.config_volume("nginx-conf", NGINX_CONFIG),
+                kube.claim_volume("state", STATE_CLAIM),
+                k8s.core.v1.VolumeArgs(name="nginx-run", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                    size_limit="256Mi")),
+            ]), self._contents)), opts=self._after([*depends_on, nginx]))
 
     def _superlink_pods(self) -> dict[str, str]:
         return kube.selector(self._config.federation, SUPERLINK)
@@ -199,7 +204,7 @@ class ServerSite(pulumi.ComponentResource):
             self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
             images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config),
             runtime_address=naming.service_address(naming.RUNTIME_SERVICE, self._ns, naming.RUNTIME_PORT),
-            opts=self._in_ns, depends_on=depends_on)
+            contents=self._contents, opts=self._in_ns, depends_on=depends_on)
 
     def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
                       depends_on: Sequence[pulumi.Resource]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,8 @@ class ClientSite(pulumi.ComponentResource):
         self._site = args.site
         site = args.site
         self._ns = site.namespace
+        # The data of this namespace's Secrets and ConfigMaps, for the pod templates' digests.
+        self._contents: dict[str, Mapping[str, pulumi.Input[str]]] = {}
         self._in_ns, self.namespace = kube.namespace(
             f"{name}-namespace", self._ns, self._labels("site"), existing=site.existing_namespace,
             keep=args.config.data_safety.namespace_options(
@@ -116,19 +118,25 @@ class ClientSite(pulumi.ComponentResource):
     def _secrets(self, ca: CertificateAuthority, key: SupernodeKey) -> list[k8s.core.v1.Secret]:
         """The CA (to trust SuperLink), the SuperNode key, and the certificate of the SuperNode's Runtime API."""
         pki = self._config.pki
-        ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(naming.CA_SECRET, "site"),
-                                       string_data={"ca.crt": ca.cert_pem}, opts=self._in_ns)
-        auth_secret = k8s.core.v1.Secret(f"{self._name}-auth", metadata=self._meta(AUTH_SECRET, SUPERNODE),
-                                         string_data={"supernode.key": key.private_openssh}, opts=self._in_ns)
         runtime_cert = ServerCertificate(
             f"{self._name}-runtime-certificate", ca=ca, dns_names=naming.supernode_runtime_names(self._ns),
             validity_days=pki.validity_days, renew_before_days=pki.renew_before_days,
             opts=pulumi.ResourceOptions(parent=self))
+        data = {
+            naming.CA_SECRET: {"ca.crt": ca.cert_pem},
+            AUTH_SECRET: {"supernode.key": key.private_openssh},
+            RUNTIME_TLS_SECRET: {"tls.crt": runtime_cert.cert_pem, "tls.key": runtime_cert.key_pem,
+                                 "ca.crt": ca.cert_pem},
+        }
+        self._contents.update({kube.content_key("Secret", name): values for name, values in data.items()})
+        ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(naming.CA_SECRET, "site"),
+                                       string_data=data[naming.CA_SECRET], opts=self._in_ns)
+        auth_secret = k8s.core.v1.Secret(f"{self._name}-auth", metadata=self._meta(AUTH_SECRET, SUPERNODE),
+                                         string_data=data[AUTH_SECRET], opts=self._in_ns)
         runtime_tls = k8s.core.v1.Secret(f"{self._name}-runtime-tls",
                                          metadata=self._meta(RUNTIME_TLS_SECRET, SUPERNODE),
-                                         type="kubernetes.io/tls", string_data={
-                                             "tls.crt": runtime_cert.cert_pem, "tls.key": runtime_cert.key_pem,
-                                             "ca.crt": ca.cert_pem}, opts=self._in_ns)
+                                         type="kubernetes.io/tls", string_data=data[RUNTIME_TLS_SECRET],
+                                         opts=self._in_ns)
         return [ca_secret, auth_secret, runtime_tls]
 
     def _study_data(self) -> list[k8s.core.v1.PersistentVolumeClaim]:
@@ -158,13 +166,11 @@ class ClientSite(pulumi.ComponentResource):
             # One key, one node: never two SuperNodes of this site at once.
             strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._pods(SUPERNODE)),
-            template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(SUPERNODE)),
-                spec=kube.pod_spec(images, [supernode], [
-                    kube.secret_volume("ca", naming.CA_SECRET), kube.secret_volume("auth", AUTH_SECRET),
-                    kube.secret_volume("tls", RUNTIME_TLS_SECRET),
-                    k8s.core.v1.VolumeArgs(name="flwr-home", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
-                        size_limit="2Gi"))]))), opts=self._after(depends_on))
+            template=kube.pod_template(self._labels(SUPERNODE), kube.pod_spec(images, [supernode], [
+                kube.secret_volume("ca", naming.CA_SECRET), kube.secret_volume("auth", AUTH_SECRET),
+                kube.secret_volume("tls", RUNTIME_TLS_SECRET),
+                k8s.core.v1.VolumeArgs(name="flwr-home", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                    size_limit="2Gi"))]), self._contents)), opts=self._after(depends_on))
         return k8s.core.v1.Service(f"{self._name}-runtime", metadata=self._meta(naming.SUPERNODE_SERVICE, SUPERNODE),
                                    spec=k8s.core.v1.ServiceSpecArgs(
             type="ClusterIP", selector=self._pods(SUPERNODE),
@@ -181,7 +187,7 @@ class ClientSite(pulumi.ComponentResource):
             self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
             images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config, self._site),
             runtime_address=naming.service_address(naming.SUPERNODE_SERVICE, self._ns, naming.SUPERNODE_RUNTIME_PORT),
-            opts=self._in_ns, depends_on=depends_on)
+            contents=self._contents, opts=self._in_ns, depends_on=depends_on)
 
     def _network_policies(self) -> None:
         """Out only to the server endpoint (and DNS); in only from this site's own pods."""

@@ -12,7 +12,7 @@ from cryptography import x509
 from flwr.common.config import parse_config_args
 
 from component_harness import ROOT, Declared, Deployment, deploy_raw, dev_raw_config, large_raw_config, launched_pod
-from components import naming, registration
+from components import kube, naming, registration
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
 
@@ -577,20 +577,53 @@ def test_outputs_carry_the_ca_and_a_working_flwr_connection(dev: Deployment) -> 
         "kubectl -n demo-server port-forward svc/superlink-control 9093:9093")
 
 
-def test_executor_pods_carry_their_configs_digest_so_a_config_change_rolls_them(
-        dev: Deployment, grown: Deployment) -> None:
-    import hashlib
+# --- renewal reaches the processes ------------------------------------------------------------
 
-    from components.superexec import CONFIG_DIGEST_ANNOTATION, CONFIG_FILE
 
-    def digests(deployment: Deployment, namespace: str) -> tuple[str, str]:
-        executor = next(d for d in deployment.objects("Deployment", namespace) if d.k8s_name.endswith("-executor"))
-        config = deployment.one("ConfigMap", executor.k8s_name, namespace).inputs["data"][CONFIG_FILE]
-        annotated = executor.manifest()["spec"]["template"]["metadata"]["annotations"][CONFIG_DIGEST_ANNOTATION]
-        return annotated, hashlib.sha256(config.encode()).hexdigest()
+def mounted(d: Declared) -> dict[str, str]:
+    """Volume name -> "<Kind>/<name>" of each Secret and ConfigMap a Deployment's pods mount."""
+    found = {}
+    for volume in d.manifest()["spec"]["template"]["spec"]["volumes"]:
+        if "secret" in volume:
+            found[volume["name"]] = f"Secret/{volume['secret']['secretName']}"
+        elif "configMap" in volume:
+            found[volume["name"]] = f"ConfigMap/{volume['configMap']['name']}"
+    return found
 
-    annotated, actual = digests(dev, SITE_NS["hospital-a"])
-    assert annotated == actual
-    grown_annotated, _ = digests(grown, SITE_NS["hospital-a"])  # hospital-a's GPUs changed
-    assert grown_annotated != annotated
-    assert digests(grown, SITE_NS["hospital-b"])[0] == digests(dev, SITE_NS["hospital-b"])[0]
+
+def declared_data(dev: Deployment, key: str, namespace: str) -> dict[str, str]:
+    kind, name = key.split("/")
+    obj = dev.one(kind, name, namespace)
+    return obj.inputs["stringData"] if kind == "Secret" else obj.inputs["data"]
+
+
+def test_every_pod_template_carries_the_digest_of_exactly_the_objects_it_mounts(dev: Deployment) -> None:
+    deployments = dev.objects("Deployment")
+    assert len(deployments) == 2 + 2 * len(SITE_NS)
+    for d in deployments:
+        contents = {key: declared_data(dev, key, d.namespace) for key in mounted(d).values()}
+        annotations = d.manifest()["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {kube.MOUNTED_DIGEST_ANNOTATION: kube.digest(contents)}, (d.namespace, d.k8s_name)
+        assert "spec" not in d.secret_inputs  # a digest reveals nothing of the keys it covers
+
+
+@pytest.mark.parametrize(("name", "reads"), [
+    # A server certificate renewal rolls SuperLink (and its filter) only; a site's Runtime API
+    # certificate its SuperNode only; a CA change everything that trusts it; a config its reader.
+    ("superlink", {"Secret/superlink-tls", "ConfigMap/superlink-nginx"}),
+    ("serverapp-executor", {"Secret/federation-ca", "ConfigMap/serverapp-executor"}),
+    ("supernode", {"Secret/federation-ca", "Secret/supernode-auth", "Secret/supernode-runtime-tls"}),
+    ("clientapp-executor", {"Secret/federation-ca", "ConfigMap/clientapp-executor"}),
+])
+def test_each_pod_mounts_only_what_its_processes_read(dev: Deployment, name: str, reads: set[str]) -> None:
+    for d in dev.objects("Deployment"):
+        if d.k8s_name == name:
+            assert set(mounted(d).values()) == reads, d.namespace
+
+
+def test_a_pod_template_refuses_to_mount_an_object_it_cannot_digest() -> None:
+    import pulumi_kubernetes as k8s
+
+    spec = k8s.core.v1.PodSpecArgs(containers=[], volumes=[kube.secret_volume("tls", "unknown-tls")])
+    with pytest.raises(KeyError, match="Secret/unknown-tls"):
+        kube.pod_template({}, spec, {"Secret/known": {"a": "b"}})

@@ -52,7 +52,16 @@ def test_up_renews_server_certificates_inside_their_renewal_window(deployed: Sta
     # A 400-day window is longer than what is left of the 365-day server certificates,
     # not of the 10-year CA.
     with deployed.config_changed(pki_settings(validityDays=500, renewBeforeDays=400)):
+        steps = deployed.preview_steps()
         deployed.up()
+        # The renewed certificates are valid for 500 days now, outside the window: nothing more to do.
+        again = deployed.pulumi.run(["preview", "--expect-no-changes"], capture=True, check=False)
+        assert again.returncode == 0, again.stdout + again.stderr
+    # The pods that mount a renewed certificate roll (their template's digest changes); no other pod does.
+    rolled = {s.name for s in steps if s.type == "kubernetes:apps/v1:Deployment"}
+    assert rolled == {"demo-server-superlink", *(f"demo-{site}-supernode" for site in ("hospital-a", "hospital-b",
+                                                                                         "lab-c"))}
+    assert {s.op for s in steps if s.type == "kubernetes:apps/v1:Deployment"} == {"update"}
     after = certificates(deployed)
     assert after.keys() == before.keys()
     renewed = {name for name in before if after[name] != before[name]}
