@@ -27,6 +27,9 @@ DATA_MODES = ("ro", "rw")
 TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
 # Names this program derives from the federation and site names must stay DNS labels.
 SERVER_NAMESPACE_SUFFIX = "-server"
+# Each site's SuperNode (and its private key) lives in `<site namespace><suffix>`, a namespace the
+# site's executor has no Role in: the executor lists Secrets in its own namespace (flwr 1.41).
+SUPERNODE_NAMESPACE_SUFFIX = "-supernode"
 # NodeLocal DNSCache's default listen address (the `__PILLAR__LOCAL__DNS__` of its manifest), on every node.
 NODE_LOCAL_DNS_ADDRESS = "169.254.20.10"
 
@@ -125,6 +128,11 @@ class SiteConfig:
     tolerations: tuple[Mapping[str, Any], ...]
     study_data: tuple[StudyData, ...]
     scratch_size: str
+
+    @property
+    def supernode_namespace(self) -> str:
+        """Always created by the program, also next to an existing site namespace."""
+        return f"{self.namespace}{SUPERNODE_NAMESPACE_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -408,6 +416,10 @@ def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterC
                               "each study/dataset may appear once per site")
         seen.add((data.study, data.dataset))
     namespace, existing = _namespace(site.get("namespace"), f"{field}.namespace", f"{federation}-{name}")
+    room = 63 - len(SUPERNODE_NAMESPACE_SUFFIX)
+    if len(namespace) > room:
+        raise ConfigError(f"{field}.namespace: {namespace!r} is too long; at most {room} characters, so that "
+                          f"its SuperNode's namespace ({namespace}{SUPERNODE_NAMESPACE_SUFFIX}) is a DNS label too")
     return SiteConfig(
         name=name,
         cluster=_cluster_ref(site["cluster"], f"{field}.cluster", clusters),
@@ -435,10 +447,12 @@ def _sites(raw: Any, federation: str, server: ServerConfig,
         if site.name in names:
             raise ConfigError(f"sites[{i}].name: {site.name!r} is used by another site; site names must be unique")
         names.add(site.name)
-        owner = namespaces.setdefault((site.cluster, site.namespace), f"sites[{i}].namespace")
-        if owner != f"sites[{i}].namespace":
-            raise ConfigError(f"sites[{i}].namespace: {site.namespace!r} on cluster {site.cluster!r} is already "
-                              f"used by {owner}; every site needs its own namespace")
+        for namespace, role in ((site.namespace, f"sites[{i}].namespace"),
+                                (site.supernode_namespace, f"sites[{i}].namespace (its SuperNode's)")):
+            owner = namespaces.setdefault((site.cluster, namespace), role)
+            if owner != role:
+                raise ConfigError(f"sites[{i}].namespace: {namespace!r} on cluster {site.cluster!r} is already "
+                                  f"used by {owner}; every site needs its own namespaces")
     return sites
 
 

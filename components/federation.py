@@ -58,7 +58,8 @@ class Federation(pulumi.ComponentResource):
         ca_file = f"{config.federation}-ca.crt"
         self.outputs = {
             "endpoint": self.server.endpoint,
-            "sites": {site.name: {"namespace": site.namespace, "cluster": site.cluster} for site in config.sites},
+            "sites": {site.name: {"namespace": site.namespace, "supernodeNamespace": site.supernode_namespace,
+                                  "cluster": site.cluster} for site in config.sites},
             "serverNamespace": server.namespace,
             "caCertificate": self.ca.cert_pem,
             "flwrConnection": (

@@ -25,6 +25,8 @@ ROLE_LABEL = "flowerbed.dev/role"
 FEDERATION_LABEL = "flowerbed.dev/federation"
 SITE_LABEL = "flowerbed.dev/site"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+# Set by Kubernetes on every namespace (immutable): what a NetworkPolicy selects a namespace by.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 TMP_VOLUME = "tmp"
 # Executors reach the Kubernetes API through the `kubernetes` Service (443) or the server directly (6443).
 API_SERVER_PORTS = (443, 6443)
@@ -251,12 +253,16 @@ def claim(resource_name: str, name: str, namespace_name: str, object_labels: Map
 
 @dataclass(frozen=True)
 class Flow:
-    """One allowed connection: to/from `peers` (None = anywhere) on TCP `ports`."""
+    """One allowed connection: to/from `peers` (None = anywhere) on TCP `ports`.
+
+    `pods` are selected in the policy's own namespace, or in `namespace` when given.
+    """
 
     ports: tuple[int, ...]
     pods: Mapping[str, str] | None = None
     cidrs: tuple[str, ...] = ()
     anywhere: bool = False
+    namespace: str | None = None
 
     def peers(self) -> list[k8s.networking.v1.NetworkPolicyPeerArgs] | None:
         if self.anywhere:
@@ -265,7 +271,9 @@ class Flow:
                  for c in self.cidrs]
         if self.pods is not None:
             peers.append(k8s.networking.v1.NetworkPolicyPeerArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(self.pods))))
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(self.pods)),
+                namespace_selector=None if self.namespace is None else k8s.meta.v1.LabelSelectorArgs(
+                    match_labels={NAMESPACE_NAME_LABEL: self.namespace})))
         return peers
 
     def port_args(self) -> list[k8s.networking.v1.NetworkPolicyPortArgs]:
@@ -302,7 +310,7 @@ def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[s
         pod_selector=everything, policy_types=["Ingress", "Egress"]), opts=opts)
     dns_pods = k8s.networking.v1.NetworkPolicyPeerArgs(
         namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-            match_labels={"kubernetes.io/metadata.name": dns.namespace}),
+            match_labels={NAMESPACE_NAME_LABEL: dns.namespace}),
         pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(dns.pod_labels)))
     # NodeLocal DNSCache answers on a link-local address on the host network, which no pod
     # selector matches; such servers are admitted by address.

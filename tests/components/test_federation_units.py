@@ -18,6 +18,8 @@ from components.fleet_filter import nginx_conf
 
 SERVER_NS = "demo-server"
 SITE_NS = {"hospital-a": "demo-hospital-a", "hospital-b": "demo-hospital-b", "lab-c": "demo-lab-c"}
+# Each SuperNode lives in a namespace of its own, away from the executor (components/supernode.py).
+NODE_NS = {site: f"{namespace}-supernode" for site, namespace in SITE_NS.items()}
 
 
 def containers(deployment: Declared) -> list[dict[str, Any]]:
@@ -48,7 +50,7 @@ def executor_yaml(dev: Deployment, namespace: str, name: str) -> dict[str, Any]:
 def site_pod(dev: Deployment, site: str) -> dict[str, Any]:
     ns = SITE_NS[site]
     text = dev.one("ConfigMap", "clientapp-executor", ns).inputs["data"]["executor.yaml"]
-    return launched_pod(text, "flwr-clientapp", f"supernode-runtime.{ns}.svc:9094")
+    return launched_pod(text, "flwr-clientapp", f"supernode-runtime.{NODE_NS[site]}.svc:9094")
 
 
 # --- providers ----------------------------------------------------------------------------
@@ -67,7 +69,8 @@ def test_a_real_cluster_gets_its_kubeconfig_as_a_secret_and_its_context(large: D
 
 
 def test_every_kubernetes_object_uses_its_clusters_provider(dev: Deployment, dev_config: FederationConfig) -> None:
-    cluster_of = {SERVER_NS: dev_config.server.cluster, **{s.namespace: s.cluster for s in dev_config.sites}}
+    cluster_of = {SERVER_NS: dev_config.server.cluster, **{s.namespace: s.cluster for s in dev_config.sites},
+                  **{s.supernode_namespace: s.cluster for s in dev_config.sites}}
     for resource in dev.kubernetes():
         namespace = resource.namespace or resource.k8s_name  # a Namespace names itself
         assert f"::demo-{cluster_of[namespace]}::" in resource.provider, (resource.name, resource.provider)
@@ -88,7 +91,7 @@ def test_kubernetes_objects_belong_to_a_site_component(dev: Deployment) -> None:
 
 def test_every_namespace_enforces_restricted_pod_security(dev: Deployment) -> None:
     namespaces = dev.objects("Namespace")
-    assert {n.k8s_name for n in namespaces} == {SERVER_NS, *SITE_NS.values()}
+    assert {n.k8s_name for n in namespaces} == {SERVER_NS, *SITE_NS.values(), *NODE_NS.values()}
     for ns in namespaces:
         labels = ns.inputs["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -278,6 +281,17 @@ def test_no_cluster_wide_rbac(dev: Deployment) -> None:
     assert not dev.objects("ClusterRole") and not dev.objects("ClusterRoleBinding")
 
 
+def test_no_executor_can_read_a_supernode_key(large: Deployment) -> None:
+    """flwr 1.41's executor lists Secrets by label, which RBAC cannot narrow: keys live where no Role reaches."""
+    reachable = {role.namespace for role in large.objects("Role")
+                 if any("secrets" in rule["resources"] for rule in role.inputs["rules"])}
+    keys = {secret.namespace for secret in large.objects("Secret") if secret.k8s_name == "supernode-auth"}
+    assert len(keys) == 20 and len(reachable) == 21
+    assert not keys & reachable
+    # Nothing binds any subject to anything in a SuperNode's namespace.
+    assert not {binding.namespace for binding in large.objects("RoleBinding")} & keys
+
+
 def registration_job(d: Deployment) -> Declared:
     [job] = d.objects("Job", SERVER_NS)
     return job
@@ -325,7 +339,7 @@ def test_the_registration_runs_again_exactly_when_the_sites_keys_change() -> Non
 
 @pytest.mark.parametrize("site", ["hospital-a", "hospital-b", "lab-c"])
 def test_supernode_dials_the_endpoint_with_its_key_and_node_config(dev: Deployment, site: str) -> None:
-    supernode = container(dev.one("Deployment", "supernode", SITE_NS[site]), "supernode")
+    supernode = container(dev.one("Deployment", "supernode", NODE_NS[site]), "supernode")
     args = supernode["args"]
     assert flag(args, "--superlink") == "fl.demo.example.org:443"
     assert flag(args, "--root-certificates") == f"{naming.CA_DIR}/ca.crt"
@@ -337,14 +351,14 @@ def test_supernode_dials_the_endpoint_with_its_key_and_node_config(dev: Deployme
 
 
 def test_supernode_home_is_a_writable_volume(dev: Deployment) -> None:
-    supernode = container(dev.one("Deployment", "supernode", "demo-lab-c"), "supernode")
+    supernode = container(dev.one("Deployment", "supernode", NODE_NS["lab-c"]), "supernode")
     home = next(e["value"] for e in supernode["env"] if e["name"] == "FLWR_HOME")
     mount = next(m for m in supernode["volumeMounts"] if home.startswith(m["mountPath"]))
     assert mount["readOnly"] is False
 
 
-def test_the_supernode_key_is_secret_and_only_in_its_site(dev: Deployment) -> None:
-    secret = dev.one("Secret", "supernode-auth", "demo-hospital-a")
+def test_the_supernode_key_is_secret_and_only_in_its_supernodes_namespace(dev: Deployment) -> None:
+    secret = dev.one("Secret", "supernode-auth", NODE_NS["hospital-a"])
     key = next(r for r in dev.resources if r.name == "demo-hospital-a-supernode-key")
     assert secret.inputs["stringData"] == {"supernode.key": key.outputs["private_openssh"]}
     assert "stringData" in secret.secret_inputs
@@ -391,15 +405,15 @@ def test_max_concurrent_tasks_is_the_active_pod_budget(large: Deployment) -> Non
 
 def test_clientapp_executor_dials_its_supernode_runtime(dev: Deployment) -> None:
     args = container(dev.one("Deployment", "clientapp-executor", "demo-lab-c"), "superexec")["args"]
-    assert flag(args, "--runtime-api-address") == "supernode-runtime.demo-lab-c.svc:9094"
+    assert flag(args, "--runtime-api-address") == "supernode-runtime.demo-lab-c-supernode.svc:9094"
     assert flag(args, "--executor") == "kubernetes"
 
 
 def test_supernode_runtime_api_is_tls_with_a_certificate_for_its_service(dev: Deployment) -> None:
-    args = container(dev.one("Deployment", "supernode", "demo-lab-c"), "supernode")["args"]
+    args = container(dev.one("Deployment", "supernode", NODE_NS["lab-c"]), "supernode")["args"]
     assert flag(args, "--ssl-certfile") == f"{naming.TLS_DIR}/tls.crt"
     cert = next(r for r in dev.resources if r.name == "demo-lab-c-runtime-certificate")
-    assert cert.inputs["dns_names"] == naming.supernode_runtime_names("demo-lab-c")
+    assert cert.inputs["dns_names"] == naming.supernode_runtime_names(NODE_NS["lab-c"])
 
 
 def test_existing_claims_are_referenced_not_created(large: Deployment) -> None:
@@ -463,9 +477,11 @@ def existing_namespaces() -> Deployment:
 
 def test_existing_namespaces_are_used_never_declared(existing_namespaces: Deployment) -> None:
     declared = {ns.k8s_name for ns in existing_namespaces.objects("Namespace")}
-    assert declared == {"demo-hospital-a", "demo-hospital-b"}
+    # A SuperNode's namespace is always the program's, also next to an existing site namespace.
+    assert declared == {"demo-hospital-a", "demo-hospital-b", NODE_NS["hospital-a"], NODE_NS["hospital-b"],
+                        "lab-team-supernode"}
     assert existing_namespaces.one("Deployment", "superlink", "shared-server")
-    assert existing_namespaces.one("Deployment", "supernode", "lab-team")
+    assert existing_namespaces.one("Deployment", "clientapp-executor", "lab-team")
     assert existing_namespaces.stack_outputs["serverNamespace"] == "shared-server"
 
 
@@ -513,22 +529,39 @@ def test_no_policy_admits_superlinks_own_port(large: Deployment) -> None:
             assert naming.SUPERLINK_PORT not in [p["port"] for p in rule["ports"]]
 
 
-@pytest.mark.parametrize("namespace", SITE_NS.values())
-def test_client_sites_leave_only_for_the_server_endpoint(dev: Deployment, namespace: str) -> None:
-    egress_to_outside = [
-        (name, rule) for name, spec in policies(dev, namespace).items() for rule in spec.get("egress", [])
-        if any("ipBlock" in peer for peer in rule.get("to", []))]
-    names = sorted(name for name, _ in egress_to_outside)
-    assert names == ["clientapp-executor", "supernode"]  # executor: the Kubernetes API only
-    supernode_rule = next(rule for name, rule in egress_to_outside if name == "supernode")
-    assert supernode_rule["ports"] == [{"port": 443, "protocol": "TCP"}]
+@pytest.mark.parametrize("site", SITE_NS)
+def test_client_sites_leave_only_for_the_server_endpoint(dev: Deployment, site: str) -> None:
+    def to_outside(namespace: str) -> dict[str, list[dict[str, Any]]]:
+        return {name: [rule for rule in spec.get("egress", []) if any("ipBlock" in peer for peer in rule["to"])]
+                for name, spec in policies(dev, namespace).items()}
+
+    site_rules = {name: rules for name, rules in to_outside(SITE_NS[site]).items() if rules}
+    assert list(site_rules) == ["clientapp-executor"]  # the Kubernetes API only
+    assert {p["port"] for rule in site_rules["clientapp-executor"] for p in rule["ports"]} == {443, 6443}
+    node_rules = {name: rules for name, rules in to_outside(NODE_NS[site]).items() if rules}
+    assert node_rules == {"supernode": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                                         "ports": [{"port": 443, "protocol": "TCP"}]}]}
 
 
-@pytest.mark.parametrize("namespace", SITE_NS.values())
-def test_client_sites_admit_nothing_from_outside_the_namespace(dev: Deployment, namespace: str) -> None:
-    for spec in policies(dev, namespace).values():
-        for rule in spec.get("ingress", []):
-            assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"])
+@pytest.mark.parametrize("site", SITE_NS)
+def test_client_sites_admit_nothing_from_outside_the_site(dev: Deployment, site: str) -> None:
+    assert not [rule for spec in policies(dev, SITE_NS[site]).values() for rule in spec.get("ingress", [])]
+    # The SuperNode's Runtime API: the site's executor and task pods, from the site's namespace only.
+    [spec] = [spec for name, spec in policies(dev, NODE_NS[site]).items() if spec.get("ingress")]
+    peers = [peer for rule in spec["ingress"] for peer in rule["from"]]
+    assert {peer["podSelector"]["matchLabels"]["flowerbed.dev/role"] for peer in peers} == {
+        "clientapp-executor", "clientapp-task"}
+    assert all(peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": SITE_NS[site]}}
+               for peer in peers)
+
+
+@pytest.mark.parametrize("site", SITE_NS)
+def test_the_sites_pods_reach_only_their_own_supernode(dev: Deployment, site: str) -> None:
+    expected = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NODE_NS[site]}},
+                "podSelector": {"matchLabels": {"flowerbed.dev/federation": "demo", "flowerbed.dev/role": "supernode"}}}
+    for name in ("clientapp-executor", "clientapp-task"):
+        rules = policies(dev, SITE_NS[site])[name]["egress"]
+        assert [rule["to"] for rule in rules if rule["ports"] == [{"port": 9094, "protocol": "TCP"}]] == [[expected]]
 
 
 def test_dns_is_the_only_other_egress(dev: Deployment) -> None:
@@ -552,7 +585,7 @@ def test_dns_admits_node_local_dns_cache_and_the_configured_dns_service(variant:
 
 
 def test_endpoint_cidrs_and_port_restrict_supernode_egress(variant: Deployment) -> None:
-    spec = policies(variant, "demo-lab-c")["supernode"]
+    spec = policies(variant, NODE_NS["lab-c"])["supernode"]
     assert spec["egress"] == [{"to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}],
                                "ports": [{"port": 8443, "protocol": "TCP"}]}]
 
@@ -563,9 +596,8 @@ def test_endpoint_cidrs_and_port_restrict_supernode_egress(variant: Deployment) 
 def test_outputs_name_endpoint_and_every_site(dev: Deployment) -> None:
     assert dev.stack_outputs["endpoint"] == "fl.demo.example.org:443"
     assert dev.stack_outputs["sites"] == {
-        "hospital-a": {"namespace": "demo-hospital-a", "cluster": "hospitals"},
-        "hospital-b": {"namespace": "demo-hospital-b", "cluster": "hospitals"},
-        "lab-c": {"namespace": "demo-lab-c", "cluster": "hub"}}
+        site: {"namespace": SITE_NS[site], "supernodeNamespace": NODE_NS[site], "cluster": cluster}
+        for site, cluster in (("hospital-a", "hospitals"), ("hospital-b", "hospitals"), ("lab-c", "hub"))}
 
 
 def test_outputs_carry_the_ca_and_a_working_flwr_connection(dev: Deployment) -> None:

@@ -24,7 +24,7 @@ from components import naming, pki, registration
 from components.config import parse
 from components.fleet_filter import nginx_conf
 from components.server import superlink_args
-from components.site import supernode_args
+from components.supernode import supernode_args
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),

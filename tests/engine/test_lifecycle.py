@@ -82,7 +82,9 @@ def test_removing_a_site_deletes_its_resources_but_keeps_its_data_volumes(
     volumes = {path for path in site_files if before[path]["kind"] == "PersistentVolumeClaim"}
     assert volumes, f"{REMOVED} renders no data volume"
     # Deleting a namespace deletes every claim in it: the namespace holding the volumes stays too.
-    kept = volumes | {path for path in site_files if before[path]["kind"] == "Namespace"}
+    holders = {before[path]["metadata"]["namespace"] for path in volumes}
+    kept = volumes | {path for path in site_files
+                      if before[path]["kind"] == "Namespace" and before[path]["metadata"]["name"] in holders}
 
     def remove(config: dict) -> None:
         config["flowerbed:sites"] = [s for s in config["flowerbed:sites"] if s["name"] != REMOVED]
