@@ -233,9 +233,10 @@ def namespace(resource_name: str, name: str, object_labels: Mapping[str, str], *
     return pulumi.ResourceOptions(parent=parent, depends_on=[created]), created.metadata.name
 
 
-# The pinned provider (4.25) awaits a PVC on every update as on creation: on a WaitForFirstConsumer
-# StorageClass it waits for `Pending`, which a bound claim never returns to, so growing a claim hangs
-# `up` (pulumi/pulumi-kubernetes#4179, fixed in 4.27 by #4181). Pods that mount a claim wait for it anyway.
+# The pinned provider (4.25, pkg/await/awaiters.go) awaits a PVC on every update as on creation: on a
+# WaitForFirstConsumer StorageClass it waits for `Pending`, which a bound claim never returns to, so
+# growing a claim stalls `up` for 5 minutes and fails it (pulumi/pulumi-kubernetes#4179, fixed in 4.27
+# by #4181). The annotation makes it skip that await (SkipAwaitLogic); pods mounting a claim wait anyway.
 SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
 
 
