@@ -99,7 +99,8 @@ def test_every_namespace_enforces_restricted_pod_security(dev: Deployment) -> No
 
 def test_every_container_runs_as_flowers_app_user_hardened(dev: Deployment) -> None:
     pods = [d.manifest()["spec"]["template"]["spec"] for d in dev.objects("Deployment") + dev.objects("Job")]
-    assert len(pods) == 3 + 2 * len(SITE_NS)  # superlink, serverapp executor, registration job; per site: supernode, executor
+    # superlink, serverapp executor, registration job; per site: supernode, executor
+    assert len(pods) == 3 + 2 * len(SITE_NS)
     for pod in pods:
         for c in pod["containers"]:
             ctx = c["securityContext"]
@@ -435,7 +436,8 @@ def test_state_and_study_volumes_are_retained_on_delete(dev: Deployment) -> None
 def test_namespaces_holding_retained_claims_are_retained_so_deleting_them_cannot_delete_the_claims(
         dev: Deployment) -> None:
     # Kubernetes deletes every claim of a deleted namespace, retained or not.
-    retained = {(r.kind, r.k8s_name) for r in dev.kubernetes() if r.retain_on_delete and r.kind != "PersistentVolumeClaim"}
+    retained = {(r.kind, r.k8s_name) for r in dev.kubernetes()
+                if r.retain_on_delete and r.kind != "PersistentVolumeClaim"}
     assert retained == {("Namespace", SERVER_NS), ("Namespace", "demo-hospital-a"), ("Namespace", "demo-hospital-b")}
     assert not any(r.protect for r in dev.kubernetes())  # lab-c holds no claim: its namespace goes with it
 

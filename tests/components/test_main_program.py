@@ -63,6 +63,7 @@ def test_a_misspelt_top_level_key_stops_the_program_naming_it(stack_config: Any)
     raw["dataSafty"] = {"protect": True}
     stack_config(raw)
     declared = Deployment()
-    with pytest.raises(pulumi.RunError, match=r"^invalid stack configuration: dataSafty: unknown key; allowed keys are "):
+    with pytest.raises(pulumi.RunError,
+                       match=r"^invalid stack configuration: dataSafty: unknown key; allowed keys are "):
         run_main(into=declared)
     assert declared.resources == []

@@ -43,8 +43,9 @@ def kept_objects(deployment: Mapping[str, Any]) -> list[Kept]:
         settings = provider.get("inputs") or {}
         meta = obj.get("metadata") or {}
         kept.append(Kept(
-            urn=resource["urn"], kind=obj.get("kind", resource["type"].rsplit(":", 1)[-1]), namespace=meta.get("namespace") or "",
-            name=meta.get("name", ""), provider=provider.get("urn", "::unknown").rsplit("::", 1)[-1],
+            urn=resource["urn"], kind=obj.get("kind", resource["type"].rsplit(":", 1)[-1]),
+            namespace=meta.get("namespace") or "", name=meta.get("name", ""),
+            provider=provider.get("urn", "::unknown").rsplit("::", 1)[-1],
             context=_plain(settings.get("context")), render_dir=_plain(settings.get("renderYamlToDirectory"))))
     return sorted(kept, key=lambda k: (k.provider, k.kind != "Namespace", k.namespace, k.name))
 
