@@ -27,6 +27,11 @@ DATA_MODES = ("ro", "rw")
 TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
 # Names this program derives from the federation and site names must stay DNS labels.
 SERVER_NAMESPACE_SUFFIX = "-server"
+# Each site's SuperNode (and its private key) lives in `<site namespace><suffix>`, a namespace the
+# site's executor has no Role in: the executor lists Secrets in its own namespace (flwr 1.41).
+SUPERNODE_NAMESPACE_SUFFIX = "-supernode"
+# NodeLocal DNSCache's default listen address (the `__PILLAR__LOCAL__DNS__` of its manifest), on every node.
+NODE_LOCAL_DNS_ADDRESS = "169.254.20.10"
 
 
 class ConfigError(ValueError):
@@ -42,6 +47,18 @@ class Images:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """Where pods of a cluster send DNS queries: `allow-dns` admits exactly these."""
+
+    # The DNS server pods (kube-dns/CoreDNS by default): their namespace and labels.
+    namespace: str
+    pod_labels: Mapping[str, str]
+    # Addresses of DNS servers outside any pod selector: NodeLocal DNSCache's link-local
+    # address on the host network, or a DNS service by IP.
+    cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     name: str
     render_dir: str | None
@@ -49,6 +66,7 @@ class ClusterConfig:
     context: str | None
     # Where the executors may reach the Kubernetes API (NetworkPolicy cannot name it).
     api_server_cidrs: tuple[str, ...]
+    dns: DnsConfig
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,8 @@ class ServerConfig:
     cluster: str
     endpoint: str
     namespace: str
+    # True: the namespace exists already; the program neither creates, labels nor deletes it.
+    existing_namespace: bool
     service_type: str
     load_balancer_ip: str | None
     service_annotations: Mapping[str, str]
@@ -101,6 +121,7 @@ class SiteConfig:
     name: str
     cluster: str
     namespace: str
+    existing_namespace: bool
     gpus: int
     cpu: str
     memory: str
@@ -109,6 +130,11 @@ class SiteConfig:
     tolerations: tuple[Mapping[str, Any], ...]
     study_data: tuple[StudyData, ...]
     scratch_size: str
+
+    @property
+    def supernode_namespace(self) -> str:
+        """Always created by the program, also next to an existing site namespace."""
+        return f"{self.namespace}{SUPERNODE_NAMESPACE_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -122,6 +148,16 @@ class PkiConfig:
 class DataSafety:
     retain_on_delete: bool
     protect: bool
+
+    def namespace_options(self, *, managed_claims: bool, existing_claims: bool) -> tuple[bool, bool]:
+        """(retain_on_delete, protect) of a namespace holding these claims.
+
+        Kubernetes deletes every claim in a deleted namespace, so a namespace is kept whenever a
+        claim in it must survive: claims this program manages (as `dataSafety` says) and existing
+        claims (never this program's to delete).
+        """
+        retain = (managed_claims and self.retain_on_delete) or existing_claims
+        return retain, managed_claims and self.protect
 
 
 @dataclass(frozen=True)
@@ -253,7 +289,7 @@ def _clusters(raw: Any) -> dict[str, ClusterConfig]:
     for name, value in raw.items():
         field = f"clusters.{name}"
         _dns_label(name, field)
-        entry = _mapping(value, field, ("renderDir", "kubeconfig", "context", "apiServerCidrs"))
+        entry = _mapping(value, field, ("renderDir", "kubeconfig", "context", "apiServerCidrs", "dns"))
         if ("renderDir" in entry) == ("kubeconfig" in entry):
             raise ConfigError(f"{field}: set exactly one of renderDir (write YAML) or kubeconfig (a real cluster; "
                               "for a local control plane `make cluster STACK=<stack>` sets it)")
@@ -265,8 +301,24 @@ def _clusters(raw: Any) -> dict[str, ClusterConfig]:
             kubeconfig=_optional_string(entry.get("kubeconfig"), f"{field}.kubeconfig"),
             context=_optional_string(entry.get("context"), f"{field}.context"),
             api_server_cidrs=_cidrs(entry.get("apiServerCidrs", ["0.0.0.0/0"]), f"{field}.apiServerCidrs"),
+            dns=_dns(entry.get("dns", {}), f"{field}.dns"),
         )
     return clusters
+
+
+def _dns(raw: Any, field: str) -> DnsConfig:
+    dns = _mapping(raw, field, ("namespace", "podLabels", "nodeLocalCache", "cidrs"))
+    labels = _string_map(dns.get("podLabels", {"k8s-app": "kube-dns"}), f"{field}.podLabels", label_keys=True)
+    if not labels:
+        raise _fail(f"{field}.podLabels", labels, "at least one label of the DNS server pods")
+    node_local = [f"{NODE_LOCAL_DNS_ADDRESS}/32"] if _boolean(dns.get("nodeLocalCache", False),
+                                                                f"{field}.nodeLocalCache") else []
+    extra = _cidrs(dns["cidrs"], f"{field}.cidrs") if "cidrs" in dns else ()
+    return DnsConfig(
+        namespace=_dns_label(dns.get("namespace", "kube-system"), f"{field}.namespace"),
+        pod_labels=labels,
+        cidrs=tuple(dict.fromkeys([*node_local, *extra])),
+    )
 
 
 def _storage(raw: Any, field: str, default_size: str) -> Storage:
@@ -275,6 +327,14 @@ def _storage(raw: Any, field: str, default_size: str) -> Storage:
         size=_quantity(storage.get("size", default_size), f"{field}.size"),
         storage_class=_optional_string(storage.get("storageClass"), f"{field}.storageClass"),
     )
+
+
+def _namespace(raw: Any, field: str, default: str) -> tuple[str, bool]:
+    """(name, existing): a name the program creates, or `{name, existing: true}` for one it must not own."""
+    if not isinstance(raw, Mapping):
+        return _dns_label(default if raw is None else raw, field), False
+    entry = _mapping(raw, field, ("name", "existing"), ("name",))
+    return _dns_label(entry["name"], f"{field}.name"), _boolean(entry.get("existing", False), f"{field}.existing")
 
 
 def _cluster_ref(value: Any, field: str, clusters: Mapping[str, ClusterConfig]) -> str:
@@ -300,10 +360,13 @@ def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) ->
     if "waitForAddress" in server and service_type != "LoadBalancer":
         raise ConfigError(f"{field}.waitForAddress: only allowed with serviceType LoadBalancer")
     app = _mapping(server.get("serverApp", {}), f"{field}.serverApp", ("cpu", "memory", "gpus"))
+    namespace, existing = _namespace(server.get("namespace"), f"{field}.namespace",
+                                     f"{federation}{SERVER_NAMESPACE_SUFFIX}")
     return ServerConfig(
         cluster=_cluster_ref(server["cluster"], f"{field}.cluster", clusters),
         endpoint=_dns_name(server["endpoint"], f"{field}.endpoint"),
-        namespace=_dns_label(server.get("namespace", f"{federation}{SERVER_NAMESPACE_SUFFIX}"), f"{field}.namespace"),
+        namespace=namespace,
+        existing_namespace=existing,
         service_type=service_type,
         load_balancer_ip=load_balancer_ip,
         service_annotations=_string_map(server.get("serviceAnnotations", {}), f"{field}.serviceAnnotations"),
@@ -358,10 +421,16 @@ def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterC
             raise ConfigError(f"{field}.studyData[{i}]: {data.study}/{data.dataset} is listed twice; "
                               "each study/dataset may appear once per site")
         seen.add((data.study, data.dataset))
+    namespace, existing = _namespace(site.get("namespace"), f"{field}.namespace", f"{federation}-{name}")
+    room = 63 - len(SUPERNODE_NAMESPACE_SUFFIX)
+    if len(namespace) > room:
+        raise ConfigError(f"{field}.namespace: {namespace!r} is too long; at most {room} characters, so that "
+                          f"its SuperNode's namespace ({namespace}{SUPERNODE_NAMESPACE_SUFFIX}) is a DNS label too")
     return SiteConfig(
         name=name,
         cluster=_cluster_ref(site["cluster"], f"{field}.cluster", clusters),
-        namespace=_dns_label(site.get("namespace", f"{federation}-{name}"), f"{field}.namespace"),
+        namespace=namespace,
+        existing_namespace=existing,
         gpus=_integer(site.get("gpus", 0), f"{field}.gpus", 0),
         cpu=_quantity(site.get("cpu", "2"), f"{field}.cpu"),
         memory=_quantity(site.get("memory", "8Gi"), f"{field}.memory"),
@@ -384,10 +453,12 @@ def _sites(raw: Any, federation: str, server: ServerConfig,
         if site.name in names:
             raise ConfigError(f"sites[{i}].name: {site.name!r} is used by another site; site names must be unique")
         names.add(site.name)
-        owner = namespaces.setdefault((site.cluster, site.namespace), f"sites[{i}].namespace")
-        if owner != f"sites[{i}].namespace":
-            raise ConfigError(f"sites[{i}].namespace: {site.namespace!r} on cluster {site.cluster!r} is already "
-                              f"used by {owner}; every site needs its own namespace")
+        for namespace, role in ((site.namespace, f"sites[{i}].namespace"),
+                                (site.supernode_namespace, f"sites[{i}].namespace (its SuperNode's)")):
+            owner = namespaces.setdefault((site.cluster, namespace), role)
+            if owner != role:
+                raise ConfigError(f"sites[{i}].namespace: {namespace!r} on cluster {site.cluster!r} is already "
+                                  f"used by {owner}; every site needs its own namespaces")
     return sites
 
 
@@ -443,7 +514,17 @@ def load() -> FederationConfig:
     import pulumi  # only here: parse() stays importable without the Pulumi engine
 
     config = pulumi.Config("flowerbed")
-    return parse({key: _decode(config.get(key)) for key in TOP_LEVEL_KEYS})
+    # Every key the stack sets, not only the known ones: a misspelt key must reach parse() and fail.
+    keys = {*TOP_LEVEL_KEYS, *_stack_keys(config.name)}
+    return parse({key: _decode(config.get(key)) for key in sorted(keys)})
+
+
+def _stack_keys(namespace: str) -> set[str]:
+    """The keys (without `namespace:`) the stack sets, as the engine handed them to this program."""
+    from pulumi.runtime.config import CONFIG, get_config_env
+
+    prefix = f"{namespace}:"
+    return {key.removeprefix(prefix) for key in {**get_config_env(), **CONFIG.get()} if key.startswith(prefix)}
 
 
 def _decode(text: str | None) -> Any:

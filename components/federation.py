@@ -59,7 +59,8 @@ class Federation(pulumi.ComponentResource):
         self.outputs = {
             "endpoint": self.server.endpoint,
             "fleetAddress": self.server.fleet_address,
-            "sites": {site.name: {"namespace": site.namespace, "cluster": site.cluster} for site in config.sites},
+            "sites": {site.name: {"namespace": site.namespace, "supernodeNamespace": site.supernode_namespace,
+                                  "cluster": site.cluster} for site in config.sites},
             "serverNamespace": server.namespace,
             "caCertificate": self.ca.cert_pem,
             "flwrConnection": (

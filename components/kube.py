@@ -8,6 +8,8 @@ construction; the manifest tests check them again on the output.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.config import Images
+from components.config import DnsConfig, Images
 
 # Flower's official images run as `app` (uid/gid 49999); flowerbed's images keep that uid.
 APP_UID = 49999
@@ -23,6 +25,8 @@ ROLE_LABEL = "flowerbed.dev/role"
 FEDERATION_LABEL = "flowerbed.dev/federation"
 SITE_LABEL = "flowerbed.dev/site"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+# Set by Kubernetes on every namespace (immutable): what a NetworkPolicy selects a namespace by.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 TMP_VOLUME = "tmp"
 # Executors reach the Kubernetes API through the `kubernetes` Service (443) or the server directly (6443).
 API_SERVER_PORTS = (443, 6443)
@@ -134,6 +138,48 @@ def pod_spec(images: Images, containers: Sequence[k8s.core.v1.ContainerArgs],
     )
 
 
+# Processes read their certificates, keys and configs once, at start: a pod template carrying the
+# digest of what it mounts is rolled by Kubernetes exactly when one of those objects changes.
+MOUNTED_DIGEST_ANNOTATION = "flowerbed.dev/mounted-sha256"
+# What a component's Secrets and ConfigMaps hold, keyed "<Kind>/<name>": the same data they are declared with.
+Contents = Mapping[str, Mapping[str, pulumi.Input[str]]]
+
+
+def content_key(kind: str, name: str) -> str:
+    return f"{kind}/{name}"
+
+
+def mounted_objects(volumes: Sequence[k8s.core.v1.VolumeArgs]) -> list[str]:
+    """The content keys of the Secrets and ConfigMaps these volumes mount (projected ones too)."""
+    keys = []
+    for volume in volumes:
+        if volume.secret is not None:
+            keys.append(content_key("Secret", volume.secret.secret_name))
+        elif volume.config_map is not None:
+            keys.append(content_key("ConfigMap", volume.config_map.name))
+        elif volume.projected is not None:
+            keys += [content_key("ConfigMap", source.config_map.name) for source in volume.projected.sources
+                     if source.config_map is not None]
+    return keys
+
+
+def digest(contents: Mapping[str, Mapping[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()
+
+
+def pod_template(object_labels: Mapping[str, str], spec: k8s.core.v1.PodSpecArgs,
+                 contents: Contents) -> k8s.core.v1.PodTemplateSpecArgs:
+    """A Deployment's pod template annotated with the digest of exactly the Secrets and ConfigMaps it mounts.
+
+    Every one of them must be in `contents` (a KeyError otherwise): nothing mounted goes unwatched.
+    The digest is not secret: it reveals nothing of the keys it covers.
+    """
+    mounted = {key: contents[key] for key in mounted_objects(spec.volumes or [])}
+    annotation = pulumi.Output.unsecret(pulumi.Output.from_input(mounted).apply(digest))
+    return k8s.core.v1.PodTemplateSpecArgs(metadata=k8s.meta.v1.ObjectMetaArgs(
+        labels=dict(object_labels), annotations={MOUNTED_DIGEST_ANNOTATION: annotation}), spec=spec)
+
+
 def pull_secrets(images: Images) -> list[k8s.core.v1.LocalObjectReferenceArgs] | None:
     return [k8s.core.v1.LocalObjectReferenceArgs(name=name) for name in images.pull_secrets] or None
 
@@ -169,20 +215,38 @@ def mount(name: str, path: str, *, read_only: bool = True) -> k8s.core.v1.Volume
     return k8s.core.v1.VolumeMountArgs(name=name, mount_path=path, read_only=read_only)
 
 
-def namespace(resource_name: str, name: str, object_labels: Mapping[str, str],
-              opts: pulumi.ResourceOptions) -> k8s.core.v1.Namespace:
-    """A namespace that admits only Pod Security `restricted` pods."""
+def namespace(resource_name: str, name: str, object_labels: Mapping[str, str], *, existing: bool,
+              keep: tuple[bool, bool], parent: pulumi.Resource) -> tuple[pulumi.ResourceOptions, pulumi.Output[str]]:
+    """The namespace a component's objects live in: the options that put a child there, and its name.
+
+    A namespace the program creates admits only Pod Security `restricted` pods; `keep` is its
+    (retain_on_delete, protect), see `DataSafety.namespace_options`. An `existing` one is only
+    used: never created, labelled or deleted.
+    """
+    if existing:
+        return pulumi.ResourceOptions(parent=parent), pulumi.Output.from_input(name)
     psa = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
-    return k8s.core.v1.Namespace(resource_name, metadata=k8s.meta.v1.ObjectMetaArgs(
-        name=name, labels={**object_labels, **psa}), opts=opts)
+    retain, protect = keep
+    created = k8s.core.v1.Namespace(resource_name, metadata=k8s.meta.v1.ObjectMetaArgs(
+        name=name, labels={**object_labels, **psa}), opts=pulumi.ResourceOptions(
+        parent=parent, retain_on_delete=retain, protect=protect))
+    return pulumi.ResourceOptions(parent=parent, depends_on=[created]), created.metadata.name
 
 
-def claim(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, size: str, storage_class: str | None,
-          opts: pulumi.ResourceOptions) -> k8s.core.v1.PersistentVolumeClaim:
+# The pinned provider (4.25, pkg/await/awaiters.go) awaits a PVC on every update as on creation: on a
+# WaitForFirstConsumer StorageClass it waits for `Pending`, which a bound claim never returns to, so
+# growing a claim stalls `up` for 5 minutes and fails it (pulumi/pulumi-kubernetes#4179, fixed in 4.27
+# by #4181). The annotation makes it skip that await (SkipAwaitLogic); pods mounting a claim wait anyway.
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+
+def claim(resource_name: str, name: str, namespace_name: str, object_labels: Mapping[str, str], size: str,
+          storage_class: str | None, opts: pulumi.ResourceOptions) -> k8s.core.v1.PersistentVolumeClaim:
     spec = k8s.core.v1.PersistentVolumeClaimSpecArgs(
         access_modes=["ReadWriteOnce"], storage_class_name=storage_class,
         resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size}))
-    return k8s.core.v1.PersistentVolumeClaim(resource_name, metadata=meta, spec=spec, opts=opts)
+    return k8s.core.v1.PersistentVolumeClaim(resource_name, metadata=metadata(
+        name, namespace_name, object_labels, SKIP_AWAIT), spec=spec, opts=opts)
 
 
 # --- network policies ------------------------------------------------------------------
@@ -190,12 +254,16 @@ def claim(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, size: str, stora
 
 @dataclass(frozen=True)
 class Flow:
-    """One allowed connection: to/from `peers` (None = anywhere) on TCP `ports`."""
+    """One allowed connection: to/from `peers` (None = anywhere) on TCP `ports`.
+
+    `pods` are selected in the policy's own namespace, or in `namespace` when given.
+    """
 
     ports: tuple[int, ...]
     pods: Mapping[str, str] | None = None
     cidrs: tuple[str, ...] = ()
     anywhere: bool = False
+    namespace: str | None = None
 
     def peers(self) -> list[k8s.networking.v1.NetworkPolicyPeerArgs] | None:
         if self.anywhere:
@@ -204,7 +272,9 @@ class Flow:
                  for c in self.cidrs]
         if self.pods is not None:
             peers.append(k8s.networking.v1.NetworkPolicyPeerArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(self.pods))))
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(self.pods)),
+                namespace_selector=None if self.namespace is None else k8s.meta.v1.LabelSelectorArgs(
+                    match_labels={NAMESPACE_NAME_LABEL: self.namespace})))
         return peers
 
     def port_args(self) -> list[k8s.networking.v1.NetworkPolicyPortArgs]:
@@ -226,22 +296,33 @@ def network_policy(resource_name: str, meta: k8s.meta.v1.ObjectMetaArgs, pods: M
     ), opts=opts)
 
 
-def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[str, str],
-                      opts: pulumi.ResourceOptions) -> list[k8s.networking.v1.NetworkPolicy]:
-    """Deny all traffic in the namespace, then let every pod resolve names through cluster DNS."""
+def baseline_scope(federation: str, existing_namespace: bool) -> dict[str, str]:
+    """The pods the baseline policies cover: all of a namespace the program owns; in an existing
+    namespace only this federation's (other workloads there are not the program's to cut off)."""
+    return {FEDERATION_LABEL: federation} if existing_namespace else {}
+
+
+def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[str, str], dns: DnsConfig,
+                      pods: Mapping[str, str], opts: pulumi.ResourceOptions) -> list[k8s.networking.v1.NetworkPolicy]:
+    """Deny all traffic of `pods` ({}: every pod of the namespace), then let them resolve names through DNS."""
+    everything = k8s.meta.v1.LabelSelectorArgs(match_labels=dict(pods) or None)
     deny = k8s.networking.v1.NetworkPolicy(f"{prefix}-default-deny", metadata=metadata(
         "default-deny", namespace_name, object_labels), spec=k8s.networking.v1.NetworkPolicySpecArgs(
-        pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]), opts=opts)
-    dns_peer = k8s.networking.v1.NetworkPolicyPeerArgs(
+        pod_selector=everything, policy_types=["Ingress", "Egress"]), opts=opts)
+    dns_pods = k8s.networking.v1.NetworkPolicyPeerArgs(
         namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-            match_labels={"kubernetes.io/metadata.name": "kube-system"}),
-        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}))
-    dns = k8s.networking.v1.NetworkPolicy(f"{prefix}-allow-dns", metadata=metadata(
+            match_labels={NAMESPACE_NAME_LABEL: dns.namespace}),
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(dns.pod_labels)))
+    # NodeLocal DNSCache answers on a link-local address on the host network, which no pod
+    # selector matches; such servers are admitted by address.
+    dns_addresses = [k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=cidr))
+                     for cidr in dns.cidrs]
+    allow = k8s.networking.v1.NetworkPolicy(f"{prefix}-allow-dns", metadata=metadata(
         "allow-dns", namespace_name, object_labels), spec=k8s.networking.v1.NetworkPolicySpecArgs(
-        pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Egress"],
-        egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=[dns_peer], ports=[
+        pod_selector=everything, policy_types=["Egress"],
+        egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=[dns_pods, *dns_addresses], ports=[
             k8s.networking.v1.NetworkPolicyPortArgs(port=53, protocol=p) for p in ("UDP", "TCP")])]), opts=opts)
-    return [deny, dns]
+    return [deny, allow]
 
 
 # --- RBAC for the Flower Kubernetes executor ---------------------------------------------

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +9,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import kube, naming, superexec
+from components import kube, naming, registration, superexec
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
 from components.pki_resources import CertificateAuthority, ServerCertificate
@@ -22,25 +19,17 @@ TYPE = "flowerbed:index:ServerSite"
 SUPERLINK = "superlink"
 EXECUTOR = "serverapp-executor"
 TASK = "serverapp-task"
-REGISTRAR = "register-supernode"
 TLS_SECRET = "superlink-tls"
 STATE_CLAIM = "superlink-state"
-# pulumi-kubernetes: create/update the object without waiting for it to become ready.
-SKIP_AWAIT = "pulumi.com/skipAwait"
 ARTIFACTS_CLAIM = "serverapp-artifacts"
 NGINX_CONFIG = "superlink-nginx"
-KEYS_CONFIG = "supernode-public-key"
-FLWR_CONFIG = "registrar-flwr"
 
 _STATE_DIR = "/var/lib/flowerbed"
 _NGINX_CONF_DIR = "/etc/flowerbed/nginx"
 _NGINX_RUN_DIR = "/run/nginx"
-_KEYS_DIR = "/etc/flowerbed/supernode-keys"
-_FLWR_CONF_DIR = "/etc/flowerbed/flwr"
 
 _SUPERLINK_SIZING = kube.Sizing("250m", "512Mi", "2", "2Gi")
 _NGINX_SIZING = kube.Sizing("50m", "64Mi", "500m", "256Mi")
-_REGISTRAR_SIZING = kube.Sizing("100m", "128Mi", "500m", "256Mi")
 
 
 @dataclass(frozen=True)
@@ -60,26 +49,6 @@ def executor_config(config: FederationConfig) -> dict[str, Any]:
         resources=superexec.task_resources(app.cpu, app.memory, app.gpus),
         volumes=[{"name": "artifacts", "persistentVolumeClaim": {"claimName": ARTIFACTS_CLAIM}}],
         volume_mounts=[{"name": "artifacts", "mountPath": naming.ARTIFACTS_DIR}])
-
-
-def registration_script(flwr_conf_dir: str = _FLWR_CONF_DIR, keys_dir: str = _KEYS_DIR) -> str:
-    """Register every mounted public key; keys SuperLink already knows count as done (reruns are safe)."""
-    return textwrap.dedent(f"""\
-        set -eu
-        mkdir -p "$FLWR_HOME"
-        cp {flwr_conf_dir}/config.toml "$FLWR_HOME/config.toml"
-        for key in {keys_dir}/*.pub; do
-          site=$(basename "$key" .pub)
-          if out=$(flwr supernode register --name "$site" "$key" federation 2>&1); then
-            echo "$site: registered"
-          elif printf '%s' "$out" | grep -q 'already in use'; then
-            echo "$site: already registered"
-          else
-            printf '%s\\n' "$out" >&2
-            exit 1
-          fi
-        done
-        """)
 
 
 def superlink_args() -> list[str]:
@@ -108,10 +77,14 @@ class ServerSite(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         self._name = name
         self._config = args.config
-        self._ns = args.config.server.namespace
-        namespace = kube.namespace(f"{name}-namespace", self._ns, self._labels("server"),
-                                   pulumi.ResourceOptions(parent=self))
-        self._in_ns = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
+        server = args.config.server
+        self._ns = server.namespace
+        # The data of this namespace's Secrets and ConfigMaps, for the pod templates' digests.
+        self._contents: dict[str, Mapping[str, pulumi.Input[str]]] = {}
+        # SuperLink's state and the artifacts are claims this program manages.
+        self._in_ns, self.namespace = kube.namespace(
+            f"{name}-namespace", self._ns, self._labels("server"), existing=server.existing_namespace,
+            keep=args.config.data_safety.namespace_options(managed_claims=True, existing_claims=False), parent=self)
 
         tls_secret, ca_secret = self._tls(args.ca)
         state, artifacts = self._volumes()
@@ -121,8 +94,6 @@ class ServerSite(pulumi.ComponentResource):
         self._registration(args.supernode_public_keys, depends_on=[ca_secret, superlink, *internal_services])
         self._network_policies()
 
-        server = self._config.server
-        self.namespace = namespace.metadata.name
         self.endpoint = pulumi.Output.from_input(f"{server.endpoint}:{server.public_port}")
         self.register_outputs({"namespace": self.namespace, "endpoint": self.endpoint,
                                "fleetAddress": self.fleet_address})
@@ -145,12 +116,14 @@ class ServerSite(pulumi.ComponentResource):
             dns_names=naming.server_certificate_names(self._config.server.endpoint, self._ns),
             validity_days=pki.validity_days, renew_before_days=pki.renew_before_days,
             opts=pulumi.ResourceOptions(parent=self))
+        tls_data = {"tls.crt": certificate.cert_pem, "tls.key": certificate.key_pem, "ca.crt": ca.cert_pem}
+        ca_data = {"ca.crt": ca.cert_pem}
+        self._contents.update({kube.content_key("Secret", TLS_SECRET): tls_data,
+                               kube.content_key("Secret", naming.CA_SECRET): ca_data})
         tls_secret = k8s.core.v1.Secret(f"{self._name}-tls", metadata=self._meta(TLS_SECRET, SUPERLINK),
-                                        type="kubernetes.io/tls", string_data={
-                                            "tls.crt": certificate.cert_pem, "tls.key": certificate.key_pem,
-                                            "ca.crt": ca.cert_pem}, opts=self._in_ns)
+                                        type="kubernetes.io/tls", string_data=tls_data, opts=self._in_ns)
         ca_secret = k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(naming.CA_SECRET, "server"),
-                                       string_data={"ca.crt": ca.cert_pem}, opts=self._in_ns)
+                                       string_data=ca_data, opts=self._in_ns)
         return tls_secret, ca_secret
 
     def _volumes(self) -> tuple[k8s.core.v1.PersistentVolumeClaim, k8s.core.v1.PersistentVolumeClaim]:
@@ -158,22 +131,25 @@ class ServerSite(pulumi.ComponentResource):
         server, safety = self._config.server, self._config.data_safety
         opts = pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(
             retain_on_delete=safety.retain_on_delete, protect=safety.protect))
-        state = kube.claim(f"{self._name}-state", self._meta(STATE_CLAIM, SUPERLINK), server.state_storage.size,
-                           server.state_storage.storage_class, opts)
-        artifacts = kube.claim(f"{self._name}-artifacts", self._meta(ARTIFACTS_CLAIM, TASK),
+        state = kube.claim(f"{self._name}-state", STATE_CLAIM, self._ns, self._labels(SUPERLINK),
+                           server.state_storage.size, server.state_storage.storage_class, opts)
+        artifacts = kube.claim(f"{self._name}-artifacts", ARTIFACTS_CLAIM, self._ns, self._labels(TASK),
                                server.artifacts_storage.size, server.artifacts_storage.storage_class, opts)
         return state, artifacts
 
     def _superlink(self, depends_on: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
         """SuperLink, reachable only through the nginx sidecar's three listeners."""
         images = self._config.images
-        nginx = k8s.core.v1.ConfigMap(f"{self._name}-nginx", metadata=self._meta(NGINX_CONFIG, SUPERLINK), data={
+        nginx_data = {
             "nginx.conf": nginx_conf(
                 superlink_port=naming.SUPERLINK_PORT, fleet_port=naming.FLEET_PORT,
                 runtime_port=naming.RUNTIME_PORT, control_port=naming.CONTROL_PORT,
                 cert_file=f"{naming.TLS_DIR}/tls.crt", key_file=f"{naming.TLS_DIR}/tls.key",
                 ca_file=f"{naming.TLS_DIR}/ca.crt", superlink_server_name="localhost",
-                runtime_dir=_NGINX_RUN_DIR)}, opts=self._in_ns)
+                runtime_dir=_NGINX_RUN_DIR)}
+        self._contents[kube.content_key("ConfigMap", NGINX_CONFIG)] = nginx_data
+        nginx = k8s.core.v1.ConfigMap(f"{self._name}-nginx", metadata=self._meta(NGINX_CONFIG, SUPERLINK),
+                                      data=nginx_data, opts=self._in_ns)
         superlink = kube.container(
             "superlink", images.platform, images, command=["flower-superlink"], args=superlink_args(),
             sizing=_SUPERLINK_SIZING, env={"FLWR_HOME": f"{_STATE_DIR}/flwr-home"},
@@ -196,15 +172,13 @@ class ServerSite(pulumi.ComponentResource):
             # One SQLite database on a ReadWriteOnce volume: never two SuperLinks at once.
             strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self._superlink_pods()),
-            template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(SUPERLINK)),
-                spec=kube.pod_spec(images, [superlink, fleet_filter], [
-                    kube.secret_volume("tls", TLS_SECRET),
-                    kube.config_volume("nginx-conf", NGINX_CONFIG),
-                    kube.claim_volume("state", STATE_CLAIM),
-                    k8s.core.v1.VolumeArgs(name="nginx-run", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
-                        size_limit="256Mi")),
-                ]))), opts=self._after([*depends_on, nginx]))
+            template=kube.pod_template(self._labels(SUPERLINK), kube.pod_spec(images, [superlink, fleet_filter], [
+                kube.secret_volume("tls", TLS_SECRET),
+                kube.config_volume("nginx-conf", NGINX_CONFIG),
+                kube.claim_volume("state", STATE_CLAIM),
+                k8s.core.v1.VolumeArgs(name="nginx-run", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                    size_limit="256Mi")),
+            ]), self._contents)), opts=self._after([*depends_on, nginx]))
 
     def _superlink_pods(self) -> dict[str, str]:
         return kube.selector(self._config.federation, SUPERLINK)
@@ -216,7 +190,7 @@ class ServerSite(pulumi.ComponentResource):
         if server.service_type == "LoadBalancer" and not server.wait_for_address:
             # The provider otherwise waits ~10 minutes for an address that a cluster without a
             # load-balancer controller never assigns, then fails the update.
-            annotations[SKIP_AWAIT] = "true"
+            annotations.update(kube.SKIP_AWAIT)
         fleet = k8s.core.v1.Service(f"{self._name}-fleet", metadata=self._meta(
             naming.FLEET_SERVICE, SUPERLINK, annotations), spec=k8s.core.v1.ServiceSpecArgs(
             type=server.service_type, selector=self._superlink_pods(), load_balancer_ip=server.load_balancer_ip,
@@ -239,47 +213,22 @@ class ServerSite(pulumi.ComponentResource):
             self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
             images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config),
             runtime_address=naming.service_address(naming.RUNTIME_SERVICE, self._ns, naming.RUNTIME_PORT),
-            opts=self._in_ns, depends_on=depends_on)
+            contents=self._contents, opts=self._in_ns, depends_on=depends_on)
 
     def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
                       depends_on: Sequence[pulumi.Resource]) -> None:
-        """One Job per site registering its SuperNode key.
-
-        Per site, so adding a site only creates objects (nothing existing is replaced), and
-        named by the key, so a re-issued key is registered again.
-        """
-        images = self._config.images
-        flwr_map = k8s.core.v1.ConfigMap(f"{self._name}-registrar-flwr", metadata=self._meta(FLWR_CONFIG, REGISTRAR),
-                                         data={"config.toml": naming.flwr_connection(
-                                             "federation", f"{naming.CA_DIR}/ca.crt", naming.service_address(
-                                                 naming.CONTROL_SERVICE, self._ns, naming.CONTROL_PORT))},
-                                         opts=self._in_ns)
-        for site, public_key in sorted(public_keys.items()):
-            keys_config = f"{KEYS_CONFIG}-{site}"[:63].rstrip("-")
-            keys_map = k8s.core.v1.ConfigMap(f"{self._name}-{site}-supernode-key",
-                                             metadata=self._meta(keys_config, REGISTRAR),
-                                             data={f"{site}.pub": public_key}, opts=self._in_ns)
-            job_name = pulumi.Output.from_input(public_key).apply(
-                lambda key, site=site: f"{REGISTRAR}-{site[:40].rstrip('-')}-{_digest([site, key])}")
-            k8s.batch.v1.Job(f"{self._name}-{site}-registrar", metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=job_name, namespace=self._ns, labels=self._labels(REGISTRAR)), spec=k8s.batch.v1.JobSpecArgs(
-                # SuperLink may still be starting: retry rather than fail the update.
-                backoff_limit=10, active_deadline_seconds=1800,
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=self._labels(REGISTRAR)),
-                    spec=kube.pod_spec(images, [kube.container(
-                        "register", images.platform, images, command=["sh", "-c"],
-                        args=[registration_script()], sizing=_REGISTRAR_SIZING, env=naming.TASK_ENV,
-                        mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("keys", _KEYS_DIR),
-                                kube.mount("flwr", _FLWR_CONF_DIR)])],
-                        [kube.secret_volume("ca", naming.CA_SECRET), kube.config_volume("keys", keys_config),
-                         kube.config_volume("flwr", FLWR_CONFIG)], restart_policy="OnFailure"))),
-                opts=self._after([*depends_on, keys_map, flwr_map]))
+        """The Job keeping SuperLink's registered keys equal to the sites (components/registration.py)."""
+        registration.declare(
+            self._name, meta=lambda obj_name: self._meta(obj_name, registration.ROLE),
+            labels=self._labels(registration.ROLE), namespace=self._ns, images=self._config.images,
+            public_keys=public_keys, control_address=naming.service_address(
+                naming.CONTROL_SERVICE, self._ns, naming.CONTROL_PORT), opts=self._in_ns, depends_on=depends_on)
 
     def _network_policies(self) -> None:
         """Deny everything in the namespace, then allow exactly the flows above."""
         config, name, fed = self._config, self._name, self._config.federation
-        kube.baseline_policies(name, self._ns, self._labels("server"), self._in_ns)
+        kube.baseline_policies(name, self._ns, self._labels("server"), config.clusters[config.server.cluster].dns,
+                               kube.baseline_scope(fed, config.server.existing_namespace), self._in_ns)
         everyone_here: dict[str, str] = {}
         kube.network_policy(f"{name}-superlink-policy", self._meta(SUPERLINK, SUPERLINK), self._superlink_pods(),
                             ingress=[
@@ -295,8 +244,8 @@ class ServerSite(pulumi.ComponentResource):
                             egress=[to_runtime, api_server], opts=self._in_ns)
         kube.network_policy(f"{name}-task-policy", self._meta(TASK, TASK), kube.selector(fed, TASK),
                             egress=[to_runtime], opts=self._in_ns)
-        kube.network_policy(f"{name}-registrar-policy", self._meta(REGISTRAR, REGISTRAR),
-                            kube.selector(fed, REGISTRAR),
+        kube.network_policy(f"{name}-registrar-policy", self._meta(registration.ROLE, registration.ROLE),
+                            kube.selector(fed, registration.ROLE),
                             egress=[kube.Flow(ports=(naming.CONTROL_PORT,), pods=self._superlink_pods())],
                             opts=self._in_ns)
 
@@ -328,7 +277,3 @@ def _field(value: Any, name: str) -> Any:
         head, *rest = name.split("_")
         return value.get(name, value.get(head + "".join(part.title() for part in rest)))
     return getattr(value, name, None)
-
-
-def _digest(values: list[str]) -> str:
-    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:10]

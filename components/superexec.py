@@ -9,7 +9,6 @@ hardening as every container flowerbed declares itself.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +21,6 @@ from components.config import Images
 
 CONFIG_DIR = "/etc/flowerbed/executor"
 CONFIG_FILE = "executor.yaml"
-CONFIG_DIGEST_ANNOTATION = "flowerbed.dev/executor-config-sha256"
 _SIZING = kube.Sizing("100m", "256Mi", "500m", "512Mi")
 
 
@@ -58,11 +56,12 @@ def task_resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
 
 
 def deployment_spec(*, federation: str, role: str, images: Images, runtime_address: str,
-                    config_text: str) -> k8s.apps.v1.DeploymentSpecArgs:
+                    contents: kube.Contents) -> k8s.apps.v1.DeploymentSpecArgs:
     """SuperExec dialling `runtime_address` over TLS; its ServiceAccount and config are named `role`.
 
-    SuperExec reads its executor config once at start, so the pod template carries the config's
-    digest: a changed config (a site's GPUs, say) rolls the Deployment instead of going unnoticed.
+    SuperExec reads its executor config and the CA once at start, so the pod template carries
+    their digest (`contents` holds both): a changed config (a site's GPUs, say) or CA rolls the
+    Deployment instead of going unnoticed.
     """
     container = kube.container(
         "superexec", images.platform, images, command=["flower-superexec"], args=[
@@ -78,31 +77,29 @@ def deployment_spec(*, federation: str, role: str, images: Images, runtime_addre
     return k8s.apps.v1.DeploymentSpecArgs(
         replicas=1,
         selector=k8s.meta.v1.LabelSelectorArgs(match_labels=kube.selector(federation, role)),
-        template=k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(labels=kube.labels(federation, role), annotations={
-                CONFIG_DIGEST_ANNOTATION: hashlib.sha256(config_text.encode()).hexdigest()}),
-            spec=kube.pod_spec(images, [container], [
-                kube.secret_volume("ca", naming.CA_SECRET), kube.config_volume("executor", role)],
-                service_account=role)))
+        template=kube.pod_template(kube.labels(federation, role), kube.pod_spec(images, [container], [
+            kube.secret_volume("ca", naming.CA_SECRET), kube.config_volume("executor", role)],
+            service_account=role), contents))
 
 
 def declare(prefix: str, *, meta: Callable[[str], k8s.meta.v1.ObjectMetaArgs], federation: str,
             namespace: str, images: Images, executor_role: str, task_role: str, config: Mapping[str, Any],
-            runtime_address: str, opts: pulumi.ResourceOptions,
+            runtime_address: str, contents: kube.Contents, opts: pulumi.ResourceOptions,
             depends_on: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
     """A SuperExec with what it needs: its and its task pods' ServiceAccounts, RBAC and executor config.
 
-    `meta(role)` gives the metadata of the object named `role` (each site labels its own objects).
+    `meta(role)` gives the metadata of the object named `role` (each site labels its own objects);
+    `contents` the data of the namespace's Secrets (the CA) the SuperExec mounts.
     """
     executor_sa = kube.service_account(f"{prefix}-executor-sa", meta(executor_role), images,
                                        automount=True, opts=opts)
     task_sa = kube.service_account(f"{prefix}-task-sa", meta(task_role), images, automount=False, opts=opts)
     rbac = kube.executor_rbac(f"{prefix}-executor", meta(executor_role), executor_role, namespace, opts)
-    config_text = yaml.safe_dump(dict(config), sort_keys=True)
+    config_data = {CONFIG_FILE: yaml.safe_dump(dict(config), sort_keys=True)}
     config_map = k8s.core.v1.ConfigMap(f"{prefix}-executor-config", metadata=meta(executor_role),
-                                       data={CONFIG_FILE: config_text}, opts=opts)
+                                       data=config_data, opts=opts)
     after = pulumi.ResourceOptions.merge(
         opts, pulumi.ResourceOptions(depends_on=[*depends_on, executor_sa, task_sa, *rbac, config_map]))
     return k8s.apps.v1.Deployment(f"{prefix}-executor", metadata=meta(executor_role), spec=deployment_spec(
         federation=federation, role=executor_role, images=images, runtime_address=runtime_address,
-        config_text=config_text), opts=after)
+        contents={**contents, kube.content_key("ConfigMap", executor_role): config_data}), opts=after)

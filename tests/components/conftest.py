@@ -39,6 +39,9 @@ def variant_raw_config() -> dict[str, Any]:
                          serviceAnnotations={"example.org/lb": "internal"}, endpointCidrs=["203.0.113.7/32"],
                          waitForAddress=False)
     raw["dataSafety"] = {"retainOnDelete": False, "protect": True}
+    # hub: NodeLocal DNSCache and a DNS server by address next to CoreDNS under its own labels.
+    raw["clusters"]["hub"]["dns"] = {"nodeLocalCache": True, "cidrs": ["10.96.0.53/32"], "namespace": "dns",
+                                     "podLabels": {"app": "coredns"}}
     return raw
 
 

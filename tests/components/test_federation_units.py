@@ -11,13 +11,15 @@ import yaml
 from cryptography import x509
 from flwr.common.config import parse_config_args
 
-from component_harness import ROOT, Declared, Deployment, launched_pod
-from components import naming
+from component_harness import ROOT, Declared, Deployment, deploy_raw, dev_raw_config, large_raw_config, launched_pod
+from components import kube, naming, registration
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
 
 SERVER_NS = "demo-server"
 SITE_NS = {"hospital-a": "demo-hospital-a", "hospital-b": "demo-hospital-b", "lab-c": "demo-lab-c"}
+# Each SuperNode lives in a namespace of its own, away from the executor (components/supernode.py).
+NODE_NS = {site: f"{namespace}-supernode" for site, namespace in SITE_NS.items()}
 
 
 def containers(deployment: Declared) -> list[dict[str, Any]]:
@@ -48,7 +50,7 @@ def executor_yaml(dev: Deployment, namespace: str, name: str) -> dict[str, Any]:
 def site_pod(dev: Deployment, site: str) -> dict[str, Any]:
     ns = SITE_NS[site]
     text = dev.one("ConfigMap", "clientapp-executor", ns).inputs["data"]["executor.yaml"]
-    return launched_pod(text, "flwr-clientapp", f"supernode-runtime.{ns}.svc:9094")
+    return launched_pod(text, "flwr-clientapp", f"supernode-runtime.{NODE_NS[site]}.svc:9094")
 
 
 # --- providers ----------------------------------------------------------------------------
@@ -67,7 +69,8 @@ def test_a_real_cluster_gets_its_kubeconfig_as_a_secret_and_its_context(large: D
 
 
 def test_every_kubernetes_object_uses_its_clusters_provider(dev: Deployment, dev_config: FederationConfig) -> None:
-    cluster_of = {SERVER_NS: dev_config.server.cluster, **{s.namespace: s.cluster for s in dev_config.sites}}
+    cluster_of = {SERVER_NS: dev_config.server.cluster, **{s.namespace: s.cluster for s in dev_config.sites},
+                  **{s.supernode_namespace: s.cluster for s in dev_config.sites}}
     for resource in dev.kubernetes():
         namespace = resource.namespace or resource.k8s_name  # a Namespace names itself
         assert f"::demo-{cluster_of[namespace]}::" in resource.provider, (resource.name, resource.provider)
@@ -88,7 +91,7 @@ def test_kubernetes_objects_belong_to_a_site_component(dev: Deployment) -> None:
 
 def test_every_namespace_enforces_restricted_pod_security(dev: Deployment) -> None:
     namespaces = dev.objects("Namespace")
-    assert {n.k8s_name for n in namespaces} == {SERVER_NS, *SITE_NS.values()}
+    assert {n.k8s_name for n in namespaces} == {SERVER_NS, *SITE_NS.values(), *NODE_NS.values()}
     for ns in namespaces:
         labels = ns.inputs["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -96,7 +99,8 @@ def test_every_namespace_enforces_restricted_pod_security(dev: Deployment) -> No
 
 def test_every_container_runs_as_flowers_app_user_hardened(dev: Deployment) -> None:
     pods = [d.manifest()["spec"]["template"]["spec"] for d in dev.objects("Deployment") + dev.objects("Job")]
-    assert len(pods) == 1 + 1 + 3 * len(SITE_NS)  # superlink, serverapp executor; per site: registration job, supernode, executor
+    # superlink, serverapp executor, registration job; per site: supernode, executor
+    assert len(pods) == 3 + 2 * len(SITE_NS)
     for pod in pods:
         for c in pod["containers"]:
             ctx = c["securityContext"]
@@ -284,31 +288,57 @@ def test_no_cluster_wide_rbac(dev: Deployment) -> None:
     assert not dev.objects("ClusterRole") and not dev.objects("ClusterRoleBinding")
 
 
-def test_one_registration_job_per_site_registers_that_sites_key(dev: Deployment) -> None:
+def test_no_executor_can_read_a_supernode_key(large: Deployment) -> None:
+    """flwr 1.41's executor lists Secrets by label, which RBAC cannot narrow: keys live where no Role reaches."""
+    reachable = {role.namespace for role in large.objects("Role")
+                 if any("secrets" in rule["resources"] for rule in role.inputs["rules"])}
+    keys = {secret.namespace for secret in large.objects("Secret") if secret.k8s_name == "supernode-auth"}
+    assert len(keys) == 20 and len(reachable) == 21
+    assert not keys & reachable
+    # Nothing binds any subject to anything in a SuperNode's namespace.
+    assert not {binding.namespace for binding in large.objects("RoleBinding")} & keys
+
+
+def registration_job(d: Deployment) -> Declared:
+    [job] = d.objects("Job", SERVER_NS)
+    return job
+
+
+def test_one_registration_job_syncs_every_sites_key_with_the_registry_script(dev: Deployment) -> None:
     issued = {r.inputs["site"]: r.outputs["public_openssh"]
               for r in dev.of_type("pulumi-python:dynamic/flowerbed:SupernodeKey")}
-    jobs = dev.objects("Job", SERVER_NS)
-    assert len(jobs) == len(issued) == 3
-    for site, key in issued.items():
-        [job] = [j for j in jobs if j.k8s_name.startswith(f"register-supernode-{site}-")]
-        mounted = next(v["configMap"]["name"] for v in job.manifest()["spec"]["template"]["spec"]["volumes"]
-                       if v["name"] == "keys")
-        assert dev.one("ConfigMap", mounted, SERVER_NS).inputs["data"] == {f"{site}.pub": key}
-        script = container(job, "register")["args"][0]
-        assert "flwr supernode register" in script and "already in use" in script
+    job = registration_job(dev)
+    pod = job.manifest()["spec"]["template"]["spec"]
+    [keys] = [v for v in pod["volumes"] if v["name"] == "keys"]
+    mounted = {}
+    for source in keys["projected"]["sources"]:
+        mounted.update(dev.one("ConfigMap", source["configMap"]["name"], SERVER_NS).inputs["data"])
+    assert mounted == {f"{site}.pub": key for site, key in issued.items()}
+    [script] = [v["configMap"]["name"] for v in pod["volumes"] if v["name"] == "script"]
+    assert dev.one("ConfigMap", script, SERVER_NS).inputs["data"] == {
+        "supernode_registry.py": (ROOT / "components" / "supernode_registry.py").read_text()}
+    register = container(job, "register")
+    assert [*register["command"], *register["args"]] == registration.command("superlink-control.demo-server.svc:9093")
+    assert job.k8s_name == registration.job_name(registration.SCRIPT.read_text(), issued)
 
 
-def test_adding_a_site_adds_its_registration_job_and_keeps_the_others(dev: Deployment, grown: Deployment) -> None:
-    # Pulumi names (URNs) are what decide create vs replace; the engine tests check the real diff.
-    before = {j.name for j in dev.objects("Job", SERVER_NS)}
-    after = {j.name for j in grown.objects("Job", SERVER_NS)}
-    assert before < after and len(after - before) == 1
+def test_the_registration_job_dials_the_control_service_with_the_federation_ca(dev: Deployment) -> None:
+    args = container(registration_job(dev), "register")["args"]
+    assert flag(args, "--superlink") == "superlink-control.demo-server.svc:9093"
+    ca_dir = next(m["mountPath"] for m in container(registration_job(dev), "register")["volumeMounts"]
+                  if m["name"] == "ca")
+    assert flag(args, "--root-certificates") == f"{ca_dir}/ca.crt"
 
 
-def test_registration_dials_the_control_service_with_the_federation_ca(dev: Deployment) -> None:
-    toml = dev.one("ConfigMap", "registrar-flwr", SERVER_NS).inputs["data"]["config.toml"]
-    assert tomllib.loads(toml)["superlink"]["federation"] == {
-        "address": "superlink-control.demo-server.svc:9093", "root-certificates": f"{naming.CA_DIR}/ca.crt"}
+def test_the_registration_runs_again_exactly_when_the_sites_keys_change() -> None:
+    # The Job's name is its identity in Kubernetes: a new name is a new run, the same name none.
+    script, keys = registration.SCRIPT.read_text(), {"a": "ecdsa-sha2-nistp384 AAAA1", "b": "ecdsa-sha2-nistp384 BBBB"}
+    name = registration.job_name(script, keys)
+    assert registration.job_name(script, dict(reversed(keys.items()))) == name
+    assert registration.job_name(script, {"a": keys["a"]}) != name  # a site removed
+    assert registration.job_name(script, {**keys, "c": "ecdsa-sha2-nistp384 CCCC"}) != name  # a site added
+    assert registration.job_name(script, {**keys, "b": "ecdsa-sha2-nistp384 B2"}) != name  # a key re-issued
+    assert registration.job_name(script + "\n", keys) != name  # the script changed
 
 
 # --- client sites ---------------------------------------------------------------------------
@@ -316,7 +346,7 @@ def test_registration_dials_the_control_service_with_the_federation_ca(dev: Depl
 
 @pytest.mark.parametrize("site", ["hospital-a", "hospital-b", "lab-c"])
 def test_supernode_dials_the_endpoint_with_its_key_and_node_config(dev: Deployment, site: str) -> None:
-    supernode = container(dev.one("Deployment", "supernode", SITE_NS[site]), "supernode")
+    supernode = container(dev.one("Deployment", "supernode", NODE_NS[site]), "supernode")
     args = supernode["args"]
     assert flag(args, "--superlink") == "fl.demo.example.org:443"
     assert flag(args, "--root-certificates") == f"{naming.CA_DIR}/ca.crt"
@@ -328,14 +358,14 @@ def test_supernode_dials_the_endpoint_with_its_key_and_node_config(dev: Deployme
 
 
 def test_supernode_home_is_a_writable_volume(dev: Deployment) -> None:
-    supernode = container(dev.one("Deployment", "supernode", "demo-lab-c"), "supernode")
+    supernode = container(dev.one("Deployment", "supernode", NODE_NS["lab-c"]), "supernode")
     home = next(e["value"] for e in supernode["env"] if e["name"] == "FLWR_HOME")
     mount = next(m for m in supernode["volumeMounts"] if home.startswith(m["mountPath"]))
     assert mount["readOnly"] is False
 
 
-def test_the_supernode_key_is_secret_and_only_in_its_site(dev: Deployment) -> None:
-    secret = dev.one("Secret", "supernode-auth", "demo-hospital-a")
+def test_the_supernode_key_is_secret_and_only_in_its_supernodes_namespace(dev: Deployment) -> None:
+    secret = dev.one("Secret", "supernode-auth", NODE_NS["hospital-a"])
     key = next(r for r in dev.resources if r.name == "demo-hospital-a-supernode-key")
     assert secret.inputs["stringData"] == {"supernode.key": key.outputs["private_openssh"]}
     assert "stringData" in secret.secret_inputs
@@ -382,15 +412,15 @@ def test_max_concurrent_tasks_is_the_active_pod_budget(large: Deployment) -> Non
 
 def test_clientapp_executor_dials_its_supernode_runtime(dev: Deployment) -> None:
     args = container(dev.one("Deployment", "clientapp-executor", "demo-lab-c"), "superexec")["args"]
-    assert flag(args, "--runtime-api-address") == "supernode-runtime.demo-lab-c.svc:9094"
+    assert flag(args, "--runtime-api-address") == "supernode-runtime.demo-lab-c-supernode.svc:9094"
     assert flag(args, "--executor") == "kubernetes"
 
 
 def test_supernode_runtime_api_is_tls_with_a_certificate_for_its_service(dev: Deployment) -> None:
-    args = container(dev.one("Deployment", "supernode", "demo-lab-c"), "supernode")["args"]
+    args = container(dev.one("Deployment", "supernode", NODE_NS["lab-c"]), "supernode")["args"]
     assert flag(args, "--ssl-certfile") == f"{naming.TLS_DIR}/tls.crt"
     cert = next(r for r in dev.resources if r.name == "demo-lab-c-runtime-certificate")
-    assert cert.inputs["dns_names"] == naming.supernode_runtime_names("demo-lab-c")
+    assert cert.inputs["dns_names"] == naming.supernode_runtime_names(NODE_NS["lab-c"])
 
 
 def test_existing_claims_are_referenced_not_created(large: Deployment) -> None:
@@ -407,12 +437,68 @@ def test_state_and_study_volumes_are_retained_on_delete(dev: Deployment) -> None
         (SERVER_NS, "superlink-state"), (SERVER_NS, "serverapp-artifacts"),
         ("demo-hospital-a", "study-default-tabular"), ("demo-hospital-b", "study-default-tabular")}
     assert all(c.retain_on_delete and not c.protect for c in claims)
-    assert not any(r.retain_on_delete for r in dev.kubernetes() if r.kind != "PersistentVolumeClaim")
+
+
+def test_namespaces_holding_retained_claims_are_retained_so_deleting_them_cannot_delete_the_claims(
+        dev: Deployment) -> None:
+    # Kubernetes deletes every claim of a deleted namespace, retained or not.
+    retained = {(r.kind, r.k8s_name) for r in dev.kubernetes()
+                if r.retain_on_delete and r.kind != "PersistentVolumeClaim"}
+    assert retained == {("Namespace", SERVER_NS), ("Namespace", "demo-hospital-a"), ("Namespace", "demo-hospital-b")}
+    assert not any(r.protect for r in dev.kubernetes())  # lab-c holds no claim: its namespace goes with it
+
+
+def test_claims_skip_the_providers_await_so_growing_one_cannot_hang_up(large: Deployment) -> None:
+    claims = large.objects("PersistentVolumeClaim")
+    assert claims
+    for claim in claims:
+        assert claim.inputs["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}, claim.k8s_name
+    assert not [r for r in large.kubernetes() if r.kind != "PersistentVolumeClaim"
+                and "pulumi.com/skipAwait" in (r.inputs["metadata"].get("annotations") or {})]
 
 
 def test_data_safety_is_configurable(variant: Deployment) -> None:
     claims = variant.objects("PersistentVolumeClaim")
     assert claims and all(c.protect and not c.retain_on_delete for c in claims)
+    holders = {c.namespace for c in claims}
+    for ns in variant.objects("Namespace"):
+        assert (ns.protect, ns.retain_on_delete) == (ns.k8s_name in holders, False), ns.k8s_name
+
+
+def test_a_namespace_holding_existing_claims_is_always_retained() -> None:
+    raw = large_raw_config(sites=2, clusters=1)
+    raw["dataSafety"] = {"retainOnDelete": False}
+    raw["sites"][1]["studyData"] = [d for d in raw["sites"][1]["studyData"] if "existingClaim" in d]
+    namespaces = {ns.k8s_name: ns for ns in deploy_raw(raw).objects("Namespace")}
+    # site-00 holds a managed claim (deleted as configured) and an existing one (never ours to delete).
+    assert namespaces["demo-site-00"].retain_on_delete and namespaces["demo-site-01"].retain_on_delete
+    assert not namespaces["demo-server"].retain_on_delete
+
+
+@pytest.fixture(scope="module")
+def existing_namespaces() -> Deployment:
+    raw = dev_raw_config()
+    raw["server"]["namespace"] = {"name": "shared-server", "existing": True}
+    raw["sites"][2]["namespace"] = {"name": "lab-team", "existing": True}
+    return deploy_raw(raw)
+
+
+def test_existing_namespaces_are_used_never_declared(existing_namespaces: Deployment) -> None:
+    declared = {ns.k8s_name for ns in existing_namespaces.objects("Namespace")}
+    # A SuperNode's namespace is always the program's, also next to an existing site namespace.
+    assert declared == {"demo-hospital-a", "demo-hospital-b", NODE_NS["hospital-a"], NODE_NS["hospital-b"],
+                        "lab-team-supernode"}
+    assert existing_namespaces.one("Deployment", "superlink", "shared-server")
+    assert existing_namespaces.one("Deployment", "clientapp-executor", "lab-team")
+    assert existing_namespaces.stack_outputs["serverNamespace"] == "shared-server"
+
+
+@pytest.mark.parametrize("namespace", ["shared-server", "lab-team"])
+def test_in_an_existing_namespace_the_baseline_policies_cover_only_the_federations_pods(
+        existing_namespaces: Deployment, namespace: str) -> None:
+    for name in ("default-deny", "allow-dns"):
+        spec = existing_namespaces.one("NetworkPolicy", name, namespace).manifest()["spec"]
+        assert spec["podSelector"] == {"matchLabels": {"flowerbed.dev/federation": "demo"}}, name
 
 
 # --- network policies ---------------------------------------------------------------------
@@ -451,32 +537,63 @@ def test_no_policy_admits_superlinks_own_port(large: Deployment) -> None:
             assert naming.SUPERLINK_PORT not in [p["port"] for p in rule["ports"]]
 
 
-@pytest.mark.parametrize("namespace", SITE_NS.values())
-def test_client_sites_leave_only_for_the_server_endpoint(dev: Deployment, namespace: str) -> None:
-    egress_to_outside = [
-        (name, rule) for name, spec in policies(dev, namespace).items() for rule in spec.get("egress", [])
-        if any("ipBlock" in peer for peer in rule.get("to", []))]
-    names = sorted(name for name, _ in egress_to_outside)
-    assert names == ["clientapp-executor", "supernode"]  # executor: the Kubernetes API only
-    supernode_rule = next(rule for name, rule in egress_to_outside if name == "supernode")
-    assert supernode_rule["ports"] == [{"port": 443, "protocol": "TCP"}]
+@pytest.mark.parametrize("site", SITE_NS)
+def test_client_sites_leave_only_for_the_server_endpoint(dev: Deployment, site: str) -> None:
+    def to_outside(namespace: str) -> dict[str, list[dict[str, Any]]]:
+        return {name: [rule for rule in spec.get("egress", []) if any("ipBlock" in peer for peer in rule["to"])]
+                for name, spec in policies(dev, namespace).items()}
+
+    site_rules = {name: rules for name, rules in to_outside(SITE_NS[site]).items() if rules}
+    assert list(site_rules) == ["clientapp-executor"]  # the Kubernetes API only
+    assert {p["port"] for rule in site_rules["clientapp-executor"] for p in rule["ports"]} == {443, 6443}
+    node_rules = {name: rules for name, rules in to_outside(NODE_NS[site]).items() if rules}
+    assert node_rules == {"supernode": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                                         "ports": [{"port": 443, "protocol": "TCP"}]}]}
 
 
-@pytest.mark.parametrize("namespace", SITE_NS.values())
-def test_client_sites_admit_nothing_from_outside_the_namespace(dev: Deployment, namespace: str) -> None:
-    for spec in policies(dev, namespace).values():
-        for rule in spec.get("ingress", []):
-            assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"])
+@pytest.mark.parametrize("site", SITE_NS)
+def test_client_sites_admit_nothing_from_outside_the_site(dev: Deployment, site: str) -> None:
+    assert not [rule for spec in policies(dev, SITE_NS[site]).values() for rule in spec.get("ingress", [])]
+    # The SuperNode's Runtime API: the site's executor and task pods, from the site's namespace only.
+    [spec] = [spec for name, spec in policies(dev, NODE_NS[site]).items() if spec.get("ingress")]
+    peers = [peer for rule in spec["ingress"] for peer in rule["from"]]
+    assert {peer["podSelector"]["matchLabels"]["flowerbed.dev/role"] for peer in peers} == {
+        "clientapp-executor", "clientapp-task"}
+    assert all(peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": SITE_NS[site]}}
+               for peer in peers)
+
+
+@pytest.mark.parametrize("site", SITE_NS)
+def test_the_sites_pods_reach_only_their_own_supernode(dev: Deployment, site: str) -> None:
+    expected = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NODE_NS[site]}},
+                "podSelector": {"matchLabels": {"flowerbed.dev/federation": "demo", "flowerbed.dev/role": "supernode"}}}
+    for name in ("clientapp-executor", "clientapp-task"):
+        rules = policies(dev, SITE_NS[site])[name]["egress"]
+        assert [rule["to"] for rule in rules if rule["ports"] == [{"port": 9094, "protocol": "TCP"}]] == [[expected]]
 
 
 def test_dns_is_the_only_other_egress(dev: Deployment) -> None:
     dns = policies(dev, "demo-lab-c")["allow-dns"]
     assert dns["podSelector"] == {} and dns["policyTypes"] == ["Egress"]
-    assert sorted(p["port"] for p in dns["egress"][0]["ports"]) == [53, 53]
+    [rule] = dns["egress"]
+    assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert sorted((p["port"], p["protocol"]) for p in rule["ports"]) == [(53, "TCP"), (53, "UDP")]
+
+
+@pytest.mark.parametrize("namespace", [SERVER_NS, "demo-lab-c"])  # both on cluster hub
+def test_dns_admits_node_local_dns_cache_and_the_configured_dns_service(variant: Deployment, namespace: str) -> None:
+    [rule] = policies(variant, namespace)["allow-dns"]["egress"]
+    assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}},
+                           "podSelector": {"matchLabels": {"app": "coredns"}}},
+                          {"ipBlock": {"cidr": "169.254.20.10/32"}}, {"ipBlock": {"cidr": "10.96.0.53/32"}}]
+    # The other cluster keeps its own (default) DNS.
+    [other] = policies(variant, "demo-hospital-a")["allow-dns"]["egress"]
+    assert [peer["podSelector"]["matchLabels"] for peer in other["to"]] == [{"k8s-app": "kube-dns"}]
 
 
 def test_endpoint_cidrs_and_port_restrict_supernode_egress(variant: Deployment) -> None:
-    spec = policies(variant, "demo-lab-c")["supernode"]
+    spec = policies(variant, NODE_NS["lab-c"])["supernode"]
     assert spec["egress"] == [{"to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}],
                                "ports": [{"port": 8443, "protocol": "TCP"}]}]
 
@@ -487,9 +604,8 @@ def test_endpoint_cidrs_and_port_restrict_supernode_egress(variant: Deployment) 
 def test_outputs_name_endpoint_and_every_site(dev: Deployment) -> None:
     assert dev.stack_outputs["endpoint"] == "fl.demo.example.org:443"
     assert dev.stack_outputs["sites"] == {
-        "hospital-a": {"namespace": "demo-hospital-a", "cluster": "hospitals"},
-        "hospital-b": {"namespace": "demo-hospital-b", "cluster": "hospitals"},
-        "lab-c": {"namespace": "demo-lab-c", "cluster": "hub"}}
+        site: {"namespace": SITE_NS[site], "supernodeNamespace": NODE_NS[site], "cluster": cluster}
+        for site, cluster in (("hospital-a", "hospitals"), ("hospital-b", "hospitals"), ("lab-c", "hub"))}
 
 
 def test_outputs_carry_the_ca_and_a_working_flwr_connection(dev: Deployment) -> None:
@@ -501,23 +617,56 @@ def test_outputs_carry_the_ca_and_a_working_flwr_connection(dev: Deployment) -> 
         "kubectl -n demo-server port-forward svc/superlink-control 9093:9093")
 
 
-def test_executor_pods_carry_their_configs_digest_so_a_config_change_rolls_them(
-        dev: Deployment, grown: Deployment) -> None:
-    import hashlib
+# --- renewal reaches the processes ------------------------------------------------------------
 
-    from components.superexec import CONFIG_DIGEST_ANNOTATION, CONFIG_FILE
 
-    def digests(deployment: Deployment, namespace: str) -> tuple[str, str]:
-        executor = next(d for d in deployment.objects("Deployment", namespace) if d.k8s_name.endswith("-executor"))
-        config = deployment.one("ConfigMap", executor.k8s_name, namespace).inputs["data"][CONFIG_FILE]
-        annotated = executor.manifest()["spec"]["template"]["metadata"]["annotations"][CONFIG_DIGEST_ANNOTATION]
-        return annotated, hashlib.sha256(config.encode()).hexdigest()
+def mounted(d: Declared) -> dict[str, str]:
+    """Volume name -> "<Kind>/<name>" of each Secret and ConfigMap a Deployment's pods mount."""
+    found = {}
+    for volume in d.manifest()["spec"]["template"]["spec"]["volumes"]:
+        if "secret" in volume:
+            found[volume["name"]] = f"Secret/{volume['secret']['secretName']}"
+        elif "configMap" in volume:
+            found[volume["name"]] = f"ConfigMap/{volume['configMap']['name']}"
+    return found
 
-    annotated, actual = digests(dev, SITE_NS["hospital-a"])
-    assert annotated == actual
-    grown_annotated, _ = digests(grown, SITE_NS["hospital-a"])  # hospital-a's GPUs changed
-    assert grown_annotated != annotated
-    assert digests(grown, SITE_NS["hospital-b"])[0] == digests(dev, SITE_NS["hospital-b"])[0]
+
+def declared_data(dev: Deployment, key: str, namespace: str) -> dict[str, str]:
+    kind, name = key.split("/")
+    obj = dev.one(kind, name, namespace)
+    return obj.inputs["stringData"] if kind == "Secret" else obj.inputs["data"]
+
+
+def test_every_pod_template_carries_the_digest_of_exactly_the_objects_it_mounts(dev: Deployment) -> None:
+    deployments = dev.objects("Deployment")
+    assert len(deployments) == 2 + 2 * len(SITE_NS)
+    for d in deployments:
+        contents = {key: declared_data(dev, key, d.namespace) for key in mounted(d).values()}
+        annotations = d.manifest()["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {kube.MOUNTED_DIGEST_ANNOTATION: kube.digest(contents)}, (d.namespace, d.k8s_name)
+        assert "spec" not in d.secret_inputs  # a digest reveals nothing of the keys it covers
+
+
+@pytest.mark.parametrize(("name", "reads"), [
+    # A server certificate renewal rolls SuperLink (and its filter) only; a site's Runtime API
+    # certificate its SuperNode only; a CA change everything that trusts it; a config its reader.
+    ("superlink", {"Secret/superlink-tls", "ConfigMap/superlink-nginx"}),
+    ("serverapp-executor", {"Secret/federation-ca", "ConfigMap/serverapp-executor"}),
+    ("supernode", {"Secret/federation-ca", "Secret/supernode-auth", "Secret/supernode-runtime-tls"}),
+    ("clientapp-executor", {"Secret/federation-ca", "ConfigMap/clientapp-executor"}),
+])
+def test_each_pod_mounts_only_what_its_processes_read(dev: Deployment, name: str, reads: set[str]) -> None:
+    for d in dev.objects("Deployment"):
+        if d.k8s_name == name:
+            assert set(mounted(d).values()) == reads, d.namespace
+
+
+def test_a_pod_template_refuses_to_mount_an_object_it_cannot_digest() -> None:
+    import pulumi_kubernetes as k8s
+
+    spec = k8s.core.v1.PodSpecArgs(containers=[], volumes=[kube.secret_volume("tls", "unknown-tls")])
+    with pytest.raises(KeyError, match="Secret/unknown-tls"):
+        kube.pod_template({}, spec, {"Secret/known": {"a": "b"}})
 
 
 def test_fleet_address_reads_what_the_api_server_assigned() -> None:

@@ -56,3 +56,14 @@ def test_a_bad_config_stops_with_one_message_before_declaring_anything(stack_con
     # RunError is what the language host reports as a plain message, without a traceback.
     assert err.value.__cause__ is None and err.value.__suppress_context__
     assert declared.resources == []
+
+
+def test_a_misspelt_top_level_key_stops_the_program_naming_it(stack_config: Any) -> None:
+    raw = dev_raw_config()
+    raw["dataSafty"] = {"protect": True}
+    stack_config(raw)
+    declared = Deployment()
+    with pytest.raises(pulumi.RunError,
+                       match=r"^invalid stack configuration: dataSafty: unknown key; allowed keys are "):
+        run_main(into=declared)
+    assert declared.resources == []

@@ -22,7 +22,7 @@ def _launched_pods(deployment: Deployment, config: FederationConfig) -> list[dic
     pods = [launched_pod(server.inputs["data"]["executor.yaml"], "flwr-serverapp", runtime)]
     for site in config.sites:
         text = deployment.one("ConfigMap", "clientapp-executor", site.namespace).inputs["data"]["executor.yaml"]
-        pods.append(launched_pod(text, "flwr-clientapp", f"supernode-runtime.{site.namespace}.svc:9094"))
+        pods.append(launched_pod(text, "flwr-clientapp", f"supernode-runtime.{site.supernode_namespace}.svc:9094"))
     return pods
 
 
@@ -33,7 +33,7 @@ def test_dev_stack_objects_pass_schema_and_security_rules(dev: Deployment) -> No
 def test_large_federation_objects_pass_schema_and_security_rules(large: Deployment,
                                                                  large_config: FederationConfig) -> None:
     assert len(large_config.sites) == 20 and len(large_config.clusters) == 5
-    assert len(large.objects("Namespace")) == 21
+    assert len(large.objects("Namespace")) == 1 + 2 * 20  # the server's; per site its own and its SuperNode's
     assert _problems(large) == []
 
 

@@ -1,7 +1,7 @@
 """The server's real processes with the flags, filter config and registration script the program deploys.
 
 SuperLink, the nginx filter and a SuperNode run on loopback (paths and ports relocated, nothing
-else changed): the registration Job's script registers keys through the control listener and is
+else changed): the registration Job's command registers keys through the control listener and is
 safe to rerun, and a registered SuperNode joins through the fleet listener.
 """
 
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from component_harness import dev_raw_config
-from components import naming, pki
+from components import naming, pki, registration
 from components.config import parse
 from components.fleet_filter import nginx_conf
-from components.server import registration_script, superlink_args
-from components.site import supernode_args
+from components.server import superlink_args
+from components.supernode import supernode_args
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
@@ -124,13 +124,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def _register(server: Server) -> subprocess.CompletedProcess[str]:
-    conf_dir = server.tmp / "flwr"
-    conf_dir.mkdir(exist_ok=True)
-    (conf_dir / "config.toml").write_text(naming.flwr_connection(
-        "federation", str(server.tmp / "tls/ca.crt"), f"localhost:{server.control_port}"))
-    script = registration_script(str(conf_dir), str(server.tmp / "keys"))
+    """The registration Job's command, relocated: this checkout's script, keys and CA, the control listener."""
+    argv = _relocate(registration.command(f"localhost:{server.control_port}"), {
+        "/etc/flowerbed/registry/": f"{registration.SCRIPT.parent}/", f"{naming.CA_DIR}/": f"{server.tmp}/tls/",
+        "/etc/flowerbed/supernode-keys": str(server.tmp / "keys")})
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "FLWR_HOME": str(server.tmp / "job-home")}
-    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, env=env, timeout=120)
+    # flwr's client announces the connection it uses; the rest is the script's own report.
+    done.stdout = "".join(line for line in done.stdout.splitlines(keepends=True)
+                          if not line.startswith("Using SuperLink:"))
+    return done
 
 
 @pytest.fixture(scope="module")

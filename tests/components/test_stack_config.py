@@ -102,6 +102,22 @@ BAD_INPUTS = [
     (_set("pki", {"caValidityDays": 100, "validityDays": 365}), "pki.validityDays", "at most pki.caValidityDays"),
     (_set("dataSafety", {"retainOnDelete": "yes"}), "dataSafety.retainOnDelete", "true or false"),
     (_set("flavour", "vanilla"), "flavour", "allowed keys are"),
+    (_set("sites[0].namespace", {"name": "pacs", "existing": "yes"}), "sites[0].namespace.existing", "true or false"),
+    (_set("sites[0].namespace", {"existing": True}), "sites[0].namespace.name", "required"),
+    (_set("sites[0].namespace", {"name": "pacs", "owned": False}), "sites[0].namespace.owned", "allowed keys"),
+    (_set("server.namespace", {"name": "Shared", "existing": True}), "server.namespace.name", "DNS label"),
+    (_set("sites[1].namespace", {"name": "demo-hospital-a", "existing": True}), "sites[1].namespace",
+     "sites[0].namespace"),
+    (_set("sites[0].namespace", "a" * 54), "sites[0].namespace", "at most 53 characters"),
+    (_set("sites[1].namespace", "demo-hospital-a-supernode"), "sites[1].namespace",
+     "sites[0].namespace (its SuperNode's)"),
+    (_set("clusters.hub.dns", {"nodeLocal": True}), "clusters.hub.dns.nodeLocal", "allowed keys are"),
+    (_set("clusters.hub.dns", {"nodeLocalCache": "yes"}), "clusters.hub.dns.nodeLocalCache", "true or false"),
+    (_set("clusters.hub.dns", {"cidrs": []}), "clusters.hub.dns.cidrs", "non-empty list"),
+    (_set("clusters.hub.dns", {"cidrs": "169.254.20.10/32"}), "clusters.hub.dns.cidrs", "list of CIDRs"),
+    (_set("clusters.hub.dns", {"cidrs": ["dns.local"]}), "clusters.hub.dns.cidrs[0]", "CIDR"),
+    (_set("clusters.hub.dns", {"podLabels": {}}), "clusters.hub.dns.podLabels", "at least one label"),
+    (_set("clusters.hub.dns", {"namespace": "Kube_System"}), "clusters.hub.dns.namespace", "DNS label"),
 ]
 
 
@@ -123,3 +139,23 @@ def test_study_data_may_not_repeat_a_dataset() -> None:
     raw["sites"][0]["studyData"].append(dict(raw["sites"][0]["studyData"][0]))
     with pytest.raises(ConfigError, match=r"sites\[0\]\.studyData\[1\]: default/tabular is listed twice"):
         parse(raw)
+
+
+def test_dns_defaults_to_kube_dns_and_admits_node_local_dns_cache_when_asked() -> None:
+    raw = dev_raw_config()
+    raw["clusters"]["hub"]["dns"] = {"nodeLocalCache": True, "cidrs": ["10.96.0.53/32", "169.254.20.10/32"]}
+    clusters = parse(raw).clusters
+    default = clusters["hospitals"].dns
+    assert (default.namespace, dict(default.pod_labels), default.cidrs) == ("kube-system", {"k8s-app": "kube-dns"}, ())
+    assert clusters["hub"].dns.cidrs == ("169.254.20.10/32", "10.96.0.53/32")
+
+
+def test_a_namespace_may_be_an_existing_one_the_program_does_not_own() -> None:
+    raw = dev_raw_config()
+    raw["sites"][0]["namespace"] = {"name": "pacs", "existing": True}
+    raw["sites"][1]["namespace"] = {"name": "radiology"}
+    raw["server"]["namespace"] = "fl-server"
+    config = parse(raw)
+    assert [(s.namespace, s.existing_namespace) for s in config.sites] == [
+        ("pacs", True), ("radiology", False), ("demo-lab-c", False)]
+    assert (config.server.namespace, config.server.existing_namespace) == ("fl-server", False)

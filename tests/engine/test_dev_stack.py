@@ -74,11 +74,12 @@ def test_added_site_creates_its_resources_and_leaves_existing_data_and_credentia
     new_site = {"name": "clinic-d", "cluster": "hospitals", "gpus": 0, "cpu": "1", "memory": "2Gi"}
     with deployed.config_changed(lambda config: config["flowerbed:sites"].append(new_site)):
         steps = deployed.preview_steps()
-    assert steps and all("clinic-d" in s.name for s in steps)
-    assert {s.op for s in steps} == {"create"}
-    created = {s.type for s in steps}
+    # The registration Job runs again (a new Job, named by the keys) to register the new key.
+    assert [(s.op, s.name) for s in steps if "clinic-d" not in s.name] == [("replace", "demo-server-registrar")]
+    assert {s.op for s in steps if "clinic-d" in s.name} == {"create"}
+    created = {s.type for s in steps if s.op == "create"}
     assert "kubernetes:core/v1:Namespace" in created
-    assert "kubernetes:batch/v1:Job" in created  # its key's registration, in the server's namespace
+    assert "kubernetes:core/v1:ConfigMap" in created  # its public key, in the server's namespace
     assert any(t.endswith("flowerbed:SupernodeKey") for t in created)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from imagefiles import REPO
 BIN = Path(sys.executable).parent
 CHECK_APP = REPO / "images" / "job" / "check_app.py"
 # The platform image's processes: server, client site, task launcher, and the
-# CLI the key-registration Job runs (`flwr supernode register`).
+# administrators' CLI (the key-registration Job runs `python` with flwr's client, below).
 PLATFORM_COMMANDS = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
+REGISTRY_SCRIPT = REPO / "components" / "supernode_registry.py"
 # What Flower's Kubernetes executor sets as the launched pod's command.
 JOB_COMMANDS = tuple(TASK_TYPE_TO_COMMAND[t] for t in (TaskType.SERVER_APP, TaskType.CLIENT_APP))
 
@@ -78,3 +80,15 @@ def test_check_app_fails_when_a_component_has_the_wrong_type(tmp_path):
     result = _check_app(_app(tmp_path, "from flwr.serverapp import ServerApp\napp = ServerApp()\n"))
     assert result.returncode != 0
     assert "clientapp = 'probe_client:app' is a ServerApp, not a ClientApp" in result.stderr
+
+
+def test_the_registration_jobs_script_needs_only_what_the_platform_image_has():
+    """The Job runs components/supernode_registry.py on the platform image's Python (flwr, no flowerbed)."""
+    tree = ast.parse(REGISTRY_SCRIPT.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    assert imported - set(sys.stdlib_module_names) == {"flwr"}
+    done = subprocess.run([sys.executable, "-I", REGISTRY_SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--keys" in done.stdout, done.stderr

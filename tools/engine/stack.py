@@ -6,8 +6,10 @@
 outputs and a summary of what was rendered. `preview` prints the human diff and
 saves the machine form (`pulumi preview --json`) to out/<stack>/preview.json.
 `destroy` removes everything `up` made except the data volumes marked
-retain-on-delete (study data, SuperLink state): Pulumi forgets them without
-deleting them, so in render mode their manifests stay in out/<stack>/.
+retain-on-delete (study data, SuperLink state) and the namespaces holding them:
+Pulumi forgets them without deleting them (in render mode their manifests stay
+in out/<stack>/), so it prints what was kept and the kubectl commands that
+delete it on purpose (tools/engine/kept.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from tools.engine.kept import released, report
 from tools.engine.offline import REPO, Pulumi, ToolchainMissing, check_toolchain
 
 
@@ -62,9 +65,25 @@ def summary(render_root: Path, outputs: dict) -> str:
     return "\n".join(lines)
 
 
+def state(pulumi: Pulumi) -> dict:
+    """The stack's deployment (`pulumi stack export`): what Pulumi manages right now."""
+    return json.loads(pulumi.run(["stack", "export"], capture=True).stdout).get("deployment") or {}
+
+
+def print_released(before: dict, after: dict, render_root: Path) -> None:
+    """Name what Pulumi stopped managing but left in the clusters on purpose (retained data)."""
+    left = rendered_manifests(render_root) if render_root.exists() else []
+    print()
+    print("\n".join(report(released(before, after), [(shown(path), doc) for path, doc in left])))
+
+
 def up(pulumi: Pulumi, render_root: Path) -> None:
     pulumi.select_or_init()
+    before = state(pulumi)
     pulumi.run(["up", "--yes"])
+    # A removed site's data volumes (and their namespace) stay: say so, with how to delete them.
+    if released(before, after := state(pulumi)):
+        print_released(before, after, render_root)
     outputs = json.loads(pulumi.run(["stack", "output", "--json"], capture=True).stdout)
     print("\nstack outputs:")
     print(json.dumps(outputs, indent=2, sort_keys=True))
@@ -84,14 +103,9 @@ def preview(pulumi: Pulumi, render_root: Path) -> None:
 
 def destroy(pulumi: Pulumi, render_root: Path) -> None:
     pulumi.select_or_init()
+    before = state(pulumi)  # once destroyed, the state no longer names what was retained
     pulumi.run(["destroy", "--yes"])
-    left = rendered_manifests(render_root) if render_root.exists() else []
-    print("\nkept (retain-on-delete data volumes; delete them by hand when the data may go):")
-    for path, doc in left:
-        where = doc["metadata"].get("namespace", "")
-        print(f"  {doc['kind']} {where}/{doc['metadata']['name']}  ({shown(path)})")
-    if not left:
-        print("  nothing")
+    print_released(before, {}, render_root)
 
 
 COMMANDS = {"up": up, "preview": preview, "destroy": destroy}
