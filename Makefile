@@ -16,8 +16,9 @@ test: venv toolchain
 test-fast: venv
 	$(PY) -m pytest -m "not engine"
 
+# APP=DIR runs any Flower App directory instead of training/; ARGS passes more options.
 federate: venv
-	$(PY) -m federate
+	$(PY) -m federate $(if $(APP),--app $(APP)) $(ARGS)
 
 toolchain:
 	@tools/toolchain
