@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.common.config import flatten_dict, get_project_config
+from flwr.cli.build import build_fab_from_disk
+from flwr.cli.config_utils import load_and_validate
+from flwr.common.config import flatten_dict
 
 TRAINING_PACKAGE = "flowerbed_training"
 METRICS_KEYS = ("artifacts-dir", "num-server-rounds")
@@ -33,11 +35,14 @@ class FlowerApp:
 
     @classmethod
     def load(cls, directory: Path) -> FlowerApp:
-        """Read `pyproject.toml` with Flower's own loader (its errors say what is missing)."""
+        """Read `pyproject.toml` and bundle the app as `flwr run` will, with Flower's own functions,
+        so that an app Flower would refuse fails in seconds, before any process starts."""
         directory = directory.resolve()
         if not (directory / "pyproject.toml").is_file():
             raise ValueError(f"--app: {directory} has no pyproject.toml; a Flower App directory needs one")
-        app = get_project_config(directory)["tool"]["flwr"]["app"]
+        config, _ = load_and_validate(directory / "pyproject.toml")  # `flwr run` prints the warnings
+        build_fab_from_disk(directory)  # include/exclude rules, size limit
+        app = config["tool"]["flwr"]["app"]
         return cls(directory, dict(flatten_dict(app.get("config", {}))), dict(app.get("components", {})))
 
     @property

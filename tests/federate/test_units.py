@@ -215,3 +215,11 @@ def test_the_summary_of_an_app_without_metrics_says_what_was_left_out(tmp_path: 
     assert summary.rounds == 0 and summary.strategy is None and summary.files == {"logs": "logs/"}
     assert summary.final_line() == ("legacy: run 9 finished:completed on 2 sites; 40 s "
                                     "(no per-round metrics: see left_out in summary.json)")
+
+
+def test_an_app_flower_would_refuse_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    app = message_api_app(tmp_path / "app")
+    pyproject = app / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('name = "message-app"', 'name = "message_app"'))
+    with pytest.raises(ValueError, match=r'\[project\]\.name "message_app" is invalid'):
+        FlowerApp.load(app)  # Flower's own check of `flwr run`, without a SuperLink
