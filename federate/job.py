@@ -24,7 +24,7 @@ class RunFailed(RuntimeError):
 
 
 def effective_run_config(app: FlowerApp, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults plus overrides; an override of a key the app does not declare is an error (as in Flower)."""
+    """Defaults plus overrides; an override of a key the app does not declare is an error, before any start-up."""
     unknown = sorted(set(overrides) - set(app.run_config))
     if unknown:
         raise RunFailed(
