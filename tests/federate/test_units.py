@@ -6,6 +6,7 @@ import json
 import re
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -223,3 +224,13 @@ def test_an_app_flower_would_refuse_is_refused_before_anything_starts(tmp_path: 
     pyproject.write_text(pyproject.read_text().replace('name = "message-app"', 'name = "message_app"'))
     with pytest.raises(ValueError, match=r'\[project\]\.name "message_app" is invalid'):
         FlowerApp.load(app)  # Flower's own check of `flwr run`, without a SuperLink
+
+
+def test_make_federate_passes_app_and_args_to_the_module() -> None:
+    def recipe(*variables: str) -> str:
+        done = subprocess.run(["make", "-n", "federate", *variables], cwd=REPO, capture_output=True, text=True,
+                              check=True)
+        return done.stdout.splitlines()[-1].strip()
+
+    assert recipe() == ".venv/bin/python -m federate"
+    assert recipe("APP=/some/app", "ARGS=--rounds 2") == ".venv/bin/python -m federate --app /some/app --rounds 2"
