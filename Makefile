@@ -17,8 +17,9 @@ test: venv toolchain cluster-binaries
 test-fast: venv
 	$(PY) -m pytest -m "not engine and not live"
 
+# APP=DIR runs any Flower App directory instead of training/; ARGS passes more options.
 federate: venv
-	$(PY) -m federate
+	$(PY) -m federate $(if $(APP),--app $(APP)) $(ARGS)
 
 toolchain:
 	@tools/toolchain

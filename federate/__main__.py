@@ -7,42 +7,38 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from flwr.common.config import parse_config_args
-
+from federate.app import FlowerApp
 from federate.federation import LocalFederation, Ports
 from federate.flwr_cli import FlwrCommandFailed
-from federate.job import MetricsFollower, RunFailed, app_run_config, effective_run_config, follow, submit
+from federate.job import LineFollower, MetricsFollower, RunFailed, effective_run_config, follow, run_log, submit
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress
 from federate.report import Summary, plot_report, summarize, write_summary
+from federate.run_config import DEFAULT_ROUND_TIMEOUT_S, DP_MODES, run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
 
 REPO = Path(__file__).resolve().parent.parent
 # What the ServerApp leaves in artifacts-dir, plus what we add; cleared so nothing stale mixes in.
 OUTPUTS = ("metrics.jsonl", "final_model.npz", "summary.json", "report.png")
 OUTPUT_DIRS = ("checkpoints", "logs")
-DP_MODES = {
-    "off": {},
-    "local": {"local-dp": True},
-    "central-server": {"central-dp": "server"},
-    "central-client": {"central-dp": "client"},
-}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m federate",
         description="Run the dev stack's federation as real Flower processes on 127.0.0.1 "
-        "(TLS, SuperNode authentication, process isolation) and train the training/ app.",
+        "(TLS, SuperNode authentication, process isolation) and run a Flower App on it "
+        "(default: flowerbed's training/ app).",
     )
-    job = parser.add_argument_group("the job")
+    job = parser.add_argument_group("the job", "each option sets one run-config key, which the app must declare; "
+                                    "--strategy, --dataset, --dp and --secagg are training/'s keys")
     job.add_argument("--strategy", help="aggregation strategy (run config `strategy`; the app's default: fedavg)")
     job.add_argument("--rounds", type=int, help="federated rounds (run config `num-server-rounds`)")
     job.add_argument("--dataset", help="builtin:breast-cancer | builtin:digits | <study>/<dataset> under each site's data dir")
@@ -50,8 +46,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      help="differential privacy: per-site DP-SGD (local) or Flower's central DP wrappers")
     job.add_argument("--secagg", action="store_true", help="secure aggregation (SecAgg+)")
     job.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
-                     help="any other run-config key of training/pyproject.toml (TOML values; repeatable)")
-    job.add_argument("--app", type=Path, default=REPO / "training", help="Flower App directory (default: training/)")
+                     help="any other run-config key of the app's pyproject.toml (TOML values; repeatable)")
+    job.add_argument("--app", type=Path, default=REPO / "training",
+                     help="any Flower App directory, Message API or legacy (default: training/)")
     topology = parser.add_argument_group("the federation")
     topology.add_argument("--stack-file", type=Path, default=REPO / "Pulumi.dev.yaml",
                           help="take the site names from this stack file (default: Pulumi.dev.yaml)")
@@ -62,8 +59,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                           help="SuperLink port for Fleet, Control and Runtime APIs (0: pick a free one)")
     topology.add_argument("--supernode-port-base", type=int, default=0,
                           help="SuperNode Runtime API ports BASE, BASE+1, ... per site (0: pick free ones)")
-    topology.add_argument("--round-timeout", type=float, default=120.0,
-                          help="seconds a round waits for the sites (run config `round-timeout`)")
+    topology.add_argument("--round-timeout", type=float,
+                          help="seconds a round waits for the sites (run config `round-timeout`; "
+                          f"training/: {DEFAULT_ROUND_TIMEOUT_S:.0f})")
     topology.add_argument("--timeout", type=float, default=1800.0, help="give up on the whole run after this many seconds")
     parser.add_argument("--out-dir", type=Path, default=REPO / "out" / "federate", help="where results go")
     return parser.parse_args(argv)
@@ -94,47 +92,6 @@ def resolve_ports(args: argparse.Namespace, sites: Sequence[Site]) -> Ports:
     return Ports(args.superlink_port or free_port(), runtime)
 
 
-def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app_defaults: Mapping[str, Any]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {
-        "artifacts-dir": str(args.out_dir.resolve()),
-        # Every local site is up before the run starts, so sample all of them every round.
-        "min-available-sites": len(sites),
-        "round-timeout": args.round_timeout,
-        **DP_MODES[args.dp],
-    }
-    for key, value in (("strategy", args.strategy), ("num-server-rounds", args.rounds), ("dataset", args.dataset)):
-        if value is not None:
-            overrides[key] = value
-    if args.secagg:
-        overrides["secagg"] = True
-    overrides.update(parse_config_args(args.run_config) if args.run_config else {})
-    dataset = str(overrides.get("dataset", app_defaults.get("dataset", "")))
-    if dataset.startswith("builtin:") and "fraction-evaluate" not in overrides:
-        # Built-in data: the ServerApp scores every round on the global held-out test set
-        # already. Flower starts a ClientApp process per message, so skipping the sites'
-        # own evaluation halves each round's start-ups (-c fraction-evaluate=1.0 restores it).
-        overrides["fraction-evaluate"] = 0.0
-    return overrides
-
-
-def validate_run_config(app_dir: Path, run_config: dict[str, Any]) -> None:
-    """The app's own validation, before any process starts (errors name the key)."""
-    if str(app_dir) not in sys.path:
-        sys.path.insert(0, str(app_dir))  # the app's own modules, as its ServerApp imports them
-    from flowerbed_training import compression, privacy, secagg
-    from flowerbed_training.settings import ClientSettings, ServerSettings
-
-    ServerSettings.from_run_config(run_config)
-    ClientSettings.from_run_config(run_config)
-    # Otherwise a bad privacy or SecAgg+ setting would only surface as error replies from the sites.
-    if privacy.local_dp_enabled(run_config):
-        privacy.LocalDpSettings.from_run_config(run_config)
-    privacy.CentralDpSettings.from_run_config(run_config)
-    if secagg.secagg_enabled(run_config):
-        secagg.SecAggSettings.from_run_config(run_config)
-    compression.CompressionSettings.from_run_config(run_config)
-
-
 def clear_outputs(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
@@ -152,17 +109,50 @@ class Timer:
         return time.perf_counter() - self.started
 
 
+def left_out(app: FlowerApp) -> list[str]:
+    """flowerbed's extras this app cannot have, and why (said at start-up, kept in summary.json)."""
+    notes = []
+    if not app.reports_metrics:
+        notes.append(f"no per-round progress lines or report.png: {app.name} does not declare "
+                     f"{', '.join(app.missing_metrics_keys())} (the metrics contract in federate/README.md); "
+                     "its ServerApp log is shown instead")
+    if not app.is_training:
+        notes.append("no centralized baseline: only flowerbed's training app provides one")
+    return notes
+
+
+def reporter(app: FlowerApp, out_dir: Path, supervisor: Supervisor, progress: Progress) -> Callable[[], None]:
+    """What `follow` calls while the run goes: round lines from metrics.jsonl, else the ServerApp's log."""
+    if app.reports_metrics:
+        metrics = MetricsFollower(out_dir / "metrics.jsonl")
+
+        def report_rounds() -> None:
+            for line in metrics.new_rounds():
+                progress.round_done(line)
+
+        return report_rounds
+    log = LineFollower(run_log(supervisor))
+
+    def report_log() -> None:
+        for line in log.new_lines():
+            progress.say(f"  | {line}")
+
+    return report_log
+
+
 def federate(args: argparse.Namespace) -> Summary:
     total = Timer()
     sites = resolve_sites(args)
     ports = resolve_ports(args, sites)
-    app_dir = args.app.resolve()
-    overrides = run_overrides(args, sites, app_run_config(app_dir))
-    run_config = effective_run_config(app_dir, overrides)
-    validate_run_config(app_dir, run_config)
+    app = FlowerApp.load(args.app)
+    overrides = run_overrides(args, sites, app)
+    run_config = effective_run_config(app, overrides)
+    if app.is_training:
+        validate_training_run_config(app, run_config)
     names = [site.name for site in sites]
-    rounds = int(run_config["num-server-rounds"])
+    rounds = int(run_config.get("num-server-rounds", 0))
     progress = Progress(rounds, names, sys.stdout)
+    notes = left_out(app)
     clear_outputs(args.out_dir)
 
     with tempfile.TemporaryDirectory(prefix="flowerbed-federate-") as tmp, \
@@ -172,25 +162,38 @@ def federate(args: argparse.Namespace) -> Summary:
                      f"and {len(sites)} SuperNodes: {', '.join(names)}")
         cli = federation.start(args.data_dir.resolve())
         startup = total.seconds()
-        progress.say(f"All {len(sites)} SuperNodes authenticated and online after {startup:.0f} s; submitting {app_dir.name}/")
+        progress.say(f"All {len(sites)} SuperNodes authenticated and online after {startup:.0f} s; submitting {app.name}/")
+        for note in notes:
+            progress.say(f"Note: {note}")
         training = Timer()
-        run_id = submit(cli, app_dir, overrides, Path(tmp))
-        progress.say(f"Run {run_id}: {run_config['strategy']} on {run_config['dataset']}, {rounds} round(s)")
-        metrics = MetricsFollower(args.out_dir / "metrics.jsonl")
-        status = follow(cli, run_id, supervisor, metrics, progress.round_done, args.timeout)
+        run_id = submit(cli, app.directory, overrides, Path(tmp))
+        progress.say(f"Run {run_id}: {describe_job(app, run_config)}")
+        status = follow(cli, run_id, supervisor, reporter(app, args.out_dir, supervisor, progress), args.timeout)
         training_seconds = training.seconds()
-    progress.say("Federation stopped; training the centralized baseline on pooled data ...")
-    baseline = centralized_baseline(run_config, progress)
-    rounds_log = MetricsFollower(args.out_dir / "metrics.jsonl").new_rounds()
+    baseline = None
+    if app.is_training:
+        progress.say("Federation stopped; training the centralized baseline on pooled data ...")
+        baseline = centralized_baseline(run_config, progress)
+    rounds_log = MetricsFollower(args.out_dir / "metrics.jsonl").new_rounds() if app.reports_metrics else []
     summary = summarize(
-        run_id=run_id, app_dir=app_dir, run_config=run_config, sites=names, rounds=rounds_log, baseline=baseline,
+        run_id=run_id, app_dir=app.directory, run_config=run_config, sites=names, rounds=rounds_log, baseline=baseline,
         seconds={"startup": startup, "training": training_seconds, "total": total.seconds()}, run_status=status,
+        out_dir=args.out_dir, left_out=notes,
     )
     write_summary(summary, args.out_dir / "summary.json")
-    plot_report(summary, rounds_log, args.out_dir / "report.png")
-    progress.say(f"Wrote {args.out_dir}/summary.json, report.png, metrics.jsonl, final_model.npz")
+    if rounds_log:
+        plot_report(summary, rounds_log, args.out_dir / "report.png")
+    written = [name for name in OUTPUTS if (args.out_dir / name).exists()]
+    progress.say(f"Wrote {args.out_dir}/{', '.join(written)} and logs/")
     progress.say(summary.final_line())
     return summary
+
+
+def describe_job(app: FlowerApp, run_config: dict[str, Any]) -> str:
+    if app.is_training:
+        return f"{run_config['strategy']} on {run_config['dataset']}, {run_config['num-server-rounds']} round(s)"
+    rounds = f", {run_config['num-server-rounds']} round(s)" if "num-server-rounds" in run_config else ""
+    return f"{app.name} ({app.components.get('serverapp')}){rounds}"
 
 
 def centralized_baseline(run_config: dict[str, Any], progress: Progress) -> dict[str, float] | None:

@@ -5,48 +5,43 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-from flwr.common.config import flatten_dict, get_project_config
 
+from federate.app import FlowerApp
 from federate.flwr_cli import FlwrCli
-from federate.processes import ManagedProcess, Supervisor
+from federate.processes import ManagedProcess, Supervisor, without_colours
 
 COMPLETED = "finished:completed"
+LOG_STREAM = "run"  # the `flwr log --stream` child: its output is logs/run.log
 
 
 class RunFailed(RuntimeError):
     pass
 
 
-def app_run_config(app_dir: Path) -> dict[str, Any]:
-    """The app's run-config defaults (`[tool.flwr.app.config]` of its pyproject.toml), flattened."""
-    return dict(flatten_dict(get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {})))
-
-
-def effective_run_config(app_dir: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults plus overrides; an override of a key the app does not declare is an error."""
-    defaults = app_run_config(app_dir)
-    unknown = sorted(set(overrides) - set(defaults))
+def effective_run_config(app: FlowerApp, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults plus overrides; an override of a key the app does not declare is an error, before any start-up."""
+    unknown = sorted(set(overrides) - set(app.run_config))
     if unknown:
         raise RunFailed(
-            f"run config {', '.join(unknown)}: not a key of {app_dir / 'pyproject.toml'} "
-            f"[tool.flwr.app.config]; allowed: {', '.join(sorted(defaults))}"
+            f"run config {', '.join(unknown)}: not a key of {app.pyproject} "
+            f"[tool.flwr.app.config]; allowed: {', '.join(sorted(app.run_config)) or 'none (it declares no run config)'}"
         )
-    return {**defaults, **overrides}
+    return {**app.run_config, **overrides}
 
 
 @dataclass
-class MetricsFollower:
-    """Reads the lines the ServerApp appends to metrics.jsonl, as they arrive."""
+class LineFollower:
+    """Reads the lines another process appends to a file, each complete line once, as they arrive."""
 
     path: Path
     offset: int = 0
 
-    def new_rounds(self) -> list[dict[str, Any]]:
+    def new_lines(self) -> list[str]:
         if not self.path.exists():
             return []
         with self.path.open("rb") as file:
@@ -54,7 +49,21 @@ class MetricsFollower:
             chunk = file.read()
         complete = chunk[: chunk.rfind(b"\n") + 1]  # a half-written last line waits for the next poll
         self.offset += len(complete)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        return [without_colours(line.decode(errors="replace")) for line in complete.splitlines()]
+
+
+@dataclass
+class MetricsFollower:
+    """Reads the lines the ServerApp appends to metrics.jsonl, as they arrive."""
+
+    path: Path
+    lines: LineFollower = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lines = LineFollower(self.path)
+
+    def new_rounds(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines.new_lines() if line.strip()]
 
 
 def submit(cli: FlwrCli, app_dir: Path, overrides: Mapping[str, Any], workdir: Path) -> str:
@@ -70,37 +79,31 @@ def run_status(cli: FlwrCli, run_id: str) -> dict[str, Any]:
     return dict(runs[0])
 
 
-def follow(
-    cli: FlwrCli,
-    run_id: str,
-    supervisor: Supervisor,
-    metrics: MetricsFollower,
-    on_round: Callable[[dict[str, Any]], None],
-    timeout: float,
-) -> dict[str, Any]:
-    """Stream the run's logs into a log file, report each finished round, return the final status.
+def run_log(supervisor: Supervisor) -> Path:
+    """Where `follow` streams the run's log (the ServerApp's output, as `flwr log` shows it)."""
+    return supervisor.log_dir / f"{LOG_STREAM}.log"
+
+
+def follow(cli: FlwrCli, run_id: str, supervisor: Supervisor, report: Callable[[], None],
+           timeout: float) -> dict[str, Any]:
+    """Stream the run's logs into `run_log`, call `report` as it goes, return the final status.
 
     `flwr log --stream` ends when the run finishes, so its exit is the signal to
     ask the SuperLink for the run's final status.
     """
-    log_stream = supervisor.start("run", cli.argv("log", run_id, cli.connection, "--stream"), cli.env())
+    log_stream = supervisor.start(LOG_STREAM, cli.argv("log", run_id, cli.connection, "--stream"), cli.env())
     deadline = time.monotonic() + timeout
     while log_stream.running():
-        _report(metrics, on_round)
+        report()
         supervisor.check(except_for=[log_stream])
         if time.monotonic() > deadline:
             raise RunFailed(f"run {run_id} did not finish within {timeout:.0f} s (--timeout)")
         time.sleep(0.5)
-    _report(metrics, on_round)
+    report()
     status = run_status(cli, run_id)
     if status["status"] != COMPLETED:
         raise RunFailed(_failure_message(run_id, status, log_stream))
     return status
-
-
-def _report(metrics: MetricsFollower, on_round: Callable[[dict[str, Any]], None]) -> None:
-    for line in metrics.new_rounds():
-        on_round(line)
 
 
 def _failure_message(run_id: str, status: Mapping[str, Any], log_stream: ManagedProcess) -> str:

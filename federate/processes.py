@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+# Flower colours its log levels even into files; a log read back for a person drops the escapes.
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def without_colours(text: str) -> str:
+    return _COLOURS.sub("", text)
 
 
 class ProcessDied(RuntimeError):
@@ -45,7 +54,7 @@ class ManagedProcess:
 
     def tail(self, lines: int = 20) -> str:
         try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            text = without_colours(self.log_path.read_text(encoding="utf-8", errors="replace"))
         except FileNotFoundError:
             return "(no log written)"
         return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (log is empty)"

@@ -18,14 +18,16 @@ def _number(value: Any) -> str:
 
 
 def round_line(metrics: dict[str, Any], total_rounds: int, all_sites: Sequence[str]) -> str:
-    answered = list(metrics.get("sites") or [])
-    missing = [site for site in all_sites if site not in answered]
-    who = ", ".join(answered) + (f"  (missing: {', '.join(missing)})" if missing else "")
-    return (
+    line = (
         f"round {metrics['round']:>3}/{total_rounds} {bar(metrics['round'], total_rounds)} "
         f"accuracy {_number(metrics.get('accuracy'))}  loss {_number(metrics.get('loss'))}  "
-        f"sites {len(answered)}/{len(all_sites)}: {who}  {metrics.get('seconds', 0):.1f} s"
     )
+    if "sites" in metrics:  # an app may leave out who answered; then the line does not guess
+        answered = list(metrics["sites"] or [])
+        missing = [site for site in all_sites if site not in answered]
+        who = ", ".join(answered) + (f"  (missing: {', '.join(missing)})" if missing else "")
+        line += f"sites {len(answered)}/{len(all_sites)}: {who}  "
+    return (line + (f"{metrics['seconds']:.1f} s" if "seconds" in metrics else "")).rstrip()
 
 
 class Progress:

@@ -27,10 +27,11 @@ class SiteSummary:
 class Summary:
     run_id: str
     app: str
-    strategy: str
+    status: str  # Flower's final run status
+    strategy: str | None  # training/'s keys; None for an app without them
     protections: list[str]  # secure aggregation, differential privacy, compression in force
-    dataset: str
-    rounds: int
+    dataset: str | None
+    rounds: int  # rounds in metrics.jsonl; 0 for an app that writes none
     sites: list[str]
     final_accuracy: float | None
     final_loss: float | None
@@ -44,8 +45,12 @@ class Summary:
     flower_traffic_bytes: dict[str, int]
     per_site: dict[str, SiteSummary]
     files: dict[str, str]
+    left_out: list[str]  # flowerbed extras this app could not have, and why
 
     def final_line(self) -> str:
+        if not self.rounds:
+            return (f"{Path(self.app).name}: run {self.run_id} {self.status} on {len(self.sites)} sites; "
+                    f"{self.seconds['total']:.0f} s (no per-round metrics: see left_out in summary.json)")
         return (
             f"federated accuracy {_fmt(self.final_accuracy)} after {self.rounds} round(s) on "
             f"{len(self.sites)} sites; centralized baseline (same model, pooled data) "
@@ -83,6 +88,14 @@ def protections(run_config: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def output_files(out_dir: Path, has_rounds: bool) -> dict[str, str]:
+    """What this run leaves in out_dir: the report is drawn from the rounds, the model only if the app saved one."""
+    files = {"metrics": "metrics.jsonl", "report": "report.png"} if has_rounds else {}
+    if (out_dir / "final_model.npz").exists():
+        files["model"] = "final_model.npz"
+    return {**files, "logs": "logs/"}
+
+
 def summarize(
     *,
     run_id: str,
@@ -93,6 +106,8 @@ def summarize(
     baseline: Mapping[str, float] | None,
     seconds: dict[str, float],
     run_status: Mapping[str, Any],
+    out_dir: Path,
+    left_out: Sequence[str] = (),
 ) -> Summary:
     """Everything a person asks after a run, from the metrics lines and Flower's own run record."""
     final = rounds[-1] if rounds else {}
@@ -100,9 +115,10 @@ def summarize(
     return Summary(
         run_id=run_id,
         app=str(app_dir),
-        strategy=str(run_config["strategy"]),
+        status=str(run_status.get("status", "unknown")),
+        strategy=run_config.get("strategy"),
         protections=protections(run_config),
-        dataset=str(run_config["dataset"]),
+        dataset=run_config.get("dataset"),
         rounds=len(rounds),
         sites=list(sites),
         final_accuracy=final.get("accuracy"),
@@ -116,7 +132,8 @@ def summarize(
         bytes_down=sum(int(r.get("bytes_down", 0)) + int(r.get("eval_bytes_down", 0)) for r in rounds),
         flower_traffic_bytes={key.removesuffix("-bytes"): int(value) for key, value in traffic.items()},
         per_site=per_site(rounds, sites),
-        files={"metrics": "metrics.jsonl", "model": "final_model.npz", "report": "report.png", "logs": "logs/"},
+        files=output_files(out_dir, bool(rounds)),
+        left_out=list(left_out),
     )
 
 
@@ -129,7 +146,8 @@ def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Pat
     numbers = [r["round"] for r in rounds]
     fig, (acc_ax, loss_ax, site_ax) = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     fig.suptitle(
-        f"flowerbed local federation: {' + '.join([summary.strategy, *summary.protections])} on {summary.dataset}, "
+        f"flowerbed local federation: {' + '.join([summary.strategy or Path(summary.app).name, *summary.protections])}"
+        f"{f' on {summary.dataset}' if summary.dataset else ''}, "
         f"{len(summary.sites)} sites, {summary.rounds} rounds, {summary.seconds['total']:.0f} s — "
         f"final accuracy {_fmt(summary.final_accuracy)} vs centralized {_fmt(summary.centralized_accuracy)}",
         fontsize=13,

@@ -45,9 +45,9 @@ def main(argv: list[str]) -> int:
         return 2
     for line in check(Path(argv[1])):
         print(line)
-    import torch  # loaded by the app already; reports which build the image holds
-
-    print(f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none (CPU)'}")
+    torch = sys.modules.get("torch")  # only if the app loaded it: then say which build the image holds
+    if torch is not None:
+        print(f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none (CPU)'}")
     return 0
 
 

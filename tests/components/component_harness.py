@@ -26,10 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 DYNAMIC_PREFIX = "pulumi-python:dynamic/flowerbed:"
 
 
+def stack_raw_config(stack: str) -> dict[str, Any]:
+    """A stack file's `flowerbed:*` values, as `pulumi.Config` would hand them to `parse`."""
+    config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("flowerbed:")}
+
+
 def dev_raw_config() -> dict[str, Any]:
-    """The dev stack's `flowerbed:*` values, as `pulumi.Config` would hand them to `parse`."""
-    stack = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
-    return {k.split(":", 1)[1]: v for k, v in stack.items() if k.startswith("flowerbed:")}
+    return stack_raw_config("dev")
 
 
 def large_raw_config(sites: int = 20, clusters: int = 5) -> dict[str, Any]:

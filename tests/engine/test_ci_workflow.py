@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from importlib import metadata
@@ -73,3 +74,42 @@ def test_cli_version_matches_the_pinned_python_sdk(workflow: dict[str, Any]) -> 
     for job in ("preview", "up"):
         [step] = pulumi_steps(workflow, job)
         assert step["with"]["pulumi-version"] == "${{ env.PULUMI_VERSION }}"
+
+
+def _default_stack_lists(workflow: dict[str, Any]) -> dict[str, list[str]]:
+    """The stacks each list variable names when the repository does not set it (`vars.X || '[...]'`)."""
+    text = WORKFLOW.read_text()
+    found = {name: json.loads(default) for name, default in re.findall(r"vars\.(\w+_STACKS) \|\| '(\[.*?\])'", text)}
+    assert set(found) == {"PREVIEW_STACKS", "MAIN_STACKS", "RELEASE_STACKS"}
+    return found
+
+
+def test_every_stack_the_workflow_names_exists_as_a_stack_file(workflow: dict[str, Any]) -> None:
+    lists = _default_stack_lists(workflow)
+    assert lists["RELEASE_STACKS"] == ["staging", "prod"]
+    named = {stack for stacks in lists.values() for stack in stacks}
+    assert [stack for stack in sorted(named) if not (REPO / f"Pulumi.{stack}.yaml").is_file()] == []
+
+
+def test_secrets_are_only_what_pulumi_itself_needs(workflow: dict[str, Any]) -> None:
+    """The program reads kubeconfigs from stack config (secrets there), never from the environment."""
+    text = WORKFLOW.read_text()
+    secrets = set(re.findall(r"secrets\.(\w+)", text)) | set(re.findall(r"secrets\[format\('(\w+)\{0\}'", text))
+    assert secrets == {"PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_", "GITHUB_TOKEN"}
+    environments = [workflow.get("env", {})] + [job.get("env", {}) for job in workflow["jobs"].values()]
+    environments += [step.get("env", {}) for _, step in steps(workflow)]
+    assert not [name for env in environments for name in env if "KUBECONFIG" in name]
+    assert "KUBECONFIG" not in "".join(step.get("run", "") for _, step in steps(workflow))
+    for job in ("preview", "up"):
+        assert "matrix.stack" in workflow["jobs"][job]["env"]["PULUMI_CONFIG_PASSPHRASE"]
+
+
+def test_the_preview_job_uploads_the_json_preview(workflow: dict[str, Any]) -> None:
+    preview = [step for name, step in steps(workflow) if name == "preview"]
+    [json_step] = [step for step in preview if "pulumi preview" in step.get("run", "")]
+    command = shlex.split(json_step["run"].splitlines()[-1])
+    assert command[:2] == ["pulumi", "preview"] and "--json" in command
+    saved = command[command.index(">") + 1]
+    [upload] = [step for step in preview if step.get("uses", "").startswith("actions/upload-artifact@")]
+    assert upload["with"]["path"] == saved == "out/${{ matrix.stack }}/preview.json"
+    assert preview.index(upload) > preview.index(json_step)

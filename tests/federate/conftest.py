@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from federate.federation import LocalFederation, Ports
-from federate.ports import free_port
+from federate.ports import ensure_free, free_port
 from federate.processes import ManagedProcess, Supervisor
 from federate.sites import sites_from_names
 
@@ -55,3 +56,34 @@ def wait_for_exit(process: ManagedProcess, timeout: float) -> int | None:
     while process.running() and time.monotonic() < deadline:
         time.sleep(0.5)
     return process.popen.poll()
+
+
+def free_port_run(length: int) -> int:
+    """A base port B with B..B+length-1 all free on loopback."""
+    while True:
+        base = free_port()
+        try:
+            for port in range(base, base + length):
+                ensure_free(port, "probe", "--probe")
+        except RuntimeError:
+            continue
+        return base
+
+
+def federate_command(out_dir: Path, superlink_port: int, supernode_base: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "federate", "--out-dir", str(out_dir),
+        "--superlink-port", str(superlink_port), "--supernode-port-base", str(supernode_base), *extra,
+    ]
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    """Temp files of this run (keys, FLWR_HOMEs, database) under tmp_path, to find leftovers by path."""
+    (tmp_path / "tmp").mkdir()
+    return {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+
+
+def assert_nothing_left(tmp_path: Path, ports: list[int]) -> None:
+    assert processes_mentioning(str(tmp_path)) == []
+    for port in ports:
+        ensure_free(port, "leftover check", "--none")  # raises if anything still listens

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -14,45 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federate.ports import ensure_free, free_port
-from tests.federate.conftest import processes_mentioning
+from federate.ports import free_port
+from tests.federate.conftest import (assert_nothing_left, federate_command, free_port_run, isolated_env,
+                                     processes_mentioning)
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = ["hospital-a", "hospital-b", "lab-c"]  # the dev stack's sites (Pulumi.dev.yaml)
 ROUNDS = 3
-
-
-def free_port_run(length: int) -> int:
-    """A base port B with B..B+length-1 all free on loopback."""
-    while True:
-        base = free_port()
-        try:
-            for port in range(base, base + length):
-                ensure_free(port, "probe", "--probe")
-        except RuntimeError:
-            continue
-        return base
-
-
-def federate_command(out_dir: Path, superlink_port: int, supernode_base: int, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "federate", "--out-dir", str(out_dir),
-        "--superlink-port", str(superlink_port), "--supernode-port-base", str(supernode_base), *extra,
-    ]
-
-
-def isolated_env(tmp_path: Path) -> dict[str, str]:
-    """Temp files of this run (keys, FLWR_HOMEs, database) under tmp_path, to find leftovers by path."""
-    (tmp_path / "tmp").mkdir()
-    return {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
-
-
-def assert_nothing_left(tmp_path: Path, ports: list[int]) -> None:
-    assert processes_mentioning(str(tmp_path)) == []
-    for port in ports:
-        ensure_free(port, "leftover check", "--none")  # raises if anything still listens
 
 
 def test_federate_trains_on_every_site_and_cleans_up(tmp_path: Path) -> None:

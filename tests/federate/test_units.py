@@ -6,6 +6,7 @@ import json
 import re
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,15 +14,19 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from federate.__main__ import parse_args, run_overrides, validate_run_config
-from federate.job import MetricsFollower, RunFailed, app_run_config, effective_run_config
+from federate.__main__ import left_out, parse_args
+from federate.app import FlowerApp
+from federate.job import MetricsFollower, RunFailed, effective_run_config
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import round_line
 from federate.report import per_site, plot_report, summarize
+from federate.run_config import run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
+from tests.federate.apps import legacy_app, message_api_app
 
 REPO = Path(__file__).resolve().parents[2]
+TRAINING = FlowerApp.load(REPO / "training")
 
 
 def test_sites_come_from_the_dev_stack_in_order() -> None:
@@ -77,14 +82,14 @@ def test_stop_takes_down_the_whole_group_even_a_child_that_ignores_sigterm(tmp_p
 
 def test_overriding_an_unknown_run_config_key_names_the_allowed_ones() -> None:
     with pytest.raises(RunFailed, match="run config no-such-key: not a key of .*allowed: .*num-server-rounds"):
-        effective_run_config(REPO / "training", {"no-such-key": 1})
+        effective_run_config(TRAINING, {"no-such-key": 1})
 
 
 def test_options_become_the_apps_run_config_keys(tmp_path: Path) -> None:
     args = parse_args(["--rounds", "4", "--strategy", "fedprox", "--dp", "local", "--secagg",
                        "-c", "compression='int8'", "--out-dir", str(tmp_path)])
-    overrides = run_overrides(args, sites_from_names(["a", "b", "c"]), app_run_config(REPO / "training"))
-    config = effective_run_config(REPO / "training", overrides)  # every key exists in the app
+    overrides = run_overrides(args, sites_from_names(["a", "b", "c"]), TRAINING)
+    config = effective_run_config(TRAINING, overrides)  # every key exists in the app
     assert config["num-server-rounds"] == 4 and config["strategy"] == "fedprox"
     assert config["fraction-evaluate"] == 0.0  # built-in data: the server's test set scores each round
     assert config["local-dp"] is True and config["secagg"] is True and config["compression"] == "int8"
@@ -129,7 +134,8 @@ def test_summary_and_report_for_study_data_have_no_baseline(tmp_path: Path) -> N
     summary = summarize(
         run_id="7", app_dir=tmp_path, run_config={"strategy": "fedavg", "dataset": "default/tabular"},
         sites=["a", "b"], rounds=rounds, baseline=None, seconds={"total": 12.345},
-        run_status={"network-traffic": {"inbound-bytes": 30, "outbound-bytes": 75}},
+        run_status={"status": "finished:completed", "network-traffic": {"inbound-bytes": 30, "outbound-bytes": 75}},
+        out_dir=tmp_path,
     )
     assert summary.rounds == 3 and summary.final_accuracy == pytest.approx(0.85)
     assert summary.bytes_up == 30 and summary.bytes_down == 75
@@ -141,7 +147,7 @@ def test_summary_and_report_for_study_data_have_no_baseline(tmp_path: Path) -> N
 
 def test_sites_evaluate_study_data_themselves(tmp_path: Path) -> None:
     args = parse_args(["--dataset", "default/tabular", "--out-dir", str(tmp_path)])
-    overrides = run_overrides(args, sites_from_names(["a", "b"]), app_run_config(REPO / "training"))
+    overrides = run_overrides(args, sites_from_names(["a", "b"]), TRAINING)
     assert "fraction-evaluate" not in overrides  # no server test set: the app's default applies
 
 
@@ -151,6 +157,80 @@ def test_sites_evaluate_study_data_themselves(tmp_path: Path) -> None:
     ({"compression": "zip"}, "run config compression: 'zip' must be one of none, int8, topk"),
 ])
 def test_a_bad_run_config_fails_before_any_process_starts(override: dict, message: str) -> None:
-    config = effective_run_config(REPO / "training", override)
+    config = effective_run_config(TRAINING, override)
     with pytest.raises(ValueError, match=re.escape(message)):
-        validate_run_config(REPO / "training", config)
+        validate_training_run_config(TRAINING, config)
+
+
+# --- any Flower App ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def legacy(tmp_path: Path) -> FlowerApp:
+    return FlowerApp.load(legacy_app(tmp_path / "legacy"))
+
+
+def test_what_an_app_can_have_follows_from_its_own_pyproject(tmp_path: Path, legacy: FlowerApp) -> None:
+    assert TRAINING.is_training and TRAINING.reports_metrics
+    message = FlowerApp.load(message_api_app(tmp_path / "message"))
+    assert not message.is_training and message.reports_metrics
+    assert not legacy.is_training and not legacy.reports_metrics
+    assert legacy.missing_metrics_keys() == ["artifacts-dir"]
+    assert left_out(TRAINING) == []
+    assert [note.split(":")[0] for note in left_out(legacy)] == [
+        "no per-round progress lines or report.png", "no centralized baseline"]
+
+
+def test_another_apps_run_config_is_its_own_plus_what_was_asked(tmp_path: Path, legacy: FlowerApp) -> None:
+    args = parse_args(["--app", str(legacy.directory), "--rounds", "5", "-c", "target=3.5", "--out-dir", str(tmp_path)])
+    overrides = run_overrides(args, sites_from_names(["a", "b", "c"]), legacy)
+    assert overrides == {"num-server-rounds": 5, "target": 3.5}  # none of training/'s local-run defaults
+
+
+@pytest.mark.parametrize(("option", "key"), [
+    (["--strategy", "fedprox"], "strategy"), (["--dp", "local"], "local-dp"), (["--secagg"], "secagg"),
+    (["--round-timeout", "30"], "round-timeout"),
+])
+def test_an_option_for_a_key_the_app_lacks_is_refused_naming_both(tmp_path: Path, legacy: FlowerApp,
+                                                                  option: list[str], key: str) -> None:
+    args = parse_args([*option, "--out-dir", str(tmp_path)])
+    with pytest.raises(RunFailed, match=re.escape(f"{option[0]} sets run config `{key}`, which {legacy.pyproject} "
+                                                  "does not declare; use -c KEY=VALUE with the app's own keys "
+                                                  "(num-server-rounds, target)")):
+        run_overrides(args, sites_from_names(["a"]), legacy)
+
+
+def test_a_directory_without_pyproject_is_refused_naming_the_option(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"--app: {tmp_path} has no pyproject.toml"):
+        FlowerApp.load(tmp_path)
+
+
+def test_a_round_line_without_sites_does_not_guess_who_answered() -> None:
+    assert round_line({"round": 1, "loss": 0.5}, 3, ["a", "b"]).endswith("accuracy   n/a  loss 0.500")
+
+
+def test_the_summary_of_an_app_without_metrics_says_what_was_left_out(tmp_path: Path, legacy: FlowerApp) -> None:
+    summary = summarize(run_id="9", app_dir=legacy.directory, run_config=legacy.run_config, sites=["a", "b"],
+                        rounds=[], baseline=None, seconds={"total": 40.2},
+                        run_status={"status": "finished:completed"}, out_dir=tmp_path, left_out=left_out(legacy))
+    assert summary.rounds == 0 and summary.strategy is None and summary.files == {"logs": "logs/"}
+    assert summary.final_line() == ("legacy: run 9 finished:completed on 2 sites; 40 s "
+                                    "(no per-round metrics: see left_out in summary.json)")
+
+
+def test_an_app_flower_would_refuse_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    app = message_api_app(tmp_path / "app")
+    pyproject = app / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('name = "message-app"', 'name = "message_app"'))
+    with pytest.raises(ValueError, match=r'\[project\]\.name "message_app" is invalid'):
+        FlowerApp.load(app)  # Flower's own check of `flwr run`, without a SuperLink
+
+
+def test_make_federate_passes_app_and_args_to_the_module() -> None:
+    def recipe(*variables: str) -> str:
+        done = subprocess.run(["make", "-n", "federate", *variables], cwd=REPO, capture_output=True, text=True,
+                              check=True)
+        return done.stdout.splitlines()[-1].strip()
+
+    assert recipe() == ".venv/bin/python -m federate"
+    assert recipe("APP=/some/app", "ARGS=--rounds 2") == ".venv/bin/python -m federate --app /some/app --rounds 2"

@@ -81,23 +81,22 @@ class Dockerfile:
         return self.lineage(stage)[-1].base
 
     def copied_from(self, stage: Stage, image_path: str) -> Path | None:
-        """The repository file a build-context COPY put at `image_path` in `stage`, if any."""
+        """The repository file a COPY put at `image_path` in `stage`, if any: from the build
+        context, or through `COPY --from=` a stage of this file that took it from there."""
+        stages = {s.name: s for s in self.stages if s.name}
         for ancestor in self.lineage(stage):
             for copy in reversed(ancestor.values("COPY")):
                 words = copy.split()
-                if any(w.startswith("--from=") for w in words):
-                    continue
+                origin = next((w.removeprefix("--from=") for w in words if w.startswith("--from=")), None)
+                if origin is not None and origin not in stages:
+                    continue  # another image's files, not the repository's
                 dest = words[-1]
-                for source in (REPO / w for w in words[:-1] if not w.startswith("--")):
-                    if not dest.endswith("/"):
-                        found = source if image_path == dest else None
-                    elif source.is_dir():
-                        inside = image_path.startswith(dest)
-                        found = source / image_path[len(dest):] if inside else None
-                    else:
-                        found = source if image_path == dest + source.name else None
-                    if found is not None and found.exists():
-                        return found
+                for source in (w for w in words[:-1] if not w.startswith("--")):
+                    for candidate in _copy_sources(source, dest, image_path):
+                        found = (REPO / candidate if origin is None
+                                 else self.copied_from(stages[origin], "/" + candidate.lstrip("/")))
+                        if found is not None and found.exists():
+                            return found
         return None
 
     def shell_commands(self) -> list[tuple[Stage, list[str]]]:
@@ -131,6 +130,19 @@ class Dockerfile:
                 packages=tuple(packages),
             ))
         return installs
+
+
+def _copy_sources(source: str, dest: str, image_path: str) -> list[str]:
+    """Where `image_path` came from if `COPY source dest` put it there (a file, or inside a directory)."""
+    if not dest.endswith("/"):
+        return [source] if image_path == dest else []
+    if not image_path.startswith(dest):
+        return []
+    inside = image_path[len(dest):]
+    candidates = [f"{source.rstrip('/')}/{inside}"]  # source is a directory
+    if inside == source.rstrip("/").rsplit("/", 1)[-1]:
+        candidates.append(source)  # source is a file, copied under its own name
+    return candidates
 
 
 def parse_dockerfile(path: Path, build_args: dict[str, str] | None = None) -> Dockerfile:

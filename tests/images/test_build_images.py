@@ -18,7 +18,8 @@ echo "$*" >> "$DOCKER_CALLS"
 """
 
 
-def build_images(tmp_path: Path, *, engine: bool, **settings: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+def build_images(tmp_path: Path, *, engine: bool, cwd: Path | None = None,
+                 **settings: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     docker = bin_dir / "docker"
@@ -28,7 +29,7 @@ def build_images(tmp_path: Path, *, engine: bool, **settings: str) -> tuple[subp
     calls.write_text("")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_CALLS": str(calls),
            "DOCKER_INFO_EXIT": "0" if engine else "1", **settings}
-    result = subprocess.run([SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([SCRIPT], env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
     return result, [shlex.split(line) for line in calls.read_text().splitlines()]
 
 
@@ -91,4 +92,46 @@ def test_bad_setting_names_the_field_before_touching_docker(tmp_path, setting, v
     result, calls = build_images(tmp_path, engine=True, **{"TAG": "t1", setting: value})
     assert result.returncode == 2
     assert result.stderr.startswith(f"build-images: {message}")
+    assert calls == []
+
+
+def _flower_app(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "pyproject.toml").write_text('[project]\nname = "my-app"\n[tool.flwr.app]\npublisher = "me"\n')
+    return directory
+
+
+def test_an_app_gets_its_own_job_image_from_the_named_context(tmp_path):
+    app = _flower_app(tmp_path / "My_App")
+    result, calls = build_images(tmp_path, engine=True, REGISTRY="r.example/f", TAG="v3", APP=str(app))
+    assert result.returncode == 0, result.stderr
+    builds = _builds(calls)
+    assert sorted(builds) == ["r.example/f/job-my_app:v3", "r.example/f/job-my_app:v3-cpu"]  # no platform image
+    for call in builds.values():
+        assert call[call.index("--file") + 1] == "images/job/Dockerfile"
+        assert call[call.index("--build-context") + 1] == f"app={app}"
+        assert call[-1] == "."  # the repository root still gives the lock and the checks
+    assert "flowerbed:images: {job: r.example/f/job-my_app:v3}" in result.stdout
+
+
+def test_a_relative_app_is_the_callers(tmp_path):
+    _flower_app(tmp_path / "app")
+    result, calls = build_images(tmp_path, engine=True, TAG="t1", JOB_VARIANTS="cpu", APP="app", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [call] = _builds(calls).values()
+    assert call[call.index("--build-context") + 1] == f"app={tmp_path / 'app'}"
+
+
+@pytest.mark.parametrize(("pyproject", "message"), [
+    (None, "has no pyproject.toml; expected a Flower App directory"),
+    ('[project]\nname = "x"\n', "has no [tool.flwr.app] table"),
+])
+def test_a_directory_that_is_no_flower_app_is_refused_before_touching_docker(tmp_path, pyproject, message):
+    app = tmp_path / "app"
+    app.mkdir()
+    if pyproject is not None:
+        (app / "pyproject.toml").write_text(pyproject)
+    result, calls = build_images(tmp_path, engine=True, TAG="t1", APP=str(app))
+    assert result.returncode == 2
+    assert result.stderr.startswith("build-images: APP: ") and message in result.stderr
     assert calls == []

@@ -119,8 +119,30 @@ def test_job_image_installs_the_training_app_and_its_dependencies(dockerfiles):
     requested = {canonicalize_name(Requirement(r).name) for r in requested_packages(dockerfiles["job"])}
     assert {"flwr", "torch", "opacus", "scikit-learn", "numpy"} <= requested
     runtime = dockerfiles["job"].final
-    assert any(c.split()[-1] == "/opt/flowerbed/training" for c in runtime.values("COPY"))
-    assert "PYTHONPATH=/opt/flowerbed/training" in " ".join(runtime.values("ENV")).split()
+    assert any(c.split()[-1] == "/opt/flowerbed/app" for c in runtime.values("COPY"))
+    assert "PYTHONPATH=/opt/flowerbed/app" in " ".join(runtime.values("ENV")).split()
+
+
+def test_the_app_is_a_stage_a_named_build_context_replaces(dockerfiles):
+    """`--build-context app=DIR` replaces the stage `app`; by default it holds training/."""
+    job = dockerfiles["job"]
+    app = job.stage("app")
+    assert app.base == "scratch"  # nothing but the app's files, so a named context is a drop-in
+    assert job.copied_from(app, "/pyproject.toml") == REPO / "training" / "pyproject.toml"
+    # Every later use of the app goes through the stage, never the repository's training/ directly.
+    later = [v for s in job.stages[job.stages.index(app) + 1:] for v in s.values("COPY") + s.values("RUN")]
+    assert [v for v in later if "training/" in v] == []
+    assert any("--mount=type=bind,from=app," in v and "flwr build" in v for v in later)
+
+
+def test_the_flower_check_comes_before_the_apps_dependencies(dockerfiles):
+    venv = dockerfiles["job"].stage("venv")
+    [run] = [v for v in venv.values("RUN") if "pip install" in v]
+    commands = [c.strip() for c in run.split("&&")]
+    assert commands[0].startswith("python /tmp/check_flower.py /tmp/app/pyproject.toml /tmp/requirements.lock")
+    assert dockerfiles["job"].copied_from(venv, "/tmp/check_flower.py") == REPO / "images" / "job" / "check_flower.py"
+    [install] = [i for i in dockerfiles["job"].pip_installs() if i.stage == venv]
+    assert "flwr" in install.packages  # the task commands are Flower's, whatever the app lists
 
 
 def test_platform_image_installs_flower_and_the_kubernetes_client(dockerfiles):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,49 @@ def test_the_registration_jobs_script_needs_only_what_the_platform_image_has():
     assert imported - set(sys.stdlib_module_names) == {"flwr"}
     done = subprocess.run([sys.executable, "-I", REGISTRY_SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--keys" in done.stdout, done.stderr
+
+
+CHECK_FLOWER = REPO / "images" / "job" / "check_flower.py"
+LOCK = REPO / "requirements" / "requirements.lock"
+PLATFORM_FLOWER = importlib.metadata.version("flwr")  # the lock's, per test_image_dockerfiles
+
+
+def _check_flower(tmp_path: Path, dependencies: list[str]) -> subprocess.CompletedProcess[str]:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(f"[project]\nname = \"probe\"\ndependencies = {json.dumps(dependencies)}\n")  # a JSON list is TOML
+    return subprocess.run([sys.executable, CHECK_FLOWER, pyproject, LOCK], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("dependencies", [
+    [f"flwr=={PLATFORM_FLOWER}", "torch"],
+    ["flwr[simulation]>=1.20,<2", "flwr-datasets[vision]>=0.5"],
+    ["numpy"],  # no flwr at all: the image installs the platform's anyway
+    ["flwr==0.1; python_version < '3'", f"flwr~={PLATFORM_FLOWER}"],  # a marker that excludes this Python
+])
+def test_check_flower_accepts_an_app_the_platforms_flower_satisfies(tmp_path, dependencies):
+    result = _check_flower(tmp_path, dependencies)
+    assert result.returncode == 0, result.stderr
+    assert f"the image installs the platform's flwr {PLATFORM_FLOWER}" in result.stdout
+
+
+@pytest.mark.parametrize("requirement", ["flwr==1.40.0", "flwr[simulation]<1.41", "flwr>=1.42"])
+def test_check_flower_refuses_an_app_pinning_another_flower(tmp_path, requirement):
+    result = _check_flower(tmp_path, [requirement, "numpy"])
+    assert result.returncode == 1
+    assert f"the app asks for '{requirement}', but the platform runs flwr {PLATFORM_FLOWER}" in result.stderr
+    assert f"Change the requirement to 'flwr=={PLATFORM_FLOWER}'" in result.stderr
+
+
+def test_check_flower_accepts_the_training_app():
+    result = subprocess.run([sys.executable, CHECK_FLOWER, REPO / "training" / "pyproject.toml", LOCK],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"'flwr=={PLATFORM_FLOWER}'" in result.stdout
+
+
+def test_check_app_loads_an_app_without_torch(tmp_path):
+    app = _app(tmp_path, "from flwr.clientapp import ClientApp\napp = ClientApp()\n")
+    result = _check_app(app)
+    assert result.returncode == 0, result.stderr
+    assert "torch" not in result.stdout  # nothing claims a torch the app does not use

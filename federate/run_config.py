@@ -1,0 +1,80 @@
+"""From federate's options to the run config the submitted app gets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from flwr.common.config import parse_config_args
+
+from federate.app import FlowerApp
+from federate.job import RunFailed
+from federate.sites import Site
+
+# --dp: the training app's privacy keys (training/README.md).
+DP_MODES = {
+    "off": {},
+    "local": {"local-dp": True},
+    "central-server": {"central-dp": "server"},
+    "central-client": {"central-dp": "client"},
+}
+DEFAULT_ROUND_TIMEOUT_S = 120.0  # the training app's own default (600 s) is for pods; every site here is idle
+
+
+def chosen_options(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
+    """(flag, run-config key, value) for every option given on the command line."""
+    chosen = [(flag, key, value) for flag, key, value in (
+        ("--rounds", "num-server-rounds", args.rounds),
+        ("--strategy", "strategy", args.strategy),
+        ("--dataset", "dataset", args.dataset),
+        ("--round-timeout", "round-timeout", args.round_timeout),
+    ) if value is not None]
+    chosen += [("--dp", key, value) for key, value in DP_MODES[args.dp].items()]
+    if args.secagg:
+        chosen.append(("--secagg", "secagg", True))
+    return chosen
+
+
+def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app: FlowerApp) -> dict[str, Any]:
+    """What federate changes in the app's run config; everything else is the app's own default."""
+    options = chosen_options(args)
+    for flag, key, _ in options:
+        if key not in app.run_config:
+            raise RunFailed(f"{flag} sets run config `{key}`, which {app.pyproject} does not declare; "
+                            f"use -c KEY=VALUE with the app's own keys ({', '.join(sorted(app.run_config)) or 'none'})")
+    overrides: dict[str, Any] = {}
+    if app.reports_metrics:
+        overrides["artifacts-dir"] = str(args.out_dir.resolve())  # where federate reads metrics.jsonl
+    if app.is_training:
+        # Every local site is up before the run starts, so sample all of them every round.
+        overrides["min-available-sites"] = len(sites)
+        overrides["round-timeout"] = DEFAULT_ROUND_TIMEOUT_S
+    overrides.update({key: value for _, key, value in options})
+    overrides.update(parse_config_args(args.run_config) if args.run_config else {})
+    dataset = str(overrides.get("dataset", app.run_config.get("dataset", "")))
+    if app.is_training and dataset.startswith("builtin:") and "fraction-evaluate" not in overrides:
+        # Built-in data: the ServerApp scores every round on the global held-out test set
+        # already. Flower starts a ClientApp process per message, so skipping the sites'
+        # own evaluation halves each round's start-ups (-c fraction-evaluate=1.0 restores it).
+        overrides["fraction-evaluate"] = 0.0
+    return overrides
+
+
+def validate_training_run_config(app: FlowerApp, run_config: dict[str, Any]) -> None:
+    """The training app's own validation, before any process starts (errors name the key)."""
+    if str(app.directory) not in sys.path:
+        sys.path.insert(0, str(app.directory))  # the app's own modules, as its ServerApp imports them
+    from flowerbed_training import compression, privacy, secagg
+    from flowerbed_training.settings import ClientSettings, ServerSettings
+
+    ServerSettings.from_run_config(run_config)
+    ClientSettings.from_run_config(run_config)
+    # Otherwise a bad privacy or SecAgg+ setting would only surface as error replies from the sites.
+    if privacy.local_dp_enabled(run_config):
+        privacy.LocalDpSettings.from_run_config(run_config)
+    privacy.CentralDpSettings.from_run_config(run_config)
+    if secagg.secagg_enabled(run_config):
+        secagg.SecAggSettings.from_run_config(run_config)
+    compression.CompressionSettings.from_run_config(run_config)
