@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.engine.engine_project import StackCopy
 from tools.engine.offline import ToolchainMissing, check_toolchain
@@ -80,18 +83,60 @@ class LiveStack:
     def kubectl(self, cluster_name: str) -> Kubectl:
         return Kubectl(self.planes[cluster_name].kubeconfig)
 
+    def up(self) -> float:
+        """`pulumi up`; returns its seconds."""
+        started = time.monotonic()
+        self.copy.up()
+        return time.monotonic() - started
+
     def outputs(self) -> dict[str, Any]:
         return json.loads(self.copy.pulumi.run(["stack", "output", "--json", "--show-secrets"],
                                                capture=True).stdout)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+def say(request: pytest.FixtureRequest, text: str) -> None:
+    """Print into the test log even while output is captured (timings, the RBAC matrix)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(text)
+
+
+def condition(obj: dict[str, Any], kind: str) -> str | None:
+    return next((c["status"] for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Polls `check` until it returns something truthy; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            assert result, f"{what}: not within {timeout:.0f} s"
+            return result
+        time.sleep(0.5)
+
+
+@contextmanager
+def live_stack(root: Path, stack: str = STACK, change: Callable[[dict[str, Any]], None] | None = None,
+               before_up: Callable[[LiveStack], None] | None = None) -> Iterator[LiveStack]:
+    """A project copy with `stack` (its config changed by `change`), its planes started, stopped at the end."""
     require_toolchain_and_binaries()
-    copy = StackCopy.create(tmp_path_factory.mktemp("local-stack"), STACK)
-    local = cluster.LocalStack(copy.root, STACK)
+    copy = StackCopy.create(root, stack)
+    if change is not None:
+        document = copy.read_config()
+        change(document["config"])
+        copy.stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    local = cluster.LocalStack(copy.root, stack)
     try:
-        planes = cluster.up(local)
-        yield LiveStack(copy, local, planes)
+        live = LiveStack(copy, local, cluster.up(local))
+        if before_up is not None:
+            before_up(live)
+        yield live
     finally:
         cluster.down(local)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    with live_stack(tmp_path_factory.mktemp("local-stack")) as stack:
+        yield stack
