@@ -1,0 +1,24 @@
+"""The staging template previews against live API servers, its kubeconfigs swapped in by `make cluster`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.live.conftest import live_stack
+
+pytestmark = pytest.mark.live
+
+
+def test_the_staging_template_previews_cleanly_against_live_clusters(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with live_stack(tmp_path_factory.mktemp("staging"), "staging") as live:
+        result = live.copy.pulumi.run(["preview", "--json"], capture=True, check=False)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+        steps = json.loads(result.stdout)["steps"]
+        kinds = {step["urn"].split("::")[2].split("$")[-1] for step in steps}
+        assert {step["op"] for step in steps} == {"create"}
+        assert {"kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Namespace",
+                "kubernetes:core/v1:PersistentVolumeClaim", "kubernetes:batch/v1:Job"} <= kinds
+        providers = [s for s in steps if s["urn"].split("::")[2].split("$")[-1] == "pulumi:providers:kubernetes"]
+        assert len(providers) == len(live.planes) == 2
