@@ -23,6 +23,7 @@ from federate.processes import Supervisor
 from federate.sites import Site
 from tests.components.component_harness import launched_pod
 from tests.live.conftest import Kubectl, LiveStack, condition, say
+from tools.live import cluster
 
 pytestmark = pytest.mark.live
 
@@ -45,6 +46,17 @@ def deployed(live: LiveStack, request: pytest.FixtureRequest) -> LiveStack:
 
 def ours(items: list[dict[str, Any]], namespaces: set[str]) -> list[dict[str, Any]]:
     return [item for item in items if item["metadata"]["namespace"] in namespaces]
+
+
+# --- make cluster ------------------------------------------------------------------------------------
+
+
+def test_make_cluster_again_finds_the_running_planes_and_changes_nothing(live: LiveStack) -> None:
+    stack_file = live.copy.stack_file.read_bytes()
+    ports = {name: plane.ports() for name, plane in live.planes.items()}
+    again = cluster.up(live.local)
+    assert {name: plane.ports() for name, plane in again.items()} == ports
+    assert live.copy.stack_file.read_bytes() == stack_file
 
 
 # --- rollout and await -----------------------------------------------------------------------------

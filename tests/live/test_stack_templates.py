@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from federate.ports import is_listening
 from tests.live.conftest import live_stack
+from tools.live.plane import pid_alive
 
 pytestmark = pytest.mark.live
 
@@ -22,3 +24,10 @@ def test_the_staging_template_previews_cleanly_against_live_clusters(tmp_path_fa
                 "kubernetes:core/v1:PersistentVolumeClaim", "kubernetes:batch/v1:Job"} <= kinds
         providers = [s for s in steps if s["urn"].split("::")[2].split("$")[-1] == "pulumi:providers:kubernetes"]
         assert len(providers) == len(live.planes) == 2
+        ports = [port for plane in live.planes.values() for port in vars(plane.ports()).values()]
+        pids = [pid for plane in live.planes.values() for pid in plane.pids().values()]
+        roots = [plane.root for plane in live.planes.values()]
+    # make cluster-down: exactly the processes it started are gone, their data too, nothing listens.
+    assert len(pids) == 10 and not any(pid_alive(pid) for pid in pids)
+    assert not any(root.exists() for root in roots)
+    assert not any(is_listening(port) for port in ports)
