@@ -81,7 +81,7 @@ def test_a_removed_sites_key_is_refused_and_the_other_sites_keep_training(
                  "fraction-evaluate": 0.0, "round-timeout": 120.0}
     run_id = submit(federation.cli, REPO / "training", overrides, tmp_path)
     rounds: list[dict] = []
-    follow(federation.cli, run_id, federation.supervisor, MetricsFollower(tmp_path / "artifacts" / "metrics.jsonl"),
-           rounds.append, timeout=600)
+    metrics = MetricsFollower(tmp_path / "artifacts" / "metrics.jsonl")
+    follow(federation.cli, run_id, federation.supervisor, lambda: rounds.extend(metrics.new_rounds()), timeout=600)
     [round_one] = rounds
     assert round_one["aggregated"] and round_one["sites"] == [site.name for site in staying]

@@ -228,8 +228,9 @@ def test_an_app_flower_would_refuse_is_refused_before_anything_starts(tmp_path: 
 
 def test_make_federate_passes_app_and_args_to_the_module() -> None:
     def recipe(*variables: str) -> str:
-        done = subprocess.run(["make", "-n", "federate", *variables], cwd=REPO, capture_output=True, text=True,
-                              check=True)
+        # --no-print-directory: under `make test` (MAKELEVEL 1) make would add "Leaving directory" lines.
+        done = subprocess.run(["make", "-n", "--no-print-directory", "federate", *variables], cwd=REPO,
+                              capture_output=True, text=True, check=True)
         return done.stdout.splitlines()[-1].strip()
 
     assert recipe() == ".venv/bin/python -m federate"
