@@ -44,6 +44,7 @@ def builtin_options(run_config: Mapping[str, Any]) -> BuiltinOptions:
         alpha=float(run_config.get("dirichlet-alpha", 0.5)),
         test_fraction=float(run_config.get("test-fraction", 0.2)),
         seed=int(run_config.get("seed", 42)),
+        labels_per_site=int(run_config.get("labels-per-site", 2)),
     )
 
 
@@ -179,7 +180,7 @@ def build_model(name: str, spec: DataSpec, hidden: int = 64) -> nn.Module:
 
 def model_for(run_config: Mapping[str, Any], spec: DataSpec) -> nn.Module:
     """The run's model, initialised identically everywhere from the run's seed."""
-    torch.manual_seed(int(run_config.get("seed", 42)))
+    seed_torch(int(run_config.get("seed", 42)))
     return build_model(str(run_config.get("model", "auto")), spec, int(run_config.get("hidden-units", 64)))
 
 
@@ -205,10 +206,19 @@ def device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+def seed_torch(seed: int) -> None:
+    """`torch.manual_seed` for the devices `device()` offers (CPU, CUDA). Without CUDA,
+    `torch.manual_seed` still queues a deferred CUDA seed and records a Python stack
+    trace for it on every call: milliseconds per message on a busy CPU."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_torch(seed)
 
 
 def loader(data: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
