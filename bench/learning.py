@@ -3,8 +3,9 @@ baselines/niid_bench): 10 sites, partitions IID, Dirichlet(0.5), Dirichlet(0.1) 
 #C labels per site, 50 rounds, 3 seeds, mean +- std of the final global test accuracy.
 
 Every strategy is reported as a ratio to pooled training: the same model, learning rate,
-batch size and number of epochs (rounds x local epochs) on all sites' data pooled, trained
-in the same process for the same seeds. Rounds to target: the first round whose accuracy
+batch size and number of epochs (rounds x local epochs) on the sites' training data pooled
+(their shares less their validation hold-outs, as split IID: the pool is then the same
+size whatever the partition), trained in the same process for the same seeds. Rounds to target: the first round whose accuracy
 reaches TARGET_SHARE x pooled accuracy (same seed), averaged over the seeds that reach it.
 """
 
@@ -95,7 +96,8 @@ def measure(options: Options) -> tuple[dict[str, np.ndarray], Cells]:
     for dataset in options.datasets():
         # Fused as `flwr run` fuses it, so pooled training gets the same model, lr, batch and epochs.
         base = run_config_with({**options.base(), **RUN_CONFIG, **dict(options.overrides), "dataset": dataset})
-        pooled[dataset] = np.array([task.centralized_baseline({**base, "seed": s})["accuracy"] for s in seeds])
+        pooled[dataset] = np.array([task.centralized_baseline({**base, "partitioning": "iid", "seed": s},
+                                                              sites=options.sites)["accuracy"] for s in seeds])
         _progress(f"{dataset}: pooled {mean_std(pooled[dataset])}")
         for label, partition in partitions(dataset).items():
             for strategy in STRATEGIES:

@@ -327,9 +327,12 @@ def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 # --- centralized baseline (the same model on pooled data; bench/ compares against it) ------
 
 
-def centralized_baseline(run_config: Mapping[str, Any]) -> dict[str, float]:
+def centralized_baseline(run_config: Mapping[str, Any], sites: int | None = None) -> dict[str, float]:
     """Train the run's model on the pooled built-in training data for
-    `num-server-rounds x local-epochs` epochs; evaluate on the same global test set."""
+    `num-server-rounds x local-epochs` epochs; evaluate on the same global test set.
+
+    With `sites`, pool exactly what that many sites train on (each site's share less its
+    validation hold-out) instead of the whole training pool."""
     name = builtin_name(str(run_config.get("dataset", "")))
     if name is None:
         raise DataError("dataset: the centralized baseline needs a builtin: source (study data never pools)")
@@ -337,8 +340,9 @@ def centralized_baseline(run_config: Mapping[str, Any]) -> dict[str, float]:
     seed = int(run_config.get("seed", 42))
     seed_everything(seed)
     split = builtin_split(name, builtin_options(run_config))
-    standardizer = Standardizer.from_sums(FeatureSums.of(split.train.x))
-    train_set, test_set = standardizer.apply(split.train), standardizer.apply(split.test)
+    pool = split.train if sites is None else _sites_training_data(name, sites, run_config)
+    standardizer = Standardizer.from_sums(FeatureSums.of(pool.x))
+    train_set, test_set = standardizer.apply(pool), standardizer.apply(split.test)
     spec = DataSpec(train_set.spec.num_features, int(split.train.y.max()) + 1, train_set.spec.image_shape)
     model = model_for(run_config, spec)
     dev = device()
@@ -349,3 +353,9 @@ def centralized_baseline(run_config: Mapping[str, Any]) -> dict[str, float]:
     loss, accuracy = evaluate(model, loader(test_set, 256, False), dev)
     return {"accuracy": accuracy, "loss": loss, "seconds": time.perf_counter() - started,
             "epochs": float(epochs), "examples": float(len(train_set.y))}
+
+
+def _sites_training_data(name: str, sites: int, run_config: Mapping[str, Any]) -> Dataset:
+    options = builtin_options(run_config)
+    parts = [local_split(builtin_partition(name, i, sites, options), run_config)[0] for i in range(sites)]
+    return Dataset(x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts]), spec=parts[0].spec)
