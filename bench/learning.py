@@ -5,8 +5,12 @@ baselines/niid_bench): 10 sites, partitions IID, Dirichlet(0.5), Dirichlet(0.1) 
 Every strategy is reported as a ratio to pooled training: the same model, learning rate,
 batch size and number of epochs (rounds x local epochs) on the sites' training data pooled
 (their shares less their validation hold-outs, as split IID: the pool is then the same
-size whatever the partition), trained in the same process for the same seeds. Rounds to target: the first round whose accuracy
-reaches TARGET_SHARE x pooled accuracy (same seed), averaged over the seeds that reach it.
+size whatever the partition), trained in the same process for the same seeds. Rounds to
+target: the first round whose accuracy reaches TARGET_SHARE x pooled accuracy (same
+seed), averaged over the seeds that reach it.
+
+Only the full grid (DEFAULTS, no --set) rewrites bench/README.md's table and
+bench/learning.png; smaller runs (sweeps, tries) print their table only.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def measure(options: Options) -> tuple[dict[str, np.ndarray], Cells]:
     seeds = range(options.seeds)
     for dataset in options.datasets():
         # Fused as `flwr run` fuses it, so pooled training gets the same model, lr, batch and epochs.
-        base = run_config_with({**options.base(), **RUN_CONFIG, **dict(options.overrides), "dataset": dataset})
+        base = run_config_with({**RUN_CONFIG, **options.base(), "dataset": dataset})
         pooled[dataset] = np.array([task.centralized_baseline({**base, "partitioning": "iid", "seed": s},
                                                               sites=options.sites)["accuracy"] for s in seeds])
         _progress(f"{dataset}: pooled {mean_std(pooled[dataset])}")
@@ -124,11 +128,12 @@ def run(options: Options) -> None:
     started = time.perf_counter()
     pooled, cells = measure(options)
     seconds = time.perf_counter() - started
-    base = run_config_with({**options.base(), **RUN_CONFIG})
+    base = run_config_with({**RUN_CONFIG, **options.base()})
     title = (f"{options.sites} sites, {options.rounds} rounds x {base['local-epochs']} local epochs, "
              f"lr {base['lr']}, batch {base['batch-size']}, {base['model']}, seeds 0-{options.seeds - 1}; "
              f"final accuracy mean +- std; rounds to {TARGET_SHARE} x pooled ({seconds:.0f} s)")
     header = ["dataset", "partition", "strategy", "accuracy", "x pooled", f"rounds to {TARGET_SHARE}x pooled"]
     table = rows(pooled, cells)
     print_table(f"Learning under label skew: {title}", header, table)
-    report.write(title, header, table, {k: (c.curves, c.pooled) for k, c in cells.items()})
+    if options == DEFAULTS:
+        report.write(title, header, table, {k: (c.curves, c.pooled) for k, c in cells.items()})
