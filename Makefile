@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
 
-.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench clean
+.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning clean
 
 venv:
 	@tools/ensure-venv
@@ -49,6 +49,10 @@ images:
 
 bench: venv
 	PYTHONPATH=training $(PY) -m bench $(ARGS)
+
+# NIID-Bench-shaped: rewrites the table in bench/README.md and bench/learning.png.
+bench-learning: venv
+	PYTHONPATH=training $(PY) -m bench learning $(ARGS)
 
 clean:
 	rm -rf out .pytest_cache

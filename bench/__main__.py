@@ -1,33 +1,50 @@
-"""`python -m bench [NAME ...] [--rounds N --sites N --dataset D --target-accuracy A]`."""
+"""`python -m bench [NAME ...] [--rounds N --sites N --dataset D --seeds N --set KEY=VALUE ...]`."""
 
 from __future__ import annotations
 
-import argparse
-import time
+import os
 
-import torch
+# One BLAS thread, set before numpy loads: its default pool spins against torch and the
+# sites on a small shared machine (measured: a 38k-entry dot product 5x slower).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from . import centralized, communication, strategies
-from .options import Options
-from .runs import quiet_flower, warm_up
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import time  # noqa: E402
 
-BENCHMARKS = {"centralized": centralized.run, "strategies": strategies.run, "communication": communication.run}
+import torch  # noqa: E402
+
+from . import centralized, communication, learning, strategies  # noqa: E402
+from .options import Options, run_config_value  # noqa: E402
+from .runs import quiet_flower, warm_up  # noqa: E402
+
+BENCHMARKS = {"centralized": centralized.run, "strategies": strategies.run, "communication": communication.run,
+              "learning": learning.run}
+# Each benchmark's own defaults; command-line options replace them.
+DEFAULTS = {"learning": learning.DEFAULTS}
+QUICK = ("centralized", "strategies", "communication")  # run when no NAME is given
 
 
 def main() -> None:
-    defaults = Options()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
-    parser.add_argument("--dataset", default=defaults.dataset, help="builtin:breast-cancer or builtin:digits")
-    parser.add_argument("--sites", type=int, default=defaults.sites)
-    parser.add_argument("--rounds", type=int, default=defaults.rounds)
-    parser.add_argument("--target-accuracy", type=float, default=defaults.target_accuracy)
+                        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: {', '.join(QUICK)})")
+    parser.add_argument("--dataset", help="builtin:breast-cancer or builtin:digits (learning: comma-separated)")
+    parser.add_argument("--sites", type=int)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--target-accuracy", type=float, help="centralized, strategies")
+    parser.add_argument("--seeds", type=int, help="learning: seeds 0..N-1")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="run-config value for every run (repeatable), e.g. --set lr=0.05")
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    options = Options(args.dataset, args.sites, args.rounds, args.target_accuracy)
+    try:
+        overrides = tuple(run_config_value(a) for a in args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    given = {k: v for k, v in vars(args).items() if k not in ("names", "overrides") and v is not None}
 
     # One torch thread: the sites run one after another, and on a small shared
     # machine torch's default thread pool is much slower than one thread.
@@ -35,7 +52,8 @@ def main() -> None:
     quiet_flower()
     warm_up()
     started = time.perf_counter()
-    for name in args.names or list(BENCHMARKS):
+    for name in args.names or QUICK:
+        options = dataclasses.replace(DEFAULTS.get(name, Options()), **given, overrides=overrides)
         BENCHMARKS[name](options)
     print(f"\nbench: {time.perf_counter() - started:.0f} s")
 

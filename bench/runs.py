@@ -27,6 +27,11 @@ class FederatedRun:
     def final_accuracy(self) -> float:
         return float(self.lines[-1]["accuracy"])
 
+    @property
+    def accuracies(self) -> list[float]:
+        """The global model's accuracy after each round."""
+        return [float(line["accuracy"]) for line in self.lines]
+
     def seconds_to(self, accuracy: float) -> float | None:
         """Seconds of round time until the global model first reached `accuracy` (None: never)."""
         elapsed = 0.0

@@ -127,7 +127,7 @@ def label_shares(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) 
 
 def test_partitions_are_disjoint_cover_the_pool_and_are_deterministic():
     labels = np.repeat(np.arange(4), 50)
-    for partitioning in ("iid", "dirichlet"):
+    for partitioning in ("iid", "dirichlet", "labels"):
         parts = partition_indices(labels, 5, partitioning, alpha=0.5, seed=7)
         joined = np.concatenate(parts)
         assert sorted(joined.tolist()) == list(range(200))
@@ -150,6 +150,18 @@ def test_small_dirichlet_alpha_skews_labels_far_more_than_iid():
     assert skew("dirichlet", 0.1) > skew("dirichlet", 10.0) > skew("iid", 1.0)
 
 
+def test_labels_partitioning_gives_each_site_its_own_class_and_others_drawn_at_random():
+    # NIID-Bench's #C=2: site i holds class i mod K plus one more; a class is split evenly
+    # among the sites holding it.
+    labels = np.repeat(np.arange(4), 60)
+    parts = partition_indices(labels, 6, "labels", alpha=0.5, seed=1, labels_per_site=2)
+    held = [set(np.unique(labels[p]).tolist()) for p in parts]
+    assert all(len(classes) == 2 and site % 4 in classes for site, classes in enumerate(held))
+    for label in range(4):
+        sizes = [int((labels[p] == label).sum()) for p, classes in zip(parts, held) if label in classes]
+        assert sum(sizes) == 60 and max(sizes) - min(sizes) <= 1
+
+
 def test_every_dirichlet_site_gets_enough_examples():
     labels = np.repeat(np.arange(2), 60)
     parts = partition_indices(labels, 4, "dirichlet", alpha=0.1, seed=3)
@@ -159,8 +171,9 @@ def test_every_dirichlet_site_gets_enough_examples():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"partitioning": "random"}, "partitioning: 'random' is not one of iid, dirichlet"),
+        ({"partitioning": "random"}, "partitioning: 'random' is not one of iid, dirichlet, labels"),
         ({"alpha": 0.0}, "dirichlet-alpha: 0.0 must be > 0"),
+        ({"partitioning": "labels", "labels_per_site": 3}, r"labels-per-site: 3 must be in \[1, 2\]"),
         ({"num_partitions": 0}, "num-partitions: 0 must be >= 1"),
         ({"num_partitions": 50}, "num-partitions: 50 sites need at least 500 examples"),
     ],

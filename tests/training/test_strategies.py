@@ -89,37 +89,50 @@ def test_client_control_variate_option_two():
         client_control_update({}, {}, {}, {}, steps=0, lr=0.1)
 
 
-def test_server_update_follows_the_paper():
+def test_server_update_weights_sites_by_their_training_examples():
     x, c = {"w": np.array([1.0, 2.0])}, {"w": np.array([0.1, 0.1])}
     y = [{"w": np.array([2.0, 2.0])}, {"w": np.array([0.0, 4.0])}]
     delta_c = [{"w": np.array([1.0, 0.0])}, {"w": np.array([0.0, 2.0])}]
-    x_new, c_new = server_update(x, c, y, delta_c, num_sites=4, server_lr=0.5)
-    # x + eta_g * mean(y_i - x) = [1, 2] + 0.5 * [0, 1]
-    np.testing.assert_allclose(x_new["w"], [1.0, 2.5])
-    # c + |S|/N * mean(delta c_i) = 0.1 + (2/4) * [0.5, 1.0]
-    np.testing.assert_allclose(c_new["w"], [0.35, 0.6])
+    x_new, c_new = server_update(x, c, y, delta_c, examples=[10, 30], num_sites=4, server_lr=0.5)
+    # p = [10, 30] / 40 = [0.25, 0.75]
+    # x + eta_g * sum p_i (y_i - x) = [1, 2] + 0.5 * (0.25 * [1, 0] + 0.75 * [-1, 2]) = [1, 2] + 0.5 * [-0.5, 1.5]
+    np.testing.assert_allclose(x_new["w"], [0.75, 2.75])
+    # c + |S|/N * sum p_i delta c_i = 0.1 + (2/4) * (0.25 * [1, 0] + 0.75 * [0, 2]) = 0.1 + 0.5 * [0.25, 1.5]
+    np.testing.assert_allclose(c_new["w"], [0.225, 0.85])
+
+
+def test_server_update_with_equal_sites_is_the_papers_uniform_mean():
+    # Karimireddy et al. 2020, Algorithm 1: x += eta_g/|S| sum dy_i, c += 1/N sum dc_i.
+    x, c = {"w": np.array([0.0])}, {"w": np.array([0.0])}
+    y = [{"w": np.array([3.0])}, {"w": np.array([-1.0])}, {"w": np.array([4.0])}]
+    delta_c = [{"w": np.array([0.3])}, {"w": np.array([0.6])}, {"w": np.array([0.9])}]
+    x_new, c_new = server_update(x, c, y, delta_c, examples=[50, 50, 50], num_sites=5, server_lr=1.0)
+    np.testing.assert_allclose(x_new["w"], [(3.0 - 1.0 + 4.0) / 3])
+    np.testing.assert_allclose(c_new["w"], [(0.3 + 0.6 + 0.9) / 5])
 
 
 def test_scaffold_strategy_sends_c_and_updates_it_from_the_answering_sites(server_identity):
-    strategy = build_strategy(settings(strategy="scaffold", **{"server-lr": 1.0}), 0.1)
+    strategy = build_strategy(settings(strategy="scaffold", **{"scaffold-global-lr": 1.0}), 0.1)
     assert isinstance(strategy, Scaffold)
     grid = grid_with(4)  # N = 4 connected sites, 2 answer
     x = {"w": np.array([1.0, 1.0])}
     messages = list(strategy.configure_train(1, to_record(x), ConfigRecord(), grid))
     assert len(messages) == 4
+    # The first round's c is zero: with c_i = 0 too, it is a FedAvg round.
     np.testing.assert_array_equal(from_record(messages[0].content.array_records[CONTROL])["w"], [0.0, 0.0])
     replies = [
         train_reply(1, {"w": [3.0, 1.0]}, 10, **{CONTROL_DELTA: to_record({"w": np.array([0.4, 0.0])})}),
         train_reply(2, {"w": [1.0, 5.0]}, 30, **{CONTROL_DELTA: to_record({"w": np.array([0.0, 0.8])})}),
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
-    # Unweighted means (the paper averages over sites, not examples).
-    np.testing.assert_allclose(from_record(arrays)["w"], [2.0, 3.0])
-    np.testing.assert_allclose(strategy.control["w"], [0.5 * 0.2, 0.5 * 0.4])  # type: ignore[index]
+    # Weighted by the sites' examples, p = [0.25, 0.75]: x + 0.25 * [2, 0] + 0.75 * [0, 4].
+    np.testing.assert_allclose(from_record(arrays)["w"], [1.5, 4.0])
+    # c = 0 + (2/4) * (0.25 * [0.4, 0] + 0.75 * [0, 0.8]) = [0.05, 0.3]
+    np.testing.assert_allclose(strategy.control["w"], [0.05, 0.3])  # type: ignore[index]
     assert metrics is not None and "train-loss" in metrics
     # The next round sends the updated c, and it is checkpointable.
     messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
-    np.testing.assert_allclose(from_record(messages[0].content.array_records[CONTROL])["w"], [0.1, 0.2])
+    np.testing.assert_allclose(from_record(messages[0].content.array_records[CONTROL])["w"], [0.05, 0.3])
     assert set(strategy_state(strategy)) == {"control/w"}
 
 

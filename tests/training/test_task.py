@@ -139,6 +139,15 @@ def test_centralized_baseline_trains_the_same_model_on_pooled_data():
         task.centralized_baseline({"dataset": "cardio/visits"})
 
 
+def test_centralized_baseline_can_pool_exactly_what_the_sites_train_on():
+    run_config = {"dataset": "builtin:breast-cancer", "num-server-rounds": 1, "partitioning": "iid"}
+    whole = task.centralized_baseline(run_config)
+    sites = task.centralized_baseline(run_config, sites=3)
+    shares = [task.builtin_partition("breast-cancer", i, 3, task.builtin_options(run_config)) for i in range(3)]
+    assert sites["examples"] == sum(len(task.local_split(share, run_config)[0].y) for share in shares)
+    assert sites["examples"] == pytest.approx(0.8 * whole["examples"], abs=3)
+
+
 def test_device_preference_from_node_config():
     assert task.device("cpu").type == "cpu"
     with pytest.raises(DataError, match="node config device: 'tpu' must be auto, cpu, cuda or cuda:<n>"):

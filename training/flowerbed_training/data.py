@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_SOURCES = ("breast-cancer", "digits")
-PARTITIONINGS = ("iid", "dirichlet")
+PARTITIONINGS = ("iid", "dirichlet", "labels")
 # A Dirichlet draw may leave a site almost empty; redraw until each site has this many.
 MIN_EXAMPLES_PER_SITE = 10
 MAX_DIRICHLET_DRAWS = 100
@@ -62,20 +63,30 @@ def _dataset(x: np.ndarray, y: np.ndarray, image_shape: tuple[int, ...] | None) 
 # --- built-in sources ---------------------------------------------------------------
 
 
+@cache
 def load_builtin(name: str) -> Dataset:
-    """The whole built-in dataset (scikit-learn ships it; nothing downloads)."""
+    """The whole built-in dataset (scikit-learn ships it; nothing downloads).
+
+    Read once per process and returned read-only: a site reads it for every message,
+    and parsing scikit-learn's CSV costs more than a small model's training step."""
     from sklearn import datasets  # imported here: only built-in sources need it
 
     if name == "breast-cancer":
         bunch = datasets.load_breast_cancer()
-        return _dataset(bunch.data, bunch.target, image_shape=None)
+        return _read_only(_dataset(bunch.data, bunch.target, image_shape=None))
     if name == "digits":
         bunch = datasets.load_digits()
-        return _dataset(bunch.images, bunch.target, image_shape=(1, 8, 8))
+        return _read_only(_dataset(bunch.images, bunch.target, image_shape=(1, 8, 8)))
     raise DataError(
         f"dataset: unknown built-in source {BUILTIN_PREFIX}{name!r}; allowed: "
         + ", ".join(BUILTIN_PREFIX + s for s in BUILTIN_SOURCES)
     )
+
+
+def _read_only(data: Dataset) -> Dataset:
+    data.x.flags.writeable = False
+    data.y.flags.writeable = False
+    return data
 
 
 def subset(data: Dataset, index: np.ndarray) -> Dataset:
@@ -97,9 +108,11 @@ def train_test_split(data: Dataset, test_fraction: float, seed: int) -> Split:
 
 
 def partition_indices(
-    labels: np.ndarray, num_partitions: int, partitioning: str, alpha: float, seed: int
+    labels: np.ndarray, num_partitions: int, partitioning: str, alpha: float, seed: int,
+    labels_per_site: int = 2,
 ) -> list[np.ndarray]:
-    """Indices of each site's share: IID, or label-skewed with per-class Dirichlet(alpha) shares."""
+    """Indices of each site's share: IID, label-skewed with per-class Dirichlet(alpha) shares,
+    or `labels_per_site` classes per site (NIID-Bench's "#C=k", Li et al., ICDE 2022)."""
     if num_partitions < 1:
         raise DataError(f"num-partitions: {num_partitions} must be >= 1")
     if partitioning not in PARTITIONINGS:
@@ -112,6 +125,13 @@ def partition_indices(
     rng = np.random.default_rng(seed)
     if partitioning == "iid":
         return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), num_partitions)]
+    if partitioning == "labels":
+        return _label_quantity_parts(labels, num_partitions, labels_per_site, rng)
+    return _dirichlet_parts(labels, num_partitions, alpha, rng)
+
+
+def _dirichlet_parts(labels: np.ndarray, num_partitions: int, alpha: float,
+                     rng: np.random.Generator) -> list[np.ndarray]:
     if alpha <= 0:
         raise DataError(f"dirichlet-alpha: {alpha} must be > 0")
     for _ in range(MAX_DIRICHLET_DRAWS):
@@ -130,17 +150,50 @@ def partition_indices(
     )
 
 
+def _label_quantity_parts(labels: np.ndarray, num_partitions: int, labels_per_site: int,
+                          rng: np.random.Generator) -> list[np.ndarray]:
+    """NIID-Bench's "#C=k": site i holds class i mod K and k - 1 other classes drawn at random;
+    each class's examples are split evenly among the sites holding it. With fewer sites than
+    classes, classes no site draws are left out (as in NIID-Bench)."""
+    classes = np.unique(labels)
+    if not 1 <= labels_per_site <= len(classes):
+        raise DataError(f"labels-per-site: {labels_per_site} must be in [1, {len(classes)}] (the classes)")
+    held = []
+    for site in range(num_partitions):
+        others = rng.permutation(np.delete(classes, site % len(classes)))[: labels_per_site - 1]
+        held.append({int(classes[site % len(classes)]), *others.tolist()})
+    parts: list[list[int]] = [[] for _ in range(num_partitions)]
+    for label in classes:
+        holders = [site for site in range(num_partitions) if label in held[site]]
+        members = rng.permutation(np.flatnonzero(labels == label))
+        for site, chunk in zip(holders, np.array_split(members, len(holders))):
+            parts[site].extend(chunk.tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
 @dataclass(frozen=True)
 class BuiltinOptions:
     partitioning: str = "dirichlet"
     alpha: float = 0.5
     test_fraction: float = 0.2
     seed: int = 42
+    labels_per_site: int = 2  # partitioning "labels" only
 
 
+# A site reads its share for every message: split and partition once per process (a run
+# uses one options value; a benchmark process a few at a time). Callers share the arrays
+# and must not write to them (torch warns on read-only arrays, so they are not marked).
+@lru_cache(maxsize=16)
 def builtin_split(name: str, options: BuiltinOptions) -> Split:
     """The built-in dataset split into a pool the sites share and a global held-out test set."""
     return train_test_split(load_builtin(name), options.test_fraction, options.seed)
+
+
+@lru_cache(maxsize=16)
+def _builtin_parts(name: str, num_partitions: int, options: BuiltinOptions) -> list[np.ndarray]:
+    pool = builtin_split(name, options).train
+    return partition_indices(pool.y, num_partitions, options.partitioning, options.alpha, options.seed,
+                             options.labels_per_site)
 
 
 def builtin_partition(
@@ -150,8 +203,7 @@ def builtin_partition(
     if not 0 <= partition_id < num_partitions:
         raise DataError(f"partition-id: {partition_id} must be in [0, {num_partitions})")
     pool = builtin_split(name, options).train
-    parts = partition_indices(pool.y, num_partitions, options.partitioning, options.alpha, options.seed)
-    return subset(pool, parts[partition_id])
+    return subset(pool, _builtin_parts(name, num_partitions, options)[partition_id])
 
 
 # --- study directories ----------------------------------------------------------------

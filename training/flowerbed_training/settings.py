@@ -29,6 +29,7 @@ class ServerSettings:
     strategy: str
     proximal_mu: float
     server_lr: float
+    scaffold_global_lr: float
     server_tau: float
     trimmed_beta: float
     krum_malicious: int
@@ -47,7 +48,8 @@ class ServerSettings:
             num_rounds=_get(run_config, "num-server-rounds", int, 10),
             strategy=_get(run_config, "strategy", str, "fedavg"),
             proximal_mu=_get(run_config, "proximal-mu", float, 0.01),
-            server_lr=_get(run_config, "server-lr", float, 1.0),
+            server_lr=_get(run_config, "server-lr", float, 0.01),
+            scaffold_global_lr=_get(run_config, "scaffold-global-lr", float, 1.0),
             server_tau=_get(run_config, "server-tau", float, 1e-3),
             trimmed_beta=_get(run_config, "trimmed-beta", float, 0.2),
             krum_malicious=_get(run_config, "krum-malicious", int, 0),
@@ -69,6 +71,7 @@ class ServerSettings:
             ("strategy", self.strategy, self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
             ("proximal-mu", self.proximal_mu, self.proximal_mu >= 0, "must be >= 0"),
             ("server-lr", self.server_lr, self.server_lr > 0, "must be > 0"),
+            ("scaffold-global-lr", self.scaffold_global_lr, self.scaffold_global_lr > 0, "must be > 0"),
             ("server-tau", self.server_tau, self.server_tau > 0, "must be > 0"),
             ("trimmed-beta", self.trimmed_beta, 0 <= self.trimmed_beta < 0.5, "must be in [0, 0.5)"),
             ("krum-malicious", self.krum_malicious, self.krum_malicious >= 0, "must be >= 0"),

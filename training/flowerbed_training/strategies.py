@@ -35,7 +35,7 @@ def build_strategy(settings: ServerSettings, local_lr: float) -> Strategy:
     if name == "fedprox":
         return FedProx(**common, proximal_mu=settings.proximal_mu)
     if name == "scaffold":
-        return Scaffold(**common, server_lr=settings.server_lr)
+        return Scaffold(**common, server_lr=settings.scaffold_global_lr)
     if name in ("fedadam", "fedyogi"):
         adaptive = FedAdam if name == "fedadam" else FedYogi
         return adaptive(**common, eta=settings.server_lr, eta_l=local_lr, tau=settings.server_tau)

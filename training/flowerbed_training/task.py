@@ -44,6 +44,7 @@ def builtin_options(run_config: Mapping[str, Any]) -> BuiltinOptions:
         alpha=float(run_config.get("dirichlet-alpha", 0.5)),
         test_fraction=float(run_config.get("test-fraction", 0.2)),
         seed=int(run_config.get("seed", 42)),
+        labels_per_site=int(run_config.get("labels-per-site", 2)),
     )
 
 
@@ -179,7 +180,7 @@ def build_model(name: str, spec: DataSpec, hidden: int = 64) -> nn.Module:
 
 def model_for(run_config: Mapping[str, Any], spec: DataSpec) -> nn.Module:
     """The run's model, initialised identically everywhere from the run's seed."""
-    torch.manual_seed(int(run_config.get("seed", 42)))
+    seed_torch(int(run_config.get("seed", 42)))
     return build_model(str(run_config.get("model", "auto")), spec, int(run_config.get("hidden-units", 64)))
 
 
@@ -205,10 +206,19 @@ def device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+def seed_torch(seed: int) -> None:
+    """`torch.manual_seed` for the devices `device()` offers (CPU, CUDA). Without CUDA,
+    `torch.manual_seed` still queues a deferred CUDA seed and records a Python stack
+    trace for it on every call: milliseconds per message on a busy CPU."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_torch(seed)
 
 
 def loader(data: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
@@ -317,9 +327,12 @@ def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 # --- centralized baseline (the same model on pooled data; bench/ compares against it) ------
 
 
-def centralized_baseline(run_config: Mapping[str, Any]) -> dict[str, float]:
+def centralized_baseline(run_config: Mapping[str, Any], sites: int | None = None) -> dict[str, float]:
     """Train the run's model on the pooled built-in training data for
-    `num-server-rounds x local-epochs` epochs; evaluate on the same global test set."""
+    `num-server-rounds x local-epochs` epochs; evaluate on the same global test set.
+
+    With `sites`, pool exactly what that many sites train on (each site's share less its
+    validation hold-out) instead of the whole training pool."""
     name = builtin_name(str(run_config.get("dataset", "")))
     if name is None:
         raise DataError("dataset: the centralized baseline needs a builtin: source (study data never pools)")
@@ -327,8 +340,9 @@ def centralized_baseline(run_config: Mapping[str, Any]) -> dict[str, float]:
     seed = int(run_config.get("seed", 42))
     seed_everything(seed)
     split = builtin_split(name, builtin_options(run_config))
-    standardizer = Standardizer.from_sums(FeatureSums.of(split.train.x))
-    train_set, test_set = standardizer.apply(split.train), standardizer.apply(split.test)
+    pool = split.train if sites is None else _sites_training_data(name, sites, run_config)
+    standardizer = Standardizer.from_sums(FeatureSums.of(pool.x))
+    train_set, test_set = standardizer.apply(pool), standardizer.apply(split.test)
     spec = DataSpec(train_set.spec.num_features, int(split.train.y.max()) + 1, train_set.spec.image_shape)
     model = model_for(run_config, spec)
     dev = device()
@@ -339,3 +353,9 @@ def centralized_baseline(run_config: Mapping[str, Any]) -> dict[str, float]:
     loss, accuracy = evaluate(model, loader(test_set, 256, False), dev)
     return {"accuracy": accuracy, "loss": loss, "seconds": time.perf_counter() - started,
             "epochs": float(epochs), "examples": float(len(train_set.y))}
+
+
+def _sites_training_data(name: str, sites: int, run_config: Mapping[str, Any]) -> Dataset:
+    options = builtin_options(run_config)
+    parts = [local_split(builtin_partition(name, i, sites, options), run_config)[0] for i in range(sites)]
+    return Dataset(x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts]), spec=parts[0].spec)
