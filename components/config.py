@@ -30,6 +30,10 @@ SERVER_NAMESPACE_SUFFIX = "-server"
 # Each site's SuperNode (and its private key) lives in `<site namespace><suffix>`, a namespace the
 # site's executor has no Role in: the executor lists Secrets in its own namespace (flwr 1.41).
 SUPERNODE_NAMESPACE_SUFFIX = "-supernode"
+# Seconds a launched task pod may take to start (scheduling, image pull) before the reaper deletes
+# it: below half a minute, ordinary scheduling and pulls would be cut off.
+PENDING_TIMEOUT_DEFAULT = 600
+PENDING_TIMEOUT_MINIMUM = 30
 # NodeLocal DNSCache's default listen address (the `__PILLAR__LOCAL__DNS__` of its manifest), on every node.
 NODE_LOCAL_DNS_ADDRESS = "169.254.20.10"
 
@@ -100,6 +104,7 @@ class ServerConfig:
     state_storage: Storage
     artifacts_storage: Storage
     server_app: Resources
+    pending_timeout: int
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class SiteConfig:
     tolerations: tuple[Mapping[str, Any], ...]
     study_data: tuple[StudyData, ...]
     scratch_size: str
+    pending_timeout: int
 
     @property
     def supernode_namespace(self) -> str:
@@ -218,6 +224,11 @@ def _integer(value: Any, field: str, minimum: int, maximum: int | None = None) -
         upper = f" and at most {maximum}" if maximum is not None else ""
         raise _fail(field, value, f"an integer of at least {minimum}{upper}")
     return int(value)
+
+
+def _pending_timeout(raw: Mapping[str, Any], field: str) -> int:
+    return _integer(raw.get("pendingTimeout", PENDING_TIMEOUT_DEFAULT), f"{field}.pendingTimeout",
+                    PENDING_TIMEOUT_MINIMUM)
 
 
 def _boolean(value: Any, field: str) -> bool:
@@ -346,7 +357,8 @@ def _cluster_ref(value: Any, field: str, clusters: Mapping[str, ClusterConfig]) 
 def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) -> ServerConfig:
     field = "server"
     keys = ("cluster", "endpoint", "namespace", "serviceType", "loadBalancerIP", "serviceAnnotations",
-            "publicPort", "endpointCidrs", "stateStorage", "artifactsStorage", "serverApp", "waitForAddress")
+            "publicPort", "endpointCidrs", "stateStorage", "artifactsStorage", "serverApp", "waitForAddress",
+            "pendingTimeout")
     server = _mapping(raw, field, keys, ("cluster", "endpoint"))
     service_type = _choice(server.get("serviceType", "LoadBalancer"), f"{field}.serviceType", SERVICE_TYPES)
     load_balancer_ip = server.get("loadBalancerIP")
@@ -380,6 +392,7 @@ def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) ->
             memory=_quantity(app.get("memory", "4Gi"), f"{field}.serverApp.memory"),
             gpus=_integer(app.get("gpus", 0), f"{field}.serverApp.gpus", 0),
         ),
+        pending_timeout=_pending_timeout(server, field),
     )
 
 
@@ -408,7 +421,7 @@ def _tolerations(raw: Any, field: str) -> tuple[Mapping[str, Any], ...]:
 def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterConfig]) -> SiteConfig:
     field = f"sites[{index}]"
     keys = ("name", "cluster", "namespace", "gpus", "cpu", "memory", "maxConcurrentTasks", "nodeSelector",
-            "tolerations", "studyData", "scratchSize")
+            "tolerations", "studyData", "scratchSize", "pendingTimeout")
     site = _mapping(raw, field, keys, ("name", "cluster"))
     name = _dns_label(site["name"], f"{field}.name")
     study_data = tuple(
@@ -439,6 +452,7 @@ def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterC
         tolerations=_tolerations(site.get("tolerations", []), f"{field}.tolerations"),
         study_data=study_data,
         scratch_size=_quantity(site.get("scratchSize", "10Gi"), f"{field}.scratchSize"),
+        pending_timeout=_pending_timeout(site, field),
     )
 
 

@@ -330,10 +330,12 @@ def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[s
 # Exactly the calls flwr 1.41's KubernetesExecutor makes for cold (one pod per task) dispatch
 # (flwr/supercore/superexec/executor/kubernetes_executor.py): create/list/delete of the task
 # Pod and of its AppIO credential Secret. No get/watch (it lists), no patch or pods/exec (only
-# warm pools use them, and flowerbed configures none).
+# warm pools use them, and flowerbed configures none). The pending reaper in the executor's pod
+# lists and deletes the same pods and adds only `create` of the Event it records for each.
 EXECUTOR_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pods", ("create", "delete", "list")),
     ("secrets", ("create", "delete", "list")),
+    ("events", ("create",)),
 )
 
 

@@ -213,7 +213,8 @@ class ServerSite(pulumi.ComponentResource):
             self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
             images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config),
             runtime_address=naming.service_address(naming.RUNTIME_SERVICE, self._ns, naming.RUNTIME_PORT),
-            contents=self._contents, opts=self._in_ns, depends_on=depends_on)
+            pending_timeout=config.server.pending_timeout, contents=self._contents, opts=self._in_ns,
+            depends_on=depends_on)
 
     def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
                       depends_on: Sequence[pulumi.Resource]) -> None:

@@ -119,8 +119,8 @@ class ClientSite(pulumi.ComponentResource):
         superexec.declare(
             self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
             images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config, self._site),
-            runtime_address=supernode.runtime_address(self._site), contents=self._contents, opts=self._in_ns,
-            depends_on=depends_on)
+            runtime_address=supernode.runtime_address(self._site), pending_timeout=self._site.pending_timeout,
+            contents=self._contents, opts=self._in_ns, depends_on=depends_on)
 
     def _network_policies(self) -> None:
         """Nothing in; out only to the SuperNode's Runtime API (and the executor to the Kubernetes API, DNS)."""

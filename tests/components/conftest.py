@@ -37,7 +37,8 @@ def variant_raw_config() -> dict[str, Any]:
     raw["images"].update(pullPolicy="Always", pullSecrets=["regcred"])
     raw["server"].update(serviceType="LoadBalancer", loadBalancerIP="203.0.113.7", publicPort=8443,
                          serviceAnnotations={"example.org/lb": "internal"}, endpointCidrs=["203.0.113.7/32"],
-                         waitForAddress=False)
+                         waitForAddress=False, pendingTimeout=120)
+    raw["sites"][2]["pendingTimeout"] = 45
     raw["dataSafety"] = {"retainOnDelete": False, "protect": True}
     # hub: NodeLocal DNSCache and a DNS server by address next to CoreDNS under its own labels.
     raw["clusters"]["hub"]["dns"] = {"nodeLocalCache": True, "cidrs": ["10.96.0.53/32"], "namespace": "dns",

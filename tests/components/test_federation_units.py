@@ -275,13 +275,38 @@ def test_serverapp_pods_get_the_configured_resources(dev: Deployment) -> None:
 def test_executor_rbac_is_exactly_the_executors_calls(dev: Deployment, namespace: str) -> None:
     [role] = dev.objects("Role", namespace)
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role.inputs["rules"]}
+    # Flower's executor's calls, and the Event its pending reaper records.
     assert rules == {(("",), ("pods",)): ["create", "delete", "list"],
-                     (("",), ("secrets",)): ["create", "delete", "list"]}
+                     (("",), ("secrets",)): ["create", "delete", "list"],
+                     (("",), ("events",)): ["create"]}
     [binding] = dev.objects("RoleBinding", namespace)
     assert binding.inputs["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                          "name": role.k8s_name}
     executor = next(d.k8s_name for d in dev.objects("Deployment", namespace) if d.k8s_name.endswith("-executor"))
     assert binding.inputs["subjects"] == [{"kind": "ServiceAccount", "name": executor, "namespace": namespace}]
+
+
+@pytest.mark.parametrize(("namespace", "role", "timeout"), [
+    (SERVER_NS, "serverapp", "120"), ("demo-hospital-a", "clientapp", "600"), ("demo-lab-c", "clientapp", "45")])
+def test_each_executor_pod_runs_the_pending_reaper_on_exactly_its_task_pods(
+        variant: Deployment, namespace: str, role: str, timeout: str) -> None:
+    """Same pod, so same ServiceAccount as SuperExec; the script mounted from its ConfigMap."""
+    deployment = variant.one("Deployment", f"{role}-executor", namespace)
+    reaper = container(deployment, "pending-reaper")
+    assert reaper["image"] == container(deployment, "superexec")["image"]
+    assert reaper["command"] == ["python"]
+    script = "/etc/flowerbed/reaper/pending_reaper.py"
+    assert reaper["args"][0] == script
+    assert flag(reaper["args"], "--namespace") == namespace
+    assert flag(reaper["args"], "--selector") == f"flowerbed.dev/federation=demo,flowerbed.dev/role={role}-task"
+    assert flag(reaper["args"], "--timeout") == timeout
+    assert deployment.manifest()["spec"]["template"]["spec"]["serviceAccountName"] == f"{role}-executor"
+    # The selector matches the labels Flower's executor puts on the pods it launches.
+    config = yaml.safe_load(variant.one("ConfigMap", f"{role}-executor", namespace).inputs["data"]["executor.yaml"])
+    selected = dict(term.split("=") for term in flag(reaper["args"], "--selector").split(","))
+    assert selected.items() <= config["labels"].items()
+    data = variant.one("ConfigMap", "pending-reaper", namespace).inputs["data"]
+    assert data == {"pending_reaper.py": (ROOT / "components" / "pending_reaper.py").read_text()}
 
 
 def test_no_cluster_wide_rbac(dev: Deployment) -> None:
@@ -651,9 +676,9 @@ def test_every_pod_template_carries_the_digest_of_exactly_the_objects_it_mounts(
     # A server certificate renewal rolls SuperLink (and its filter) only; a site's Runtime API
     # certificate its SuperNode only; a CA change everything that trusts it; a config its reader.
     ("superlink", {"Secret/superlink-tls", "ConfigMap/superlink-nginx"}),
-    ("serverapp-executor", {"Secret/federation-ca", "ConfigMap/serverapp-executor"}),
+    ("serverapp-executor", {"Secret/federation-ca", "ConfigMap/serverapp-executor", "ConfigMap/pending-reaper"}),
     ("supernode", {"Secret/federation-ca", "Secret/supernode-auth", "Secret/supernode-runtime-tls"}),
-    ("clientapp-executor", {"Secret/federation-ca", "ConfigMap/clientapp-executor"}),
+    ("clientapp-executor", {"Secret/federation-ca", "ConfigMap/clientapp-executor", "ConfigMap/pending-reaper"}),
 ])
 def test_each_pod_mounts_only_what_its_processes_read(dev: Deployment, name: str, reads: set[str]) -> None:
     for d in dev.objects("Deployment"):

@@ -38,6 +38,7 @@ def test_defaults_are_safe() -> None:
     assert config.data_safety.retain_on_delete is True
     assert config.pki.renew_before_days < config.pki.validity_days <= config.pki.ca_validity_days
     assert config.server.public_port == 443
+    assert config.server.pending_timeout == 600 and all(s.pending_timeout == 600 for s in config.sites)
     assert all(d.mode == "ro" for s in config.sites for d in s.study_data)
 
 
@@ -77,6 +78,9 @@ BAD_INPUTS = [
     (_set("sites[1].studyData[0].size", ...), "sites[1].studyData[0]", "exactly one of size"),
     (_set("sites[0].cpu", "lots"), "sites[0].cpu", "Kubernetes quantity"),
     (_set("sites[0].maxConcurrentTasks", 0), "sites[0].maxConcurrentTasks", "at least 1"),
+    (_set("sites[0].pendingTimeout", 29), "sites[0].pendingTimeout", "an integer of at least 30"),
+    (_set("sites[1].pendingTimeout", "10m"), "sites[1].pendingTimeout", "an integer of at least 30"),
+    (_set("server.pendingTimeout", 0), "server.pendingTimeout", "an integer of at least 30"),
     (_set("sites[0].gpu", 1), "sites[0].gpu", "allowed keys are"),
     (_set("sites[0].tolerations", [{"key": "x", "effekt": "NoSchedule"}]), "sites[0].tolerations[0].effekt",
      "allowed keys"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -114,6 +115,30 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
             assert result, f"{what}: not within {timeout:.0f} s"
             return result
         time.sleep(0.5)
+
+
+# A program run as a local process with the in-cluster config of a pod: the ServiceAccount token and
+# the API server's CA at paths of this machine (kubernetes.config reads those two module globals per call).
+_IN_CLUSTER_LAUNCHER = """
+import runpy
+import sys
+import kubernetes.config.incluster_config as incluster
+incluster.SERVICE_TOKEN_FILENAME, incluster.SERVICE_CERT_FILENAME = sys.argv[1], sys.argv[2]
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def in_cluster(live: LiveStack, cluster_name: str, account: str, directory: Path, program: Path | str,
+               *args: str) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run the Python file `program` as ServiceAccount `account`
+    (`<namespace>:<name>`) against `cluster_name`'s API server, with a token the API server issued to it."""
+    namespace, name = account.split(":")
+    plane = live.planes[cluster_name]
+    token = directory / f"{namespace}-{name}.token"
+    token.write_text(live.kubectl(cluster_name).run("create", "token", name, "-n", namespace).stdout.strip())
+    argv = [sys.executable, "-c", _IN_CLUSTER_LAUNCHER, str(token), str(plane.pki.ca_cert), str(program), *args]
+    return argv, {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(plane.ports().api_server)}
 
 
 @contextmanager

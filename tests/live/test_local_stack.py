@@ -6,7 +6,6 @@ Jobs complete, claims Bound), Pod Security admission, RBAC decisions, namespace 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,13 @@ import yaml
 
 from federate.federation import LocalFederation
 from federate.federation import Ports as FederatePorts
-from federate.flwr_cli import flower_env
+from federate.flwr_cli import BIN_DIR, flower_env
 from federate.job import submit
 from federate.ports import free_port
 from federate.processes import Supervisor
 from federate.sites import Site
 from tests.components.component_harness import launched_pod
-from tests.live.conftest import Kubectl, LiveStack, condition, say
+from tests.live.conftest import Kubectl, LiveStack, condition, in_cluster, say
 from tools.live import cluster
 
 pytestmark = pytest.mark.live
@@ -157,10 +156,11 @@ def test_flowers_task_pod_is_admitted_when_the_executor_creates_it(
 
 VERBS = ("create", "get", "list", "watch", "update", "patch", "delete")
 RESOURCES = ("pods", "pods/exec", "secrets", "configmaps", "serviceaccounts", "roles.rbac.authorization.k8s.io",
-             "persistentvolumeclaims", "deployments.apps")
-# What flwr 1.41's Kubernetes executor calls without warm pools (kubernetes_executor.py).
+             "persistentvolumeclaims", "deployments.apps", "events")
+# What flwr 1.41's Kubernetes executor calls without warm pools (kubernetes_executor.py), and the
+# Event the pending reaper next to it records for a pod it deletes.
 EXECUTOR_RIGHTS = {("pods", "create"), ("pods", "list"), ("pods", "delete"),
-                   ("secrets", "create"), ("secrets", "list"), ("secrets", "delete")}
+                   ("secrets", "create"), ("secrets", "list"), ("secrets", "delete"), ("events", "create")}
 
 
 def rights(kubectl: Kubectl, namespace: str, service_account: str) -> set[tuple[str, str]]:
@@ -189,18 +189,6 @@ def test_rbac_executors_have_exactly_flowers_calls_in_their_namespace_and_nothin
 
 # --- Flower's own executor against the API server ------------------------------------------------------
 
-# flower-superexec with the in-cluster config of a pod, but the ServiceAccount token and the API
-# server's CA at paths of this machine (kubernetes.config reads those two module globals per call).
-_EXECUTOR_LAUNCHER = """
-import sys
-import kubernetes.config.incluster_config as incluster
-incluster.SERVICE_TOKEN_FILENAME, incluster.SERVICE_CERT_FILENAME = sys.argv[1], sys.argv[2]
-sys.argv = ["flower-superexec", *sys.argv[3:]]
-from flwr.supercore.cli import flower_superexec
-sys.exit(flower_superexec())
-"""
-
-
 def test_flowers_kubernetes_executor_launches_an_admitted_task_pod_as_its_service_account(
         deployed: LiveStack, tmp_path: Path) -> None:
     """Real SuperLink and SuperNode (local processes), real `flower-superexec --executor kubernetes` with the
@@ -211,9 +199,6 @@ def test_flowers_kubernetes_executor_launches_an_admitted_task_pod_as_its_servic
     Running; its container never starts, so the run cannot finish and the test stops it.
     """
     namespace, kubectl = "demo-lab-c", deployed.kubectl("hub")
-    plane = deployed.planes["hub"]
-    token = tmp_path / "token"
-    token.write_text(kubectl.run("create", "token", "clientapp-executor", "-n", namespace).stdout.strip())
     executor_config = tmp_path / "executor.yaml"
     executor_config.write_text(kubectl.json("get", "configmap", "clientapp-executor", "-n", namespace)
                                ["data"]["executor.yaml"])
@@ -226,13 +211,12 @@ def test_flowers_kubernetes_executor_launches_an_admitted_task_pod_as_its_servic
         federation.start_supernode(site, federation.credentials.node_keys[site.name], tmp_path / "data")
         home = tmp_path / "superexec-k8s"
         home.mkdir()
-        supervisor.start("superexec-kubernetes", [
-            sys.executable, "-c", _EXECUTOR_LAUNCHER, str(token), str(plane.pki.ca_cert),
+        argv, api_env = in_cluster(
+            deployed, "hub", f"{namespace}:clientapp-executor", tmp_path, BIN_DIR / "flower-superexec",
             "--runtime-api-address", f"127.0.0.1:{federation.ports.supernode_runtime[site.name]}",
             "--root-certificates", str(federation.credentials.ca_cert),
-            "--executor", "kubernetes", "--executor-config", str(executor_config),
-        ], {**flower_env(home), "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": str(plane.ports().api_server)})
+            "--executor", "kubernetes", "--executor-config", str(executor_config))
+        supervisor.start("superexec-kubernetes", argv, {**flower_env(home), **api_env})
         federation.wait_for_nodes_online(1)
         # One site is enough to start: the survey's first message to it is the task the executor launches.
         submit(federation.cli, TRAINING_APP, {"num-server-rounds": 1, "min-available-sites": 1,
