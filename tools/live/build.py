@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.engine.toolchain import CACHE, cache_entry, go_download, go_env, log, run
+from tools.engine.toolchain import CACHE, cache_entry, go_download, go_env, log, run, write_wrapper
 
 KUBERNETES_VERSION = "1.34.4"
 ETCD_VERSION = "3.6.16"
@@ -84,9 +84,7 @@ def etcd(version: str = ETCD_VERSION) -> Path:
         if build:
             log(f"building etcd v{version} (first time only; about a minute cold)")
             work = entry / "src"
-            work.mkdir()
-            (work / "go.mod").write_text(f"module flowerbed.local/toolchain/etcd\n\ngo 1.25\n\n"
-                                         f"require go.etcd.io/etcd/server/v3 v{version}\n")
+            write_wrapper(work, "etcd", {"go.etcd.io/etcd/server/v3": f"v{version}"}, [])
             (work / "tools.go").write_text('//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n')
             run(["go", "mod", "tidy"], cwd=work, env=build_env())
             run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(entry / "etcd"),
