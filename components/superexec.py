@@ -30,7 +30,7 @@ _SIZING = kube.Sizing("100m", "256Mi", "500m", "512Mi")
 REAPER_CONFIG = "pending-reaper"
 REAPER_SCRIPT = Path(__file__).with_name("pending_reaper.py")
 _REAPER_DIR = "/etc/flowerbed/reaper"
-# Python with the `kubernetes` client, one list every 10 s: about 70 MB resident (tests/live/test_pending_reaper.py).
+# Python with the `kubernetes` client, one list every 10 s: about 70 MB resident (tests/live/test_stuck_task_pods.py).
 _REAPER_SIZING = kube.Sizing("10m", "96Mi", "100m", "192Mi")
 
 
