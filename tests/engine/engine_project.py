@@ -94,13 +94,17 @@ class StackCopy:
     def read_config(self) -> dict[str, Any]:
         return yaml.safe_load(self.stack_file.read_text())
 
+    def change_config(self, change) -> None:
+        """Applies `change(config_dict)` to the stack file."""
+        document = self.read_config()
+        change(document["config"])
+        self.stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
+
     @contextmanager
     def config_changed(self, change) -> Iterator[None]:
         """Applies `change(config_dict)` to the stack file for the duration of the block."""
         original = self.stack_file.read_text()
-        document = yaml.safe_load(original)
-        change(document["config"])
-        self.stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
+        self.change_config(change)
         try:
             yield
         finally:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.engine.engine_project import StackCopy
 from tools.engine.offline import ToolchainMissing, check_toolchain
@@ -34,9 +33,7 @@ def require_toolchain_and_binaries() -> None:
         check_toolchain()
     except ToolchainMissing as err:
         pytest.fail(str(err), pytrace=False)
-    missing = [f"{name}-{version}" for name, version in (
-        ("etcd", build.ETCD_VERSION), ("kubernetes", build.KUBERNETES_VERSION), ("kwok", build.KWOK_VERSION))
-        if not (build.CACHE / f"{name}-{version}" / ".complete").exists()]
+    missing = build.missing()
     if missing:
         pytest.fail(f"control-plane binaries {', '.join(missing)} not built: run make cluster-binaries", pytrace=False)
 
@@ -60,6 +57,11 @@ class Kubectl:
     def items(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         scope = ["-n", namespace] if namespace else ["-A"]
         return self.json("get", kind, *scope)["items"]
+
+    def running_pod(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """The pod once kwok reports it Running, else None (for `wait_for`)."""
+        pod = self.json("get", "pod", name, "-n", namespace)
+        return pod if pod["status"].get("phase") == "Running" else None
 
     def can_i(self, verb: str, resource: str, namespace: str, service_account: str) -> bool:
         """`kubectl auth can-i` as `system:serviceaccount:<sa>` (a SubjectAccessReview the API server answers).
@@ -148,9 +150,7 @@ def live_stack(root: Path, stack: str = STACK, change: Callable[[dict[str, Any]]
     require_toolchain_and_binaries()
     copy = StackCopy.create(root, stack)
     if change is not None:
-        document = copy.read_config()
-        change(document["config"])
-        copy.stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
+        copy.change_config(change)
     local = cluster.LocalStack(copy.root, stack)
     try:
         live = LiveStack(copy, local, cluster.up(local))

@@ -76,7 +76,7 @@ def test_a_render_mode_stack_is_refused_naming_the_cluster(capsys: pytest.Captur
 
 def test_without_go_and_without_built_binaries_it_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cluster.shutil, "which", lambda name: None)
-    monkeypatch.setattr(cluster, "_built", lambda: False)
+    monkeypatch.setattr(cluster.build, "missing", lambda: ["kubernetes-1.34.4"])
     with pytest.raises(cluster.ClusterError, match="install Go"):
         cluster.up(cluster.LocalStack(REPO, "local"))
 

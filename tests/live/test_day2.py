@@ -35,17 +35,13 @@ def before_up(live: LiveStack) -> None:
     hub = live.kubectl("hub")
     hub.run("create", "namespace", EXISTING_NS)
     hub.run("label", "namespace", EXISTING_NS, "owner=partner")
-    hub.run("apply", "-n", EXISTING_NS, "-f", "-", stdin=yaml_of(MARKER))
+    hub.run("apply", "-n", EXISTING_NS, "-f", "-", stdin=yaml.safe_dump(MARKER))
     # make cluster made the class binding at once; replace it with a late-binding one (classes are immutable).
     hub.run("delete", "storageclass", LATE_BINDING)
-    hub.run("apply", "-f", "-", stdin=yaml_of({
+    hub.run("apply", "-f", "-", stdin=yaml.safe_dump({
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": LATE_BINDING},
         "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
         "allowVolumeExpansion": True}))
-
-
-def yaml_of(obj: dict[str, Any]) -> str:
-    return yaml.safe_dump(obj)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +49,6 @@ def day2(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     with live_stack(tmp_path_factory.mktemp("day2"), change=prepare, before_up=before_up) as live:
         say(request, f"\n`pulumi up` (day-2 stack): {live.up():.1f} s")
         yield live
-
-
-def set_config(live: LiveStack, change) -> None:
-    document = live.copy.read_config()
-    change(document["config"])
-    live.copy.stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 def replica_sets(live: LiveStack) -> dict[tuple[str, str], set[str]]:
@@ -106,7 +96,7 @@ def test_a_late_binding_claim_binds_when_superlink_is_scheduled(day2: LiveStack)
 def test_renewal_rolls_exactly_the_pods_that_mount_a_renewed_certificate(day2: LiveStack) -> None:
     before = replica_sets(day2)
     # Inside the renewal window: every certificate has ~365 days left, renewal starts at 400.
-    set_config(day2, lambda config: config.__setitem__("flowerbed:pki", {"validityDays": 500, "renewBeforeDays": 400}))
+    day2.copy.change_config(lambda config: config.__setitem__("flowerbed:pki", {"validityDays": 500, "renewBeforeDays": 400}))
     day2.up()
     after = replica_sets(day2)
     rolled = {key for key in after if after[key] != before.get(key)}
@@ -124,7 +114,7 @@ def test_renewal_rolls_exactly_the_pods_that_mount_a_renewed_certificate(day2: L
 
 
 def test_growing_a_claim_on_a_late_binding_class_does_not_hang_up(day2: LiveStack) -> None:
-    set_config(day2, lambda config: config["flowerbed:server"]["stateStorage"].update(size="6Gi"))
+    day2.copy.change_config(lambda config: config["flowerbed:server"]["stateStorage"].update(size="6Gi"))
     # The pinned provider, unpatched, waits 5 minutes here for a `Pending` the bound claim never shows, then fails.
     seconds = day2.up()
     assert seconds < 240, f"up took {seconds:.0f} s"
@@ -135,10 +125,10 @@ def test_growing_a_claim_on_a_late_binding_class_does_not_hang_up(day2: LiveStac
 def test_removing_a_site_keeps_its_data_and_namespace_and_drops_its_supernode(
         day2: LiveStack, capfd: pytest.CaptureFixture[str]) -> None:
     hospitals = day2.kubectl("hospitals")
-    hospitals.run("apply", "-n", "demo-hospital-b", "-f", "-", stdin=yaml_of(MARKER))
+    hospitals.run("apply", "-n", "demo-hospital-b", "-f", "-", stdin=yaml.safe_dump(MARKER))
     uid = hospitals.json("get", "pvc", "study-default-tabular", "-n", "demo-hospital-b")["metadata"]["uid"]
     job_before = {j["metadata"]["name"] for j in day2.kubectl("hub").items("jobs", SERVER_NS)}
-    set_config(day2, lambda config: config.__setitem__(
+    day2.copy.change_config(lambda config: config.__setitem__(
         "flowerbed:sites", [s for s in config["flowerbed:sites"] if s["name"] != "hospital-b"]))
     stack_commands.up(day2.copy.pulumi, day2.copy.render_root)
     printed = capfd.readouterr().out

@@ -1,12 +1,11 @@
-"""`pulumi up` / `destroy` of the local stack on two live API servers (tests run in file order).
+"""`pulumi up` of the local stack on two live API servers (tests run in file order).
 
 What only a live API server shows: rollouts and Pulumi's await logic (Deployments Available,
-Jobs complete, claims Bound), Pod Security admission, RBAC decisions, namespace deletion.
+Jobs complete, claims Bound), Pod Security admission, RBAC decisions. Teardown: test_day2.py.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from federate.ports import free_port
 from federate.processes import Supervisor
 from federate.sites import Site
 from tests.components.component_harness import launched_pod
-from tests.live.conftest import Kubectl, LiveStack, condition, in_cluster, say
+from tests.live.conftest import Kubectl, LiveStack, condition, in_cluster, say, wait_for
 from tools.live import cluster
 
 pytestmark = pytest.mark.live
@@ -139,13 +138,7 @@ def test_flowers_task_pod_is_admitted_when_the_executor_creates_it(
     assert created.returncode == 0, created.stderr
     try:
         # The scheduler places it (a GPU task on the GPU node) and kwok reports it Running.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            live = kubectl.json("get", "pod", name, "-n", namespace)
-            if live["status"].get("phase") == "Running":
-                break
-            time.sleep(0.5)
-        assert live["status"].get("phase") == "Running", live["status"]
+        live = wait_for(lambda: kubectl.running_pod(name, namespace), 30, f"{name} Running")
         gpus = pod["spec"]["containers"][0]["resources"].get("limits", {}).get("nvidia.com/gpu")
         assert live["spec"]["nodeName"] == (f"kwok-{cluster}-gpu-0" if gpus else f"kwok-{cluster}-0")
     finally:
@@ -222,23 +215,17 @@ def test_flowers_kubernetes_executor_launches_an_admitted_task_pod_as_its_servic
         submit(federation.cli, TRAINING_APP, {"num-server-rounds": 1, "min-available-sites": 1,
                                               "min-train-sites": 1, "artifacts-dir": str(tmp_path / "artifacts")},
                tmp_path)
-        pods: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not pods:
+        def task_pods() -> list[dict[str, Any]]:
             supervisor.check()
-            pods = [p for p in kubectl.items("pods", namespace)
+            return [p for p in kubectl.items("pods", namespace)
                     if p["metadata"].get("labels", {}).get("flowerbed.dev/role") == "clientapp-task"]
-            time.sleep(1)
-        assert pods, "no ClientApp task pod appeared; see " + str(tmp_path / "logs" / "superexec-kubernetes.log")
+
+        pods = wait_for(task_pods, 180, "a ClientApp task pod; see " + str(tmp_path / "logs" / "superexec-kubernetes.log"))
     pod = pods[0]
     try:
         assert pod["spec"]["serviceAccountName"] == "clientapp-task"
         assert pod["spec"]["containers"][0]["command"][0] == "flwr-clientapp"
-        deadline = time.monotonic() + 30
-        while pod["status"].get("phase") != "Running" and time.monotonic() < deadline:
-            time.sleep(0.5)
-            pod = kubectl.json("get", "pod", pod["metadata"]["name"], "-n", namespace)
-        assert pod["status"].get("phase") == "Running"
+        wait_for(lambda: kubectl.running_pod(pod["metadata"]["name"], namespace), 30, "the task pod Running")
     finally:
         kubectl.run("delete", "pods,secrets", "-n", namespace, "-l", "flowerbed.dev/role=clientapp-task",
                     "--wait=false")
@@ -253,10 +240,7 @@ def test_a_load_balancer_that_gets_no_address_does_not_hang_up(deployed: LiveSta
         config["flowerbed:server"].update(serviceType="LoadBalancer", waitForAddress=False)
 
     with deployed.copy.config_changed(to_load_balancer):
-        started = time.monotonic()
-        result = deployed.copy.pulumi.run(["up", "--yes", "--skip-preview"], capture=True, check=False)
-        seconds = time.monotonic() - started
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+        seconds = deployed.up()
         assert deployed.outputs()["fleetAddress"].startswith("pending: no load-balancer address yet")
     service = deployed.kubectl("hub").json("get", "service", "superlink-fleet", "-n", SERVER_NS)
     assert service["spec"]["type"] == "LoadBalancer"

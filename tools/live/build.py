@@ -23,6 +23,8 @@ KUBERNETES_VERSION = "1.34.4"
 ETCD_VERSION = "3.6.16"
 KWOK_VERSION = "0.8.0"
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# Cache entries (name, version) this module builds.
+ENTRIES = (("etcd", ETCD_VERSION), ("kubernetes", KUBERNETES_VERSION), ("kwok", KWOK_VERSION))
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,11 @@ def kwok(version: str = KWOK_VERSION) -> Path:
                 cwd=entry, env=env)
             (entry / "SOURCE").write_text(f"sigs.k8s.io/kwok/cmd/kwok@v{version}\n")
     return entry
+
+
+def missing() -> list[str]:
+    """The cache entries (`<name>-<version>`) not built yet."""
+    return [f"{name}-{version}" for name, version in ENTRIES if not (CACHE / f"{name}-{version}" / ".complete").exists()]
 
 
 def ensure() -> Binaries:

@@ -27,7 +27,8 @@ import yaml
 
 from components.config import ConfigError, FederationConfig, SiteConfig, parse
 from tools.engine.offline import REPO, Pulumi
-from tools.live.build import ensure as ensure_binaries
+from tools.engine.stack import shown
+from tools.live import build
 from tools.live.plane import ControlPlane, PlaneError
 
 PREFIX = "flowerbed:"
@@ -58,6 +59,11 @@ class LocalStack:
 
     def plane(self, cluster: str, binaries=None) -> ControlPlane:
         return ControlPlane(cluster, self.out / "live" / cluster, binaries)
+
+    def started_clusters(self) -> list[str]:
+        """Clusters that `up` made a plane directory for (running or not)."""
+        live = self.out / "live"
+        return sorted(p.name for p in live.iterdir() if p.is_dir()) if live.exists() else []
 
     def raw_config(self) -> dict[str, Any]:
         if not self.stack_file.exists():
@@ -187,10 +193,10 @@ def set_kubeconfig(stack: LocalStack, cluster: str, kubeconfig: str | None) -> N
 def up(stack: LocalStack) -> dict[str, ControlPlane]:
     """Starts (or finds running) one plane per cluster of the stack; returns them by cluster name."""
     config = stack.config()
-    if shutil.which("go") is None and not _built():
+    if shutil.which("go") is None and build.missing():
         raise ClusterError("make cluster builds etcd, kube-apiserver and kwok from Go modules: install Go "
                            "(1.25 or newer) and put it on PATH")
-    binaries = ensure_binaries()
+    binaries = build.ensure()
     planes = {}
     for cluster in config.clusters:
         plane = stack.plane(cluster, binaries)
@@ -208,8 +214,8 @@ def up(stack: LocalStack) -> dict[str, ControlPlane]:
         copy = stack.out / f"{cluster}.kubeconfig"
         copy.write_text(kubeconfig)
         copy.chmod(0o600)
-        print(f"  kubectl --kubeconfig {_shown(copy)} get nodes")
-        print(f"  logs: {_shown(plane.root)}/*.log")
+        print(f"  kubectl --kubeconfig {shown(copy)} get nodes")
+        print(f"  logs: {shown(plane.root)}/*.log")
         planes[cluster] = plane
     print(f"clusters.<name>.kubeconfig set as secrets in {stack.stack_file.name}; next: make up STACK={stack.stack}")
     return planes
@@ -217,8 +223,7 @@ def up(stack: LocalStack) -> dict[str, ControlPlane]:
 
 def down(stack: LocalStack) -> None:
     """Stops the planes `up` started, removes their data and the kubeconfigs it set."""
-    live = stack.out / "live"
-    clusters = sorted(p.name for p in live.iterdir() if p.is_dir()) if live.exists() else []
+    clusters = stack.started_clusters()
     for cluster in clusters:
         plane = stack.plane(cluster)
         stopped = plane.stop()
@@ -227,26 +232,15 @@ def down(stack: LocalStack) -> None:
         set_kubeconfig(stack, cluster, None)
         print(f"cluster {cluster}: stopped {', '.join(stopped) or 'nothing (no process was running)'}; data removed")
     if not clusters:
-        print(f"stack {stack.stack}: no local control planes under {_shown(live)}")
+        print(f"stack {stack.stack}: no local control planes under {shown(stack.out / 'live')}")
 
 
 def status(stack: LocalStack) -> bool:
-    live = stack.out / "live"
-    clusters = sorted(p.name for p in live.iterdir() if p.is_dir()) if live.exists() else []
+    clusters = stack.started_clusters()
     for cluster in clusters:
         plane = stack.plane(cluster)
-        print(f"cluster {cluster}: {'running' if plane.ready() else 'NOT running'} ({_shown(plane.root)})")
+        print(f"cluster {cluster}: {'running' if plane.ready() else 'NOT running'} ({shown(plane.root)})")
     return bool(clusters) and all(stack.plane(c).ready() for c in clusters)
-
-
-def _built() -> bool:
-    from tools.live import build
-    return all((build.CACHE / f"{name}-{version}" / ".complete").exists() for name, version in (
-        ("etcd", build.ETCD_VERSION), ("kubernetes", build.KUBERNETES_VERSION), ("kwok", build.KWOK_VERSION)))
-
-
-def _shown(path: Path) -> Path:
-    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def main(argv: list[str]) -> int:

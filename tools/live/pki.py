@@ -27,41 +27,22 @@ VALID_DAYS = 30
 
 @dataclass(frozen=True)
 class PlanePki:
-    """File paths of the plane's PKI, all inside one directory."""
+    """File paths of the plane's PKI, all inside `root`."""
 
     root: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    admin_cert: Path
+    admin_key: Path
+    service_account_key: Path
+    service_account_public: Path
 
-    @property
-    def ca_cert(self) -> Path:
-        return self.root / "ca.crt"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.root / "ca.key"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.root / "apiserver.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.root / "apiserver.key"
-
-    @property
-    def admin_cert(self) -> Path:
-        return self.root / "admin.crt"
-
-    @property
-    def admin_key(self) -> Path:
-        return self.root / "admin.key"
-
-    @property
-    def service_account_key(self) -> Path:
-        return self.root / "sa.key"
-
-    @property
-    def service_account_public(self) -> Path:
-        return self.root / "sa.pub"
+    @classmethod
+    def at(cls, root: Path) -> PlanePki:
+        return cls(root, root / "ca.crt", root / "ca.key", root / "apiserver.crt", root / "apiserver.key",
+                   root / "admin.crt", root / "admin.key", root / "sa.key", root / "sa.pub")
 
 
 def client_certificate(ca: pki.CertifiedKey, common_name: str, groups: tuple[str, ...]) -> pki.CertifiedKey:
@@ -89,12 +70,11 @@ def client_certificate(ca: pki.CertifiedKey, common_name: str, groups: tuple[str
     return pki.CertifiedKey(cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem)
 
 
-def create(root: Path, cluster: str) -> PlanePki:
-    """Writes a fresh PKI under `root` (private keys 0600) unless one is already there."""
-    files = PlanePki(root)
+def create(files: PlanePki, cluster: str) -> None:
+    """Writes a fresh PKI into `files` (private keys 0600) unless one is already there."""
     if files.service_account_public.exists():
-        return files
-    root.mkdir(parents=True, exist_ok=True)
+        return
+    files.root.mkdir(parents=True, exist_ok=True)
     ca = pki.new_ca(f"flowerbed local cluster {cluster} CA", VALID_DAYS)
     server = pki.new_server_certificate(ca, API_SERVER_NAMES, API_SERVER_IPS, VALID_DAYS)
     admin = client_certificate(ca, "flowerbed-admin", ("system:masters",))
@@ -111,4 +91,3 @@ def create(root: Path, cluster: str) -> PlanePki:
     for path, text in written.items():
         path.write_text(text)
         path.chmod(0o600)
-    return files

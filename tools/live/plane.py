@@ -106,7 +106,7 @@ class ControlPlane:
         self.cluster = cluster
         self.root = root
         self.binaries = binaries
-        self.pki = pki.PlanePki(root / "pki")
+        self.pki = pki.PlanePki.at(root / "pki")
 
     @property
     def kubeconfig(self) -> Path:
@@ -140,17 +140,7 @@ class ControlPlane:
         pids = self.pids()
         if set(pids) != set(PROCESSES) or not all(pid_alive(pid) for pid in pids.values()):
             return False
-        return self._get("/readyz") == 200
-
-    def _get(self, path: str) -> int | None:
-        try:
-            context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
-            context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
-            url = f"https://127.0.0.1:{self.ports().api_server}{path}"
-            with urllib.request.urlopen(url, context=context, timeout=2) as response:
-                return response.status
-        except (OSError, ValueError):
-            return None
+        return self.client().answers("/readyz")
 
     # --- start -----------------------------------------------------------------------------------------
 
@@ -164,7 +154,7 @@ class ControlPlane:
         self.root.mkdir(parents=True, exist_ok=True)
         ports = Ports.free()
         self.ports_file.write_text(json.dumps(asdict(ports)))
-        pki.create(self.pki.root, self.cluster)
+        pki.create(self.pki, self.cluster)
         self._write_kubeconfig(ports.api_server)
         started = time.monotonic()
 
@@ -194,7 +184,8 @@ class ControlPlane:
             # A loopback advertise address cannot go into the `kubernetes` Endpoints.
             "--endpoint-reconciler-type=none", f"--cert-dir={self.root / 'apiserver-certs'}",
         ], (ports.api_server,))
-        self._await("kube-apiserver", lambda: self._get("/readyz") == 200, left())
+        client = self.client()
+        self._await("kube-apiserver", lambda: client.answers("/readyz"), left())
         kubeconfig = str(self.kubeconfig)
         common = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
                   f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
@@ -216,11 +207,10 @@ class ControlPlane:
             "--disregard-status-with-label-selector=", "--cidr=10.244.0.1/16", "--node-ip=10.244.0.1",
             f"--server-address=127.0.0.1:{ports.kwok}", f"--config={KWOK_STAGES}",
         ], (ports.kwok,), env={"KUBE_FEATURE_WatchListClient": "false"})
-        client = self.client()
         for obj in [*nodes, *objects]:
             client.create(obj)
         # The ServiceAccount controller has run once the default namespace has its ServiceAccount.
-        self._await("kube-controller-manager", lambda: client.exists("/api/v1/namespaces/default/serviceaccounts/default"),
+        self._await("kube-controller-manager", lambda: client.answers("/api/v1/namespaces/default/serviceaccounts/default"),
                     left())
         for node in nodes:
             name = node["metadata"]["name"]
@@ -312,10 +302,10 @@ class ApiClient:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, context=self.context, timeout=10) as response:
-                return response.status, json.loads(response.read() or b"{}")
+                return response.status, _json(response.read())
         except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"{}")
-        except (OSError, ValueError):
+            return err.code, _json(err.read())
+        except OSError:  # not listening (yet)
             return 0, {}
 
     def create(self, obj: dict) -> None:
@@ -323,13 +313,23 @@ class ApiClient:
         if status not in (200, 201, 409):  # 409: already there (a plane restarted on its old data)
             raise PlaneError(f"creating {obj['kind']} {obj['metadata']['name']}: {status} {body.get('message', '')}")
 
-    def exists(self, path: str) -> bool:
+    def answers(self, path: str) -> bool:
+        """GET `path` succeeds (an object exists, a health endpoint says ok)."""
         return self.request("GET", path)[0] == 200
 
     def node_ready(self, name: str) -> bool:
         status, node = self.request("GET", f"/api/v1/nodes/{name}")
         conditions = node.get("status", {}).get("conditions", []) if status == 200 else []
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _json(raw: bytes) -> dict:
+    """A response body as JSON; health endpoints answer plain text ("ok"), read as empty."""
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def collection_path(obj: dict) -> str:
