@@ -5,7 +5,7 @@ baselines/niid_bench): 10 sites, partitions IID, Dirichlet(0.5), Dirichlet(0.1) 
 Every strategy is reported as a ratio to pooled training: the same model, learning rate,
 batch size and number of epochs (rounds x local epochs) on the sites' training data pooled
 (their shares less their validation hold-outs, as split IID: the pool is then the same
-size whatever the partition), trained in the same process for the same seeds. Rounds to
+size whatever the partition), trained in the same run for the same seeds. Rounds to
 target: the first round whose accuracy reaches TARGET_SHARE x pooled accuracy (same
 seed), averaged over the seeds that reach it.
 
