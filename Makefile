@@ -1,6 +1,14 @@
 # flowerbed: every entry point a user or CI needs. Each target installs what it uses.
 SHELL := /bin/bash
 PY := .venv/bin/python
+# The Pulumi program's environment (requirements/program.in; README.md, "Two Python environments").
+PROGRAM_PY := .venv-program/bin/python
+# Tests of the program (its components under mocks, the real engine) run in the program environment;
+# every other test in the Flower environment.
+PROGRAM_TESTS := tests/components tests/engine
+# pytest with options $(1) in both environments; fails when either run fails.
+pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
+  $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
 .PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning clean
@@ -11,11 +19,11 @@ venv:
 # The whole suite. Engine tests need the Pulumi CLI and plugins, live tests the control-plane
 # binaries, so both are built (once, cached) first.
 test: venv toolchain cluster-binaries
-	$(PY) -m pytest
+	$(call pytest-both,)
 
 # Everything but the real Pulumi engine and the live control planes (no Go build needed).
 test-fast: venv
-	$(PY) -m pytest -m "not engine and not live"
+	$(call pytest-both,-m "not engine and not live")
 
 # APP=DIR runs any Flower App directory instead of training/; ARGS passes more options.
 federate: venv

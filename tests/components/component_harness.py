@@ -208,20 +208,3 @@ def deploy(config: FederationConfig) -> Deployment:
 def deploy_raw(raw: Mapping[str, Any]) -> Deployment:
     return deploy(parse(raw))
 
-
-def launched_pod(executor_yaml: str, task_type: str, runtime_address: str) -> dict[str, Any]:
-    """The Pod flwr 1.41's Kubernetes executor would create from this executor config.
-
-    Uses the executor's own (private, version-pinned) builders, so the test sees exactly
-    what SuperExec submits to the API server for one task.
-    """
-    from flwr.supercore.constant import TaskType
-    from flwr.supercore.superexec.executor.factory import _kubernetes_executor_config_from_mapping
-    from flwr.supercore.superexec.executor.kubernetes_executor import _build_taskexecutor_pod
-    from flwr.supercore.superexec.executor.types import ExecutionSpec
-
-    config = _kubernetes_executor_config_from_mapping(yaml.safe_load(executor_yaml))
-    spec = ExecutionSpec(task_type=TaskType(task_type), runtime_api_address=runtime_address, token="t0ken",
-                         insecure=False, root_certificates_path=None, runtime_dependency_install=False,
-                         parent_pid=None, suppress_output=False, task_id=7)
-    return _build_taskexecutor_pod(spec, config, "-----BEGIN CERTIFICATE-----", "abc123")

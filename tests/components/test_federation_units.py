@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
-from flwr.common.config import parse_config_args
 
-from component_harness import ROOT, Declared, Deployment, deploy_raw, dev_raw_config, large_raw_config, launched_pod
+from component_harness import ROOT, Declared, Deployment, deploy_raw, dev_raw_config, large_raw_config
 from components import kube, naming, registration
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
+from tests.flower import launched_pod, parse_config_args
 
 SERVER_NS = "demo-server"
 SITE_NS = {"hospital-a": "demo-hospital-a", "hospital-b": "demo-hospital-b", "lab-c": "demo-lab-c"}

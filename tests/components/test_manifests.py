@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from component_harness import Deployment, launched_pod
+from component_harness import Deployment
 from components.config import FederationConfig
+from tests.flower import launched_pods
 from tests.manifest_rules import check_manifest
 
 
@@ -19,11 +20,11 @@ def _problems(deployment: Deployment) -> list[str]:
 def _launched_pods(deployment: Deployment, config: FederationConfig) -> list[dict[str, Any]]:
     runtime = f"superlink-runtime.{config.server.namespace}.svc:9091"
     server = deployment.one("ConfigMap", "serverapp-executor", config.server.namespace)
-    pods = [launched_pod(server.inputs["data"]["executor.yaml"], "flwr-serverapp", runtime)]
+    requests = [(server.inputs["data"]["executor.yaml"], "flwr-serverapp", runtime)]
     for site in config.sites:
         text = deployment.one("ConfigMap", "clientapp-executor", site.namespace).inputs["data"]["executor.yaml"]
-        pods.append(launched_pod(text, "flwr-clientapp", f"supernode-runtime.{site.supernode_namespace}.svc:9094"))
-    return pods
+        requests.append((text, "flwr-clientapp", f"supernode-runtime.{site.supernode_namespace}.svc:9094"))
+    return launched_pods(requests)
 
 
 def test_dev_stack_objects_pass_schema_and_security_rules(dev: Deployment) -> None:

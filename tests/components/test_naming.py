@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import tomllib
 
-from flwr.common.config import parse_config_args
-
 from components import naming
+from tests.flower import parse_config_args
 
 
 def test_node_config_is_what_flower_parses_into_the_contract_keys() -> None:

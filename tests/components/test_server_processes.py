@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ from components.config import parse
 from components.fleet_filter import nginx_conf
 from components.server import superlink_args
 from components.supernode import supernode_args
+from tests.flower import BIN, PYTHON
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
                                  reason="nginx not installed (.ci/run installs nginx-light)")]
 
-BIN = Path(sys.executable).parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
@@ -129,7 +128,7 @@ def _register(server: Server) -> subprocess.CompletedProcess[str]:
         "/etc/flowerbed/registry/": f"{registration.SCRIPT.parent}/", f"{naming.CA_DIR}/": f"{server.tmp}/tls/",
         "/etc/flowerbed/supernode-keys": str(server.tmp / "keys")})
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "FLWR_HOME": str(server.tmp / "job-home")}
-    done = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([str(PYTHON), *argv[1:]], capture_output=True, text=True, env=env, timeout=120)
     # flwr's client announces the connection it uses; the rest is the script's own report.
     done.stdout = "".join(line for line in done.stdout.splitlines(keepends=True)
                           if not line.startswith("Using SuperLink:"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tools.engine.offline import REPO, Pulumi
+from tools.engine.offline import PROGRAM_VENV, REPO, Pulumi
 
 STACK = "dev"
 PROGRAM_FILES = ("Pulumi.yaml", "__main__.py")
@@ -30,7 +30,7 @@ def copy_project(target: Path, stack: str = STACK) -> Path:
         shutil.copy2(REPO / name, target / name)
     for name in PROGRAM_DIRS:
         shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (target / ".venv").symlink_to((REPO / ".venv").resolve())
+    (target / PROGRAM_VENV).symlink_to((REPO / PROGRAM_VENV).resolve())
     return target
 
 

@@ -1,9 +1,10 @@
-"""The Dockerfiles agree with the tested environment, the components and the lint.
+"""The Dockerfiles agree with the tested environment and the lint.
 
 One source of truth: the images' Python is the interpreter running these
-tests, every Python package they install is pinned by requirements.lock (the
-lock this environment was built from), and they run as the uid the
-components' security contexts demand.
+tests, and every Python package they install is pinned by requirements.lock (the
+lock this environment was built from). That they run as the uid the components'
+security contexts demand is tested with the components (they import the Pulumi
+SDK, which lives in the program environment): tests/components/test_image_contract.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from components import kube, superexec
-from components.config import Images
 from imagefiles import DOCKERFILES, REPO, Dockerfile, exec_form, parse_dockerfile
 
 IMAGES = sorted(DOCKERFILES)
@@ -178,18 +177,7 @@ def test_cpu_variant_takes_torch_from_the_cpu_index_on_the_same_ubuntu(dockerfil
     assert cpu.image_base(cpu.final) == f"ubuntu:{job.global_args['UBUNTU_VERSION']}"
 
 
-# --- runtime contract with the components ------------------------------------------------
-
-
-@pytest.mark.parametrize("image", IMAGES)
-def test_runs_as_the_uid_the_components_security_contexts_demand(dockerfiles, image):
-    for context in (kube.pod_security_context(), kube.container_security_context()):
-        assert context["runAsNonRoot"] is True
-        assert context["runAsUser"] == context["runAsGroup"] == kube.APP_UID
-    runtime = dockerfiles[image].final
-    # Numeric, so the kubelet can check runAsNonRoot without reading /etc/passwd.
-    assert runtime.values("USER") == [f"{kube.APP_UID}:{kube.APP_UID}"]
-    assert f"--uid {kube.APP_UID} --gid {kube.APP_UID}" in " ".join(runtime.values("RUN"))
+# --- runtime ------------------------------------------------
 
 
 @pytest.mark.parametrize("image", IMAGES)
@@ -206,18 +194,6 @@ def test_flower_home_is_left_to_the_pod(dockerfiles, image):
     env = " ".join(dockerfiles[image].final.values("ENV")).split()
     assert not [e for e in env if e.startswith(("FLWR_HOME=", "HOME="))]
     assert "FLWR_TELEMETRY_ENABLED=0" in env
-
-
-def test_launched_pods_have_flower_home_on_a_writable_volume():
-    """The job image writes the submitted app under FLWR_HOME; its root filesystem is read-only."""
-    config = superexec.executor_config(
-        namespace="ns", images=Images("platform:t", "job:t", "IfNotPresent", ()), federation="demo",
-        task_role="task", resources={}, volumes=[], volume_mounts=[])
-    assert config["container-security-context"]["readOnlyRootFilesystem"] is True
-    env = {e["name"]: e["value"] for e in config["env"]}
-    flwr_home = env.get("FLWR_HOME") or f"{env['HOME']}/.flwr"
-    writable = [m["mountPath"] for m in config["volume-mounts"] if not m.get("readOnly")]
-    assert any(flwr_home == path or flwr_home.startswith(f"{path}/") for path in writable), (flwr_home, writable)
 
 
 def test_runtime_bases_are_small(dockerfiles):

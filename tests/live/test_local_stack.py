@@ -19,7 +19,7 @@ from federate.job import submit
 from federate.ports import free_port
 from federate.processes import Supervisor
 from federate.sites import Site
-from tests.components.component_harness import launched_pod
+from tests.flower import launched_pod
 from tests.live.conftest import Kubectl, LiveStack, condition, in_cluster, say, wait_for
 from tools.live import cluster
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from federate.processes import Supervisor
-from tests.components.component_harness import launched_pod
+from tests.flower import launched_pod
 from tests.live.conftest import LiveStack, in_cluster, live_stack, say, wait_for
 
 pytestmark = pytest.mark.live

@@ -17,6 +17,8 @@ TOOLCHAIN_BIN = REPO / ".toolchain" / "bin"
 CACHE = Path(os.environ.get("FLOWERBED_CACHE", Path.home() / ".cache" / "flowerbed")) / "toolchain"
 # Plugin cache shared by every clone; tools/toolchain registers the built providers here.
 PULUMI_HOME = CACHE / "pulumi-home"
+# The program's virtualenv (Pulumi.yaml's `virtualenv`; built by tools/ensure-venv from requirements/program.lock).
+PROGRAM_VENV = ".venv-program"
 
 # The dev stack's state and secrets are throwaway: a fixed, documented passphrase keeps
 # `make up` non-interactive. Real stacks set PULUMI_CONFIG_PASSPHRASE(_FILE) or another provider.
@@ -56,7 +58,7 @@ def offline_env(project: Path, base: Mapping[str, str] | None = None) -> dict[st
         # whatever else is on PATH; this also silences the "using ... from $PATH" warnings.
         PULUMI_IGNORE_AMBIENT_PLUGINS="true",
         # The dynamic-provider host (PKI resources) runs this interpreter.
-        PULUMI_PYTHON_CMD=str(project / ".venv" / "bin" / "python"),
+        PULUMI_PYTHON_CMD=str(project / PROGRAM_VENV / "bin" / "python"),
     )
     # Render mode needs no cluster, and the kubernetes provider rejects any kubeconfig (it reads
     # $KUBECONFIG as one) next to renderYamlToDirectory: an ambient one must not leak in.

@@ -6,7 +6,7 @@ on PATH at the right version is used as it is; anything else is built once from
 its Go module into a cache outside the repository, keyed by name and version, so
 a fresh clone (CI) links what an earlier clone built instead of rebuilding it.
 
-Run through tools/toolchain (which makes sure .venv exists first).
+Run through tools/toolchain, in the program environment (.venv-program) whose wheels it reads.
 """
 
 from __future__ import annotations
