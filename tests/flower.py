@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -48,7 +49,23 @@ def _parse_config_args(args: Sequence[str]) -> dict[str, Any]:
     return parse_config_args(list(args))
 
 
-_FUNCTIONS = {"launched_pods": _launched_pods, "parse_config_args": _parse_config_args}
+def _task_poll_interval(value: str) -> float:
+    from flwr.supercore.superexec.run_superexec import _get_task_poll_interval
+
+    before = os.environ.get(TASK_POLL_INTERVAL)
+    os.environ[TASK_POLL_INTERVAL] = value
+    try:
+        return _get_task_poll_interval()
+    finally:
+        if before is None:
+            del os.environ[TASK_POLL_INTERVAL]
+        else:
+            os.environ[TASK_POLL_INTERVAL] = before
+
+
+TASK_POLL_INTERVAL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+_FUNCTIONS = {"launched_pods": _launched_pods, "parse_config_args": _parse_config_args,
+              "task_poll_interval": _task_poll_interval}
 
 
 def _call(function: str, *args: Any) -> Any:
@@ -74,6 +91,12 @@ def launched_pod(executor_yaml: str, task_type: str, runtime_address: str) -> di
 def parse_config_args(args: Sequence[str]) -> dict[str, Any]:
     """Flower's parse of `--node-config`/`--run-config` values."""
     return _call("parse_config_args", list(args))
+
+
+def task_poll_interval(value: str) -> float:
+    """The seconds SuperExec polls for tasks with FLWR_SUPEREXEC_TASK_POLL_INTERVAL=`value`, by Flower's
+    own parser (it raises on a value outside 0.01-60 s)."""
+    return _call("task_poll_interval", value)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from component_harness import ROOT, Declared, Deployment, deploy_raw, dev_raw_co
 from components import kube, naming, registration
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
-from tests.flower import launched_pod, parse_config_args
+from tests.flower import TASK_POLL_INTERVAL, launched_pod, parse_config_args, task_poll_interval
 
 SERVER_NS = "demo-server"
 SITE_NS = {"hospital-a": "demo-hospital-a", "hospital-b": "demo-hospital-b", "lab-c": "demo-lab-c"}
@@ -441,15 +441,11 @@ def test_clientapp_executor_dials_its_supernode_runtime(dev: Deployment) -> None
     assert flag(args, "--executor") == "kubernetes"
 
 
-def test_every_superexec_polls_for_tasks_at_an_interval_flower_accepts(dev: Deployment,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from flwr.supercore.superexec.run_superexec import _get_task_poll_interval
-
+def test_every_superexec_polls_for_tasks_at_an_interval_flower_accepts(dev: Deployment) -> None:
     for namespace, name in ((SERVER_NS, "serverapp-executor"), ("demo-lab-c", "clientapp-executor")):
         env = {e["name"]: e["value"] for e in container(dev.one("Deployment", name, namespace), "superexec")["env"]}
-        monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"])
-        # Flower's own parser (it raises on a value outside 0.01-60 s); its default is 1 s.
-        assert _get_task_poll_interval() == 0.2
+        # Flower's own parser; its default is 1 s.
+        assert task_poll_interval(env[TASK_POLL_INTERVAL]) == 0.2
 
 
 def test_supernode_runtime_api_is_tls_with_a_certificate_for_its_service(dev: Deployment) -> None:
