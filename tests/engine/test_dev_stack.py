@@ -14,7 +14,7 @@ import yaml
 from engine_project import StackCopy, site
 
 from tests.manifest_rules import check_manifest
-from tools.engine.stack import summary
+from tools.engine.stack import preview, summary
 
 pytestmark = pytest.mark.engine
 
@@ -56,6 +56,21 @@ def test_up_summary_names_every_site_namespace_and_cluster(deployed: StackCopy) 
 def test_second_up_changes_nothing(deployed: StackCopy) -> None:
     result = deployed.pulumi.run(["preview", "--expect-no-changes"], capture=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_make_preview_runs_the_program_once_and_saves_the_json_it_prints_the_diff_from(
+        deployed: StackCopy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with deployed.config_changed(lambda config: site(config, "hospital-a").update(gpus=2)):
+        preview(deployed.pulumi, tmp_path)
+    printed = capsys.readouterr().out
+    digest = json.loads((tmp_path / "preview.json").read_text())
+    assert digest["changeSummary"] == {"replace": 1, "update": 1, "same": digest["changeSummary"]["same"]}
+    assert " ~ update   kubernetes:apps/v1:Deployment  demo-hospital-a-executor" in printed
+    assert "+- replace  kubernetes:core/v1:ConfigMap  demo-hospital-a-executor-config" in printed
+    # The changed input, old and new (the GPU count reaches the executor config's YAML).
+    assert any(line.strip().startswith("update") and "executor.yaml" in line and " => " in line
+               for line in printed.splitlines()), printed
+    assert f"Resources: 1 replace, {digest['changeSummary']['same']} same, 1 update" in printed
 
 
 def test_gpu_change_touches_only_that_sites_executor_config(deployed: StackCopy) -> None:

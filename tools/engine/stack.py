@@ -3,8 +3,10 @@
     tools/stack up|preview|destroy <stack>
 
 `up` selects (or creates) the stack, runs `pulumi up --yes`, prints the stack
-outputs and a summary of what was rendered. `preview` prints the human diff and
-saves the machine form (`pulumi preview --json`) to out/<stack>/preview.json.
+outputs and a summary of what was rendered. `preview` runs the program once
+(`pulumi preview --json`), saves that machine form to out/<stack>/preview.json and
+prints the human diff read from it (every step; changed properties with old and new
+values; diagnostics; the change summary).
 `destroy` removes everything `up` made except the data volumes marked
 retain-on-delete (study data, SuperLink state) and the namespaces holding them:
 Pulumi forgets them without deleting them (in render mode their manifests stay
@@ -15,10 +17,13 @@ delete it on purpose (tools/engine/kept.py).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -91,14 +96,68 @@ def up(pulumi: Pulumi, render_root: Path) -> None:
     print(summary(render_root, outputs))
 
 
+OP_SYMBOLS = {"create": "+", "update": "~", "delete": "-", "replace": "+-", "create-replacement": "++",
+              "delete-replaced": "--", "read": ">", "refresh": "~", "import": "=", "discard": "<"}
+_PATH_PART = re.compile(r'\.?([^.\[\]"]+)|\[(\d+)\]|\["((?:[^"\\]|\\.)*)"\]')
+
+
+def property_at(state: Mapping[str, Any] | None, path: str) -> Any:
+    """The value at a property path of a preview's `detailedDiff` (`spec.ports[0]`, `data["a.yaml"]`), or None."""
+    value: Any = (state or {}).get("inputs") or {}
+    for match in _PATH_PART.finditer(path):
+        key, index, quoted = match.groups()
+        try:
+            value = value[int(index)] if index is not None else value[quoted if quoted is not None else key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def _short(value: Any, width: int = 100) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def human_diff(digest: Mapping[str, Any]) -> list[str]:
+    """The `pulumi preview --json` digest as lines a person reads: one line per step that changes something
+    (op, type, name), its changed properties with old and new inputs, then diagnostics and the counts."""
+    lines = []
+    for step in digest.get("steps") or []:
+        if step["op"] == "same":
+            continue
+        _, _, qualified_type, name = step["urn"].split("::", 3)
+        lines.append(f"{OP_SYMBOLS.get(step['op'], '?'):>2} {step['op']:<8} {qualified_type.split('$')[-1]}  {name}")
+        for path, change in sorted((step.get("detailedDiff") or {}).items()):
+            old, new = property_at(step.get("oldState"), path), property_at(step.get("newState"), path)
+            kind = change.get("kind", "update")
+            values = (_short(new) if kind.startswith("add") else _short(old) if kind.startswith("delete")
+                      else f"{_short(old)} => {_short(new)}")
+            lines.append(f"      {kind:<14} {path}: {values}")
+        if step.get("replaceReasons"):
+            lines.append(f"      replaced because of: {', '.join(step['replaceReasons'])}")
+    for diagnostic in digest.get("diagnostics") or []:
+        where = f"{diagnostic['urn'].rsplit('::', 1)[-1]}: " if diagnostic.get("urn") else ""
+        lines.append(f"{where}{diagnostic.get('message', '').rstrip()}")  # the message starts with its severity
+    counts = digest.get("changeSummary") or {}
+    lines.append("Resources: " + (", ".join(f"{n} {op}" for op, n in sorted(counts.items())) or "no changes"))
+    return lines
+
+
 def preview(pulumi: Pulumi, render_root: Path) -> None:
+    """One preview (the program runs once): the JSON digest saved, the human diff printed from it."""
     pulumi.select_or_init()
-    pulumi.run(["preview", "--diff"])
-    machine = pulumi.run(["preview", "--json"], capture=True)
+    machine = pulumi.run(["preview", "--json"], capture=True, check=False)
+    if machine.returncode != 0 and not machine.stdout.strip().startswith("{"):
+        sys.stderr.write(machine.stdout + machine.stderr)
+        raise subprocess.CalledProcessError(machine.returncode, machine.args)
     render_root.mkdir(parents=True, exist_ok=True)
     target = render_root / "preview.json"
     target.write_text(machine.stdout)
+    sys.stderr.write(machine.stderr)
+    print("\n".join(human_diff(json.loads(machine.stdout))))
     print(f"\nJSON preview saved to {shown(target)}")
+    if machine.returncode != 0:
+        raise subprocess.CalledProcessError(machine.returncode, machine.args)
 
 
 def destroy(pulumi: Pulumi, render_root: Path) -> None:
