@@ -11,7 +11,7 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning clean
+.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-program clean
 
 venv:
 	@tools/ensure-venv
@@ -61,6 +61,10 @@ bench: venv
 # NIID-Bench-shaped: rewrites the table in bench/README.md and bench/learning.png.
 bench-learning: venv
 	PYTHONPATH=training $(PY) -m bench learning $(ARGS)
+
+# The program under mocks and real-engine previews at 10, 100 and 1,000 sites (bench/README.md).
+bench-program: venv toolchain
+	$(PROGRAM_PY) -m bench.program $(ARGS)
 
 clean:
 	rm -rf out .pytest_cache
