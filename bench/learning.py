@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowerbed_training import task
-from flowerbed_training.inprocess import run_config_with
+from flowerbed_training.run_config import RunConfig
+from tests.inprocess import run_config_with
 
 from . import report
 from .options import Options
@@ -100,7 +101,7 @@ def measure(options: Options) -> tuple[dict[str, np.ndarray], Cells]:
     for dataset in options.datasets():
         # Fused as `flwr run` fuses it, so pooled training gets the same model, lr, batch and epochs.
         base = run_config_with({**RUN_CONFIG, **options.base(), "dataset": dataset})
-        pooled[dataset] = np.array([task.centralized_baseline({**base, "partitioning": "iid", "seed": s},
+        pooled[dataset] = np.array([task.centralized_baseline(RunConfig.parse({**base, "partitioning": "iid", "seed": s}),
                                                               sites=options.sites)["accuracy"] for s in seeds])
         _progress(f"{dataset}: pooled {mean_std(pooled[dataset])}")
         for label, partition in partitions(dataset).items():

@@ -1,4 +1,4 @@
-"""Run the real app in process (flowerbed_training.inprocess) and read what it recorded."""
+"""Run the real app in process (tests/inprocess.py) and read what it recorded."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from flowerbed_training.inprocess import builtin_sites, run_config_with, run_federation
-from flowerbed_training.recording import read_metrics
+from tests.inprocess import builtin_sites, run_config_with, run_federation
+from flowerbed_training.round_log import read_metrics
 
 
 @dataclass(frozen=True)

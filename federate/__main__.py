@@ -199,10 +199,11 @@ def describe_job(app: FlowerApp, run_config: dict[str, Any]) -> str:
 def centralized_baseline(run_config: dict[str, Any], progress: Progress) -> dict[str, float] | None:
     """The app's own baseline: the same model on the pooled data (built-in data only)."""
     from flowerbed_training.data import DataError
+    from flowerbed_training.run_config import RunConfig
     from flowerbed_training.task import centralized_baseline as train_pooled
 
     try:
-        return train_pooled(run_config)
+        return train_pooled(RunConfig.parse(run_config))
     except DataError as err:
         progress.say(f"No centralized baseline: {err}")
         return None

@@ -44,6 +44,7 @@ class Summary:
     bytes_down: int
     flower_traffic_bytes: dict[str, int]
     per_site: dict[str, SiteSummary]
+    central_epsilon: float | None  # central DP: epsilon spent by the run's last round (metrics.jsonl), else None
     files: dict[str, str]
     left_out: list[str]  # flowerbed extras this app could not have, and why
 
@@ -132,6 +133,7 @@ def summarize(
         bytes_down=sum(int(r.get("bytes_down", 0)) + int(r.get("eval_bytes_down", 0)) for r in rounds),
         flower_traffic_bytes={key.removesuffix("-bytes"): int(value) for key, value in traffic.items()},
         per_site=per_site(rounds, sites),
+        central_epsilon=final.get("central_epsilon"),
         files=output_files(out_dir, bool(rounds)),
         left_out=list(left_out),
     )

@@ -125,6 +125,15 @@ def test_per_site_summary_counts_rounds_and_keeps_the_last_epsilon() -> None:
     assert summary["c"].rounds_answered == 0 and summary["c"].contribution is None
 
 
+def test_the_summary_keeps_the_central_dp_epsilon_of_the_last_round(tmp_path: Path) -> None:
+    rounds = [{"round": r, "central_epsilon": eps} for r, eps in ((1, 4.7), (2, 6.9))]
+    summary = summarize(run_id="8", app_dir=tmp_path, run_config={}, sites=[], rounds=rounds, baseline=None,
+                        seconds={"total": 1.0}, run_status={}, out_dir=tmp_path)
+    assert summary.central_epsilon == 6.9
+    assert summarize(run_id="8", app_dir=tmp_path, run_config={}, sites=[], rounds=[{"round": 1}], baseline=None,
+                     seconds={"total": 1.0}, run_status={}, out_dir=tmp_path).central_epsilon is None
+
+
 def test_summary_and_report_for_study_data_have_no_baseline(tmp_path: Path) -> None:
     rounds = [
         {"round": r, "accuracy": 0.7 + r / 20, "loss": 1 / r, "sites": ["a", "b"], "bytes_up": 10, "bytes_down": 20,

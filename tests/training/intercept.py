@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Message
 from flwr.common.serde import message_from_proto, message_to_proto
 
-from flowerbed_training.inprocess import InProcessGrid, builtin_sites, run_config_with, run_federation
+from tests.inprocess import InProcessGrid, builtin_sites, run_config_with, run_federation
 
 
 @dataclass

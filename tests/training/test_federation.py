@@ -16,10 +16,11 @@ from flwr.common.constant import FAB_MAX_SIZE
 
 from flowerbed_training.checkpoints import CheckpointStore
 from flowerbed_training.data import DataError, builtin_partition
-from flowerbed_training.inprocess import TRAINING_APP_DIR, Site, builtin_sites, run_config_with, run_federation
+from tests.inprocess import TRAINING_APP_DIR, Site, builtin_sites, config_with, run_config_with, run_federation
 from flowerbed_training.protocol import ARRAYS, from_record, to_record
-from flowerbed_training.recording import read_metrics
+from flowerbed_training.round_log import read_metrics
 from flowerbed_training.scaffold import CLIENT_CONTROL
+from flowerbed_training.server_app import NoRoundAggregated
 from flowerbed_training.task import builtin_options
 
 
@@ -29,7 +30,7 @@ def federate(tmp_path: Path, sites: list[Site], **overrides) -> list[dict]:
 
 
 def test_breast_cancer_on_three_non_iid_sites_reaches_093_with_fedavg(tmp_path):
-    config = run_config_with({"dataset": "builtin:breast-cancer"})
+    config = config_with({"dataset": "builtin:breast-cancer"})
     shares = [builtin_partition("breast-cancer", i, 3, builtin_options(config)).y.mean() for i in range(3)]
     assert max(shares) - min(shares) > 0.2, "the sites should see clearly different label mixes"
 
@@ -75,6 +76,14 @@ def test_too_few_answers_keep_the_previous_model(tmp_path):
     metrics = federate(tmp_path, sites, **{"num-server-rounds": 2, "min-train-sites": 2})
     assert metrics[1]["aggregated"] is False and metrics[1]["sites"] == ["site-2"]
     assert metrics[1]["accuracy"] == metrics[0]["accuracy"]  # same model evaluated again
+
+
+def test_a_run_in_which_no_round_aggregates_fails_and_saves_no_model(tmp_path):
+    sites = builtin_sites(3, silent_rounds={0: {1, 2}, 1: {1, 2}})  # only site-2 answers; 2 are needed
+    with pytest.raises(NoRoundAggregated, match="none of rounds 1-2 had min-train-sites = 2 answers in time"):
+        federate(tmp_path, sites, **{"num-server-rounds": 2, "min-train-sites": 2})
+    assert [m["aggregated"] for m in read_metrics(tmp_path)] == [False, False]
+    assert not (tmp_path / "final_model.npz").exists()
 
 
 def test_resume_continues_from_the_latest_checkpoint(tmp_path):

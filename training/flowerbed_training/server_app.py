@@ -1,37 +1,48 @@
 """ServerApp: runs once per run in the server cluster (artifacts volume at `artifacts-dir`).
 
-Thin: survey the sites' data (assigning built-in data's partitions), build
-the model and the strategy chosen by run config, resume from the latest
-checkpoint if asked, and let Flower's strategy loop run the rounds through the
-RoundRecorder.
+Thin: parse the run config, survey the sites' data (assigning built-in data's
+partitions), build the model, resume from the latest checkpoint if asked, and
+hand the rounds to the training path the run config chooses: SecAgg+ (Flower's
+legacy workflow, secagg.py) or the Message API (a Flower strategy, message_api.py).
 """
 
 from __future__ import annotations
 
 from logging import INFO
+from pathlib import Path
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from flowerbed_training import privacy, secagg, task
-from flowerbed_training.checkpoints import CheckpointStore, save_final_model
-from flowerbed_training.protocol import SiteNames, from_record, to_record
-from flowerbed_training.recording import CentralEvaluation, RoundRecorder
-from flowerbed_training.settings import ClientSettings, ServerSettings
-from flowerbed_training.strategies import build_strategy, restore_strategy_state, strategy_state
+from flowerbed_training import message_api, secagg, task
+from flowerbed_training.checkpoints import Checkpoint, CheckpointStore, save_final_model
+from flowerbed_training.privacy import CentralDpAccountant
+from flowerbed_training.recording import CentralEvaluation, Rounds
+from flowerbed_training.round_log import read_metrics
+from flowerbed_training.run_config import RunConfig
 from flowerbed_training.survey import FederationData, survey_sites
+from flowerbed_training.training_job import TrainingJob, TrainingPath
 
 app = ServerApp()
 
 
-def central_evaluation(context: Context, federation: FederationData) -> CentralEvaluation | None:
+class NoRoundAggregated(RuntimeError):
+    """No round of the run had enough answers: there is no trained model to keep."""
+
+
+def training_path(config: RunConfig) -> TrainingPath:
+    """SecAgg+ exists only in Flower's legacy workflow API; every other run uses a Message-API strategy."""
+    return secagg.run_rounds if config.secagg else message_api.run_rounds
+
+
+def central_evaluation(config: RunConfig, federation: FederationData) -> CentralEvaluation | None:
     """Accuracy on the global held-out test set (built-in sources only; study data stays at sites)."""
-    test_set = task.server_test_set(context.run_config)
+    test_set = task.server_test_set(config)
     if test_set is None:
         return None
     test_loader = task.loader(federation.standardizer.apply(test_set), 256, shuffle=False)
-    model = task.model_for(context.run_config, federation.spec)
+    model = task.model_for(config, federation.spec)
     dev = task.device()
 
     def evaluate(weights: dict) -> tuple[float, float]:
@@ -43,46 +54,31 @@ def central_evaluation(context: Context, federation: FederationData) -> CentralE
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = ServerSettings.from_run_config(context.run_config)
-    local_lr = ClientSettings.from_run_config(context.run_config).lr
-    builtin = task.builtin_name(str(context.run_config.get("dataset", ""))) is not None
-    federation = survey_sites(grid, settings.min_available_sites, settings.round_timeout,
-                              assign_partitions=builtin)
-
-    base = build_strategy(settings, local_lr)
-    sampled = max(int(len(federation.examples) * settings.fraction_train), settings.min_train_sites)
-    strategy = privacy.wrap_central_dp(base, context.run_config, sampled)
-    checkpoints = CheckpointStore(settings.artifacts_dir, settings.checkpoint_keep)
-    weights = task.get_weights(task.model_for(context.run_config, federation.spec))
-    done = 0
-    if settings.resume and (latest := checkpoints.latest()) is not None:
-        weights, done = latest.model, latest.round
-        restore_strategy_state(base, latest.strategy_state)
-        log(INFO, "Resuming after round %d from %s", done, checkpoints.directory)
-    remaining = settings.num_rounds - done
-    if remaining <= 0:
-        log(INFO, "All %d rounds are done already; nothing to resume", settings.num_rounds)
+    config = RunConfig.parse(context.run_config)
+    train = training_path(config)
+    directory = Path(config.artifacts_dir)
+    federation = survey_sites(grid, config.min_available_sites, config.round_timeout,
+                              assign_partitions=config.builtin)
+    checkpoints = CheckpointStore(directory, config.checkpoint_keep)
+    start = Checkpoint(round=0, model=task.get_weights(task.model_for(config, federation.spec)), strategy_state={})
+    if config.resume and (latest := checkpoints.latest()) is not None:
+        start = latest
+        log(INFO, "Resuming after round %d from %s", start.round, checkpoints.directory)
+    if start.round >= config.num_server_rounds:
+        log(INFO, "All %d rounds are done already; nothing to resume", config.num_server_rounds)
         return
 
-    recorder = RoundRecorder(
-        strategy, settings.artifacts_dir, min_train_sites=settings.min_train_sites,
-        checkpoints=checkpoints, central_evaluation=central_evaluation(context, federation),
-        round_offset=done, state_of=lambda: strategy_state(base), site_names=SiteNames(federation.names),
-    )
-    if secagg.secagg_enabled(context.run_config):
-        # SecAgg+ exists only in Flower's legacy workflow API; secagg.py runs it with the same recorder.
-        final = secagg.run_secagg_plus(grid, context, recorder, initial_arrays=weights, num_rounds=remaining,
-                                       train_config=federation.config())
-    else:
-        result = recorder.start(
-            grid=grid,
-            initial_arrays=to_record(weights),
-            num_rounds=remaining,
-            timeout=settings.round_timeout,
-            train_config=ConfigRecord(federation.config()),
-            evaluate_config=ConfigRecord(federation.config()),
-            evaluate_fn=recorder.end_round,
+    earlier = [line for line in read_metrics(directory) if line["round"] <= start.round]
+    rounds = Rounds(directory, checkpoints, central_evaluation=central_evaluation(config, federation),
+                    round_offset=start.round,
+                    central_dp=CentralDpAccountant.of(config, len(federation.examples)),
+                    noised_before=sum(1 for line in earlier if line["aggregated"]))
+    final = train(TrainingJob(grid, context, config, federation, rounds, start))
+    if rounds.aggregated == 0:
+        raise NoRoundAggregated(
+            f"none of rounds {start.round + 1}-{config.num_server_rounds} had min-train-sites = "
+            f"{config.min_train_sites} answers in time (see 'sites' and 'failed' in {directory / 'metrics.jsonl'}); "
+            "no final model is saved"
         )
-        final = from_record(result.arrays)
-    path = save_final_model(settings.artifacts_dir, final)
+    path = save_final_model(directory, final)
     log(INFO, "Final model saved to %s", path)

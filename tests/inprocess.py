@@ -1,6 +1,7 @@
 """Run the real ServerApp and ClientApp objects in one process, without Ray or SuperLink.
 
 For tests and `bench/` (and a quick local try-out): no network, no processes.
+It lives outside the app bundle (training/pyproject.toml's `fab-include`).
 
 `InProcessGrid` implements Flower's `Grid` interface: every pushed message is
 serialized to protobuf and back (as on the wire), handed to the ClientApp with
@@ -28,7 +29,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-TRAINING_APP_DIR = Path(__file__).resolve().parents[1]  # holds pyproject.toml
+from flowerbed_training.run_config import RunConfig
+
+TRAINING_APP_DIR = Path(__file__).resolve().parents[1] / "training"  # holds pyproject.toml
 RUN_ID = 1
 # Flower's error code for an exception raised inside a ClientApp.
 CLIENT_APP_RAISED_EXCEPTION = 300
@@ -117,6 +120,11 @@ class InProcessGrid(Grid):
 def run_config_with(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The app's pyproject defaults with overrides, as `flwr run --run-config` fuses them."""
     return dict(get_fused_config_from_dir(TRAINING_APP_DIR, dict(overrides)))
+
+
+def config_with(overrides: Mapping[str, Any]) -> RunConfig:
+    """`run_config_with`, parsed and validated as the apps parse it."""
+    return RunConfig.parse(run_config_with(overrides))
 
 
 def run_federation(sites: list[Site], run_config: Mapping[str, Any], *,
