@@ -76,6 +76,42 @@ def test_fedadam_moves_by_its_adaptive_step_and_its_state_survives_a_checkpoint(
     np.testing.assert_array_equal(fresh.m_t["w"], strategy.m_t["w"])  # type: ignore[attr-defined]
 
 
+def test_fedyogi_follows_reddi_et_al_algorithm_2_by_hand(server_identity):
+    # Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2 (FedYogi), as Flower's
+    # FedYogi implements it (no bias correction): with Delta_t the FedAvg aggregate minus x_t,
+    #   m_t = b1 m_{t-1} + (1 - b1) Delta_t
+    #   v_t = v_{t-1} - (1 - b2) Delta_t^2 sign(v_{t-1} - Delta_t^2)
+    #   x_{t+1} = x_t + eta m_t / (sqrt(v_t) + tau)
+    # b1 = 0.9, b2 = 0.99 (Flower's defaults), eta = server-lr = 0.1, tau = server-tau = 0.001, m_0 = v_0 = 0.
+    strategy = build_strategy(settings(strategy="fedyogi", **{"server-lr": 0.1, "server-tau": 0.001}))
+    grid = grid_with(2)
+    x0 = {"w": np.array([0.0, 1.0])}
+    strategy.configure_train(1, to_record(x0), ConfigRecord(), grid)
+    # FedAvg of [1.0, 1.0] and [0.6, 0.2] (10 examples each) = [0.8, 0.6]: Delta_1 = [0.8, -0.4].
+    arrays, _ = strategy.aggregate_train(1, [train_reply(1, {"w": [1.0, 1.0]}, 10),
+                                             train_reply(2, {"w": [0.6, 0.2]}, 10)])
+    # m_1 = 0.1 * [0.8, -0.4] = [0.08, -0.04]
+    # v_1 = 0 + 0.01 * [0.64, 0.16] = [0.0064, 0.0016] (sign(0 - Delta^2) = -1), sqrt: [0.08, 0.04]
+    # x_1 = [0 + 0.1 * 0.08 / 0.081, 1 - 0.1 * 0.04 / 0.041] = [0.0987654, 0.9024390]
+    x1 = from_record(arrays)["w"]
+    np.testing.assert_allclose(x1, [0.0987654, 0.9024390], rtol=1e-6)
+    np.testing.assert_allclose(strategy.v_t["w"], [0.0064, 0.0016])  # type: ignore[attr-defined]
+
+    strategy.configure_train(2, arrays, ConfigRecord(), grid)
+    y = x1 + np.array([0.05, -1.0])  # both sites: Delta_2 = [0.05, -1.0], Delta_2^2 = [0.0025, 1.0]
+    arrays, _ = strategy.aggregate_train(2, [train_reply(1, {"w": y}, 10), train_reply(2, {"w": y}, 10)])
+    # v_2[0]: v_1 = 0.0064 > 0.0025, so Yogi SHRINKS it: 0.0064 - 0.01 * 0.0025 = 0.006375
+    #         (Adam's 0.99 * 0.0064 + 0.01 * 0.0025 = 0.006361 would differ);
+    # v_2[1]: v_1 = 0.0016 < 1.0, so it grows: 0.0016 + 0.01 * 1.0 = 0.0116.
+    np.testing.assert_allclose(strategy.v_t["w"], [0.006375, 0.0116], rtol=1e-9)  # type: ignore[attr-defined]
+    # m_2 = 0.9 * [0.08, -0.04] + 0.1 * [0.05, -1.0] = [0.077, -0.136]
+    np.testing.assert_allclose(strategy.m_t["w"], [0.077, -0.136], rtol=1e-9)  # type: ignore[attr-defined]
+    # x_2 = x_1 + 0.1 * m_2 / (sqrt(v_2) + 0.001) = [0.0987654 + 0.1 * 0.077 / 0.0808436,
+    #                                                0.9024390 - 0.1 * 0.136 / 0.1087033]
+    #     = [0.0987654 + 0.0952457, 0.9024390 - 0.1251116] = [0.1940111, 0.7773274]
+    np.testing.assert_allclose(from_record(arrays)["w"], [0.1940111, 0.7773274], rtol=1e-6)
+
+
 # --- SCAFFOLD (Karimireddy et al. 2020, Algorithm 1, option II) ---------------------------------
 
 
