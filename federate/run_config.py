@@ -46,7 +46,7 @@ def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app: FlowerAp
                             f"use -c KEY=VALUE with the app's own keys ({', '.join(sorted(app.run_config)) or 'none'})")
     overrides: dict[str, Any] = {}
     if app.reports_metrics:
-        overrides["artifacts-dir"] = str(args.out_dir.resolve())  # where federate reads metrics.jsonl
+        overrides[str(app.artifacts_key)] = str(args.out_dir.resolve())  # where federate reads metrics.jsonl
     if app.is_training:
         # Every local site is up before the run starts, so sample all of them every round.
         overrides["min-available-sites"] = len(sites)

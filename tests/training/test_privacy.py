@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flowerbed_training import privacy
+from flowerbed_training.recording import Rounds
 from flowerbed_training.run_config import RunConfig
-from tests.inprocess import builtin_sites, config_with, run_config_with, run_federation
+from flowerbed_training.server_app import NoRoundAggregated
+from tests.inprocess import builtin_sites, config_with, run_config_with, run_dir, run_federation
 from flowerbed_training.round_log import read_metrics
 from tests.training.intercept import InterceptedRun, run_intercepted
 
@@ -144,9 +147,9 @@ def test_federated_run_with_local_dp_at_epsilon_8_learns_within_budget(tmp_path)
     # Seen when written: accuracy 0.938 on the server's test set after round 10 (0.64 after
     # round 1), each site's epsilon 7.99 of 8.
     run_config = run_config_with({"local-dp": True, "local-dp-epsilon": 8.0, "num-server-rounds": 10,
-                                  "dataset": "builtin:breast-cancer", "artifacts-dir": str(tmp_path)})
+                                  "dataset": "builtin:breast-cancer", "artifacts-root": str(tmp_path)})
     run_federation(builtin_sites(3), run_config)
-    lines = read_metrics(tmp_path)
+    lines = read_metrics(run_dir(tmp_path))
     assert [line["round"] for line in lines] == list(range(1, 11))
     assert lines[-1]["accuracy"] >= 0.9
     for site in ("site-0", "site-1", "site-2"):
@@ -177,7 +180,7 @@ def test_central_dp_client_side_clips_every_update_before_it_leaves_the_site(tmp
     assert len(sites) == 3
     norms = [np.linalg.norm(model - global_model) for model, _ in sites]
     assert max(norms) == pytest.approx(0.5, rel=1e-4)  # clipped exactly to the norm (updates are larger)
-    assert read_metrics(tmp_path)[-1]["aggregated"]
+    assert read_metrics(run_dir(tmp_path))[-1]["aggregated"]
 
 
 def test_central_dp_server_side_clips_then_adds_calibrated_noise(tmp_path) -> None:
@@ -215,7 +218,7 @@ def test_central_dp_epsilon_matches_the_rdp_accountant_by_hand() -> None:
 def test_central_dp_reports_epsilon_per_round(tmp_path) -> None:
     run_intercepted(tmp_path, 3, **{**CENTRAL_DP, "num-server-rounds": 3, "central-dp": "server",
                                     "central-dp-noise-multiplier": 1.0})
-    lines = read_metrics(tmp_path)
+    lines = read_metrics(run_dir(tmp_path))
     accountant = privacy.CentralDpAccountant(1.0, 1.0, 1e-5)  # 3 of 3 sites each round
     assert [line["central_epsilon"] for line in lines] == [pytest.approx(accountant.epsilon(r)) for r in (1, 2, 3)]
     assert 4.0 < lines[0]["central_epsilon"] < lines[-1]["central_epsilon"]
@@ -223,4 +226,73 @@ def test_central_dp_reports_epsilon_per_round(tmp_path) -> None:
 
 def test_without_central_dp_no_central_epsilon_is_reported(tmp_path) -> None:
     run_intercepted(tmp_path, 2, **{"num-server-rounds": 1})
-    assert read_metrics(tmp_path)[0]["central_epsilon"] is None
+    assert read_metrics(run_dir(tmp_path))[0]["central_epsilon"] is None
+
+
+# --- the DP ledger lives on the site's state volume (site_state.py) ---------------------------------
+
+LOCAL_DP = {"local-dp": True, "local-dp-epsilon": 8.0, "num-server-rounds": 4, "dataset": "builtin:breast-cancer"}
+
+
+class ServerKilled(Exception):
+    """The ServerApp pod dies (after a round's checkpoint is written)."""
+
+
+def _run_killed_after_round_2(root: Path, state_root: Path | None) -> list[dict]:
+    finish = Rounds.finish
+
+    def dying(rounds: Rounds, model, strategy_state):  # type: ignore[no-untyped-def]
+        central = finish(rounds, model, strategy_state)
+        if rounds.current.round == 2:
+            raise ServerKilled
+        return central
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(Rounds, "finish", dying)
+        with pytest.raises(ServerKilled):
+            run_federation(builtin_sites(3, state_root), run_config_with({**LOCAL_DP, "artifacts-root": str(root)}),
+                           run_id=1)
+    return read_metrics(run_dir(root, 1))
+
+
+def test_a_resume_across_a_supernode_restart_keeps_the_total_epsilon_within_the_target(tmp_path) -> None:
+    # Measured before site state existed: epsilon 8.0 spent in rounds 1-2, then a fresh 6.2 in rounds 3-4.
+    first = _run_killed_after_round_2(tmp_path / "artifacts", tmp_path / "state")
+    assert [line["round"] for line in first] == [1, 2]
+    # The SuperNodes restart (fresh Site objects: nothing in memory), their state volumes stay;
+    # run 2 resumes run 1 from its round-2 checkpoint.
+    run_federation(builtin_sites(3, tmp_path / "state"),
+                   run_config_with({**LOCAL_DP, "artifacts-root": str(tmp_path / "artifacts"), "resume": "1"}),
+                   run_id=2)
+    lines = read_metrics(run_dir(tmp_path / "artifacts", 2))
+    assert [line["round"] for line in lines] == [1, 2, 3, 4] and all(line["aggregated"] for line in lines)
+    for site in ("site-0", "site-1", "site-2"):
+        spent = [line["epsilon"][site] for line in lines]
+        assert all(a < b for a, b in zip(spent, spent[1:], strict=False)), spent  # one budget, continued
+        assert 7.0 < spent[-1] <= 8.0, spent
+
+
+def test_a_dp_site_that_lost_its_ledger_refuses_to_start_a_new_budget(tmp_path) -> None:
+    _run_killed_after_round_2(tmp_path / "artifacts", state_root=None)  # the ledger lived in memory only
+    with pytest.raises(NoRoundAggregated):
+        run_federation(builtin_sites(3),
+                       run_config_with({**LOCAL_DP, "artifacts-root": str(tmp_path / "artifacts"), "resume": "1"}),
+                       run_id=2)
+    resumed = read_metrics(run_dir(tmp_path / "artifacts", 2))[2:]
+    assert [line["round"] for line in resumed] == [3, 4]
+    for line in resumed:
+        assert line["sites"] == [] and set(line["failed"]) == {"site-0", "site-1", "site-2"}
+        assert all("PrivacyLedgerMissing" in reason and "refusing to train rather than start a new budget" in reason
+                   for reason in line["failed"].values())
+
+
+def test_an_unreadable_site_state_refuses_to_train(tmp_path) -> None:
+    _run_killed_after_round_2(tmp_path / "artifacts", tmp_path / "state")
+    [broken] = (tmp_path / "state" / "site-1").glob("inprocess/1/state.pb")
+    broken.write_bytes(b"not a record dict")
+    run_federation(builtin_sites(3, tmp_path / "state"),
+                   run_config_with({**LOCAL_DP, "artifacts-root": str(tmp_path / "artifacts"), "resume": "1",
+                                    "min-train-sites": 2}), run_id=2)
+    third = read_metrics(run_dir(tmp_path / "artifacts", 2))[2]
+    assert third["sites"] == ["site-0", "site-2"]
+    assert "cannot be read" in third["failed"]["site-1"] and "refusing to train" in third["failed"]["site-1"]

@@ -53,7 +53,8 @@ def test_an_unknown_key_is_named_with_the_allowed_ones():
         ({"num-server-rounds": True}, "run config num-server-rounds: True must be a int"),
         ({"round-timeout": 0.0}, "run config round-timeout: 0.0 must be > 0 seconds"),
         ({"trimmed-beta": 0.5}, r"run config trimmed-beta: 0.5 must be in \[0, 0.5\)"),
-        ({"resume": "yes"}, "run config resume: 'yes' must be a bool"),
+        ({"resume": "yes"}, "run config resume: 'yes' must be \"\" \\(a fresh run\\), \"latest\" or a run id"),
+        ({"resume": True}, "run config resume: True must be a str"),
         ({"lr": 0}, "run config lr: 0.0 must be > 0"),
         ({"local-epochs": 0}, "run config local-epochs: 0 must be >= 1"),
         ({"model": "resnet"}, "run config model: 'resnet' must be one of auto, mlp, cnn"),
@@ -66,7 +67,7 @@ def test_an_unknown_key_is_named_with_the_allowed_ones():
         ({"compression": "zip"}, "run config compression: 'zip' must be one of none, int8, topk"),
         ({"compression-topk-fraction": 0.0}, r"run config compression-topk-fraction: 0.0 must be in \(0, 1\]"),
         ({"secagg-num-shares": 2}, "run config secagg-num-shares: 2 must be >= 3"),
-        ({"artifacts-dir": ""}, "run config artifacts-dir: '' must not be empty"),
+        ({"artifacts-root": ""}, "run config artifacts-root: '' must not be empty"),
     ],
 )
 def test_a_bad_value_names_the_key_and_what_is_allowed(overrides, message):

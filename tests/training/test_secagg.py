@@ -16,7 +16,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowerbed_training import secagg
-from tests.inprocess import InProcessGrid, config_with
+from tests.inprocess import InProcessGrid, config_with, run_dir
 from flowerbed_training.protocol import ARRAYS, METRICS, NUM_EXAMPLES, from_record
 from flowerbed_training.round_log import read_metrics
 
@@ -139,8 +139,8 @@ def test_a_site_heavier_than_secagg_max_weight_stops_the_run_before_any_round(tm
     with pytest.raises(secagg.WeightTooLarge, match=r"run config secagg-max-weight: 150 is below the training "
                                                      r"examples of site-1 \(177 examples\);.* >= 177"):
         run_intercepted(tmp_path, SITES, secagg=True, **{**RUN, "secagg-max-weight": 150.0})
-    assert read_metrics(tmp_path) == []
-    assert not (tmp_path / "final_model.npz").exists()
+    assert read_metrics(run_dir(tmp_path)) == []
+    assert not (run_dir(tmp_path) / "final_model.npz").exists()
 
 
 def test_check_weights_names_every_site_over_the_limit_and_accepts_the_limit_itself() -> None:
@@ -178,7 +178,7 @@ def test_a_site_dropping_before_sending_its_masked_vector_is_unmasked_out(plain:
 
     monkeypatch.setattr(InProcessGrid, "_deliver", dropping)
     dropped = run_intercepted(tmp_path, SITES, secagg=True, **{**RUN, "min-train-sites": 2})
-    first = read_metrics(tmp_path)[0]
+    first = read_metrics(run_dir(tmp_path))[0]
     assert first["sites"] == ["site-0", "site-1"] and first["aggregated"]
     survivors = {n: m for n, m in _plain_site_models(plain.received).items() if n != 103}
     examples = sum(n for _, n in survivors.values())
@@ -190,7 +190,7 @@ def test_a_site_dropping_before_sending_its_masked_vector_is_unmasked_out(plain:
 def test_local_dp_under_secagg_still_reports_each_sites_epsilon(tmp_path) -> None:
     # Epsilon travels in the (unmasked) FitRes metrics; only the model is masked.
     run_intercepted(tmp_path, SITES, secagg=True, **{**RUN, "local-dp": True, "local-dp-epsilon": 4.0})
-    lines = read_metrics(tmp_path)
+    lines = read_metrics(run_dir(tmp_path))
     for line in lines:
         assert sorted(line["epsilon"]) == [f"site-{i}" for i in range(SITES)]
         assert all(0 < value <= 4.0 for value in line["epsilon"].values())

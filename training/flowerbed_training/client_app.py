@@ -16,7 +16,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flowerbed_training import compression, privacy, secagg, task
+from flowerbed_training import compression, privacy, secagg, site_state, task
 from flowerbed_training.data import Dataset, check_compatible
 from flowerbed_training.partitions import partition_of
 from flowerbed_training.protocol import (
@@ -31,11 +31,13 @@ from flowerbed_training.protocol import (
 )
 from flowerbed_training.run_config import RunConfig
 from flowerbed_training.scaffold import SiteControl
+from flowerbed_training.site_state import DP_SITES
 from flowerbed_training.survey import spec_from_config, standardizer_from_config, summary_reply
 
-# Both mods act only on the messages meant for them: SecAgg+ protocol / legacy-layout
-# messages, and messages that carry a central-DP clipping norm.
-app = ClientApp(mods=[secagg.secagg_plus_mod, privacy.central_dp_clipping_mod])
+# Each mod acts only on the messages meant for it: SecAgg+ protocol / legacy-layout
+# messages, messages that carry a central-DP clipping norm, and training messages of a
+# site with a state volume (site_state_mod, innermost: it sees the app's own layout).
+app = ClientApp(mods=[secagg.secagg_plus_mod, privacy.central_dp_clipping_mod, site_state.site_state_mod])
 
 def _site(context: Context) -> str:
     return str(context.node_config.get("site-name", f"node-{context.node_id}"))
@@ -99,7 +101,8 @@ def train(message: Message, context: Context) -> Message:
     private = None
     if run.local_dp:
         # Opacus hooks this same model; the optimizer and loader are its DP versions.
-        private = privacy.make_private(model, optimizer, train_loader, run, context.state)
+        spent_before = _site(context) in [str(s) for s in config.get(DP_SITES, [])]  # type: ignore[union-attr]
+        private = privacy.make_private(model, optimizer, train_loader, run, context.state, spent_before=spent_before)
         optimizer, train_loader = private.optimizer, private.loader
 
     proximal_mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]  # set by FedProx

@@ -45,6 +45,10 @@ class PrivacyBudgetExhausted(RuntimeError):
     """Training this round would spend more than the site's epsilon target for the run."""
 
 
+class PrivacyLedgerMissing(RuntimeError):
+    """The site has spent budget in this run before but holds no ledger: it must not start a new one."""
+
+
 @dataclass
 class PrivateTraining:
     """What to train with this round: the same model, a DP optimizer, a Poisson-sampled loader."""
@@ -63,17 +67,26 @@ def make_private(
     loader: DataLoader,
     config: RunConfig,
     state: RecordDict,
+    *,
+    spent_before: bool = False,
 ) -> PrivateTraining:
     """Attach Opacus for one round, continuing this site's accountant from `state`.
 
     The run is `num-server-rounds` x `local-epochs` x batches steps long; the noise
     multiplier is fitted to `local-dp-epsilon`/`local-dp-delta` for all of them.
-    Raises PrivacyBudgetExhausted when this round would pass the target."""
+    `spent_before`: the server saw this site spend budget earlier in the run (its
+    `dp-sites`). Raises PrivacyBudgetExhausted when this round would pass the
+    target, PrivacyLedgerMissing when `spent_before` but `state` holds no ledger."""
     from opacus import PrivacyEngine  # noqa: PLC0415  (slow import, DP runs only)
     from opacus.accountants.utils import get_noise_multiplier  # noqa: PLC0415
 
     saved = state.config_records.get(LOCAL_DP_STATE)
     steps_per_round = config.local_epochs * len(loader)
+    if saved is None and spent_before:
+        raise PrivacyLedgerMissing(
+            "local DP: this site spent privacy budget earlier in this run, but its ledger is gone "
+            "(a restarted SuperNode without a state volume, or a lost state-dir); refusing to train "
+            "rather than start a new budget. Restore the site's state volume (node config state-dir).")
     if saved is None:
         # What make_private_with_epsilon does, but with the exact step count:
         # it derives steps as int(epochs / (1 / len(loader))), which float

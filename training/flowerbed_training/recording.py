@@ -3,7 +3,8 @@
 `Rounds` is what every path (Message API, SecAgg+) reports to: it opens a round's
 `RoundLog`, and at the end of the round evaluates the model on the server's test
 set, adds the central-DP epsilon, appends the metrics.jsonl line and writes the
-checkpoint. `RoundRecorder` wraps a Flower strategy and fills the log from the
+checkpoint. It also tells the sites which state to continue (`site_config`:
+the run lineage and the sites that have spent local-DP budget in it). `RoundRecorder` wraps a Flower strategy and fills the log from the
 messages, with the other parts named: `Quorum` (minimum answers),
 `compression.expand_replies` (decompression), `scoring` (contributions). A resumed
 run passes `round_offset` so round numbers, FedAdam's bias correction and the log
@@ -27,15 +28,19 @@ from flowerbed_training.checkpoints import Checkpoint, CheckpointStore
 from flowerbed_training.privacy import CentralDpAccountant
 from flowerbed_training.protocol import METRICS, SiteNames, from_record, payload_bytes, to_record
 from flowerbed_training.quorum import Quorum
-from flowerbed_training.round_log import RoundLog, append_metrics
+from flowerbed_training.round_log import RoundLog, append_metrics, read_metrics
 from flowerbed_training.scoring import cosine_contributions, plain_site_models
+from flowerbed_training.site_state import DP_SITES, STATE_RUN
 
 Arrays = dict[str, np.ndarray]
 CentralEvaluation = Callable[[Arrays], tuple[float, float]]  # model -> (loss, accuracy)
 
 
 class Rounds:
-    """The rounds of one run: their logs, metrics.jsonl and checkpoints in `directory`."""
+    """The rounds of one run: their logs, metrics.jsonl and checkpoints in `directory`.
+
+    A resumed run's directory starts with the earlier rounds' lines (run_directory.py):
+    they count for the central-DP epsilon and the sites that hold a DP ledger."""
 
     def __init__(
         self,
@@ -45,17 +50,24 @@ class Rounds:
         central_evaluation: CentralEvaluation | None = None,
         round_offset: int = 0,
         central_dp: CentralDpAccountant | None = None,
-        noised_before: int = 0,
+        lineage: int = 0,
     ) -> None:
         self.directory = directory
         self.checkpoints = checkpoints
         self.central_evaluation = central_evaluation
         self.round_offset = round_offset
         self.central_dp = central_dp
-        self.noised = noised_before  # aggregates released under central DP, earlier runs included
+        self.lineage = lineage  # the first run of this chain of resumes: the sites' state key
+        earlier = read_metrics(directory)
+        self.noised = sum(1 for line in earlier if line["aggregated"])  # aggregates released so far
+        self.dp_sites = {site for line in earlier for site, eps in line["epsilon"].items() if eps is not None}
         self.aggregated = 0  # rounds aggregated in this run
         self._current: RoundLog | None = None
         directory.mkdir(parents=True, exist_ok=True)
+
+    def site_config(self) -> dict[str, int | list[str]]:
+        """What every train message carries for the sites' state (site_state.py)."""
+        return {STATE_RUN: self.lineage, DP_SITES: sorted(self.dp_sites)}
 
     def begin(self, server_round: int) -> RoundLog:
         """Open round `server_round` of this run (numbered on after a resumed run's rounds)."""
@@ -75,6 +87,7 @@ class Rounds:
     def finish(self, model: Arrays, strategy_state: dict[str, np.ndarray]) -> tuple[float, float] | None:
         """Close the current round: metrics.jsonl line and checkpoint; returns the central evaluation."""
         record = self.current
+        self.dp_sites |= {site for site, eps in record.epsilon.items() if eps is not None}
         if record.aggregated:
             self.aggregated += 1
             self.noised += 1
@@ -107,6 +120,7 @@ class RoundRecorder(Strategy):
     ) -> Iterable[Message]:
         record = self.rounds.begin(server_round)
         self._global = from_record(arrays)
+        config = ConfigRecord({**config, **self.rounds.site_config()})
         messages = list(self.inner.configure_train(record.round, arrays, config, grid))
         record.bytes_down = sum(payload_bytes(m) for m in messages)
         return messages

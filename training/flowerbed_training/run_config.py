@@ -109,8 +109,9 @@ class RunConfig:
     min_available_sites: int = _at_least(1)
     round_timeout: float = _rule("must be > 0 seconds", lambda v: v > 0)
     # --- results ---
-    artifacts_dir: str = _rule("must not be empty", bool)
-    resume: bool = _anything()
+    artifacts_root: str = _rule("must not be empty", bool)
+    resume: str = _rule('must be "" (a fresh run), "latest" or a run id (digits)',
+                        lambda v: v in ("", "latest") or v.isdigit())
     checkpoint_keep: int = _at_least(1)
 
     @staticmethod

@@ -233,8 +233,8 @@ def run_rounds(job: TrainingJob) -> dict[str, np.ndarray]:
     train_config = job.federation.config()
 
     def round_config(server_round: int) -> dict[str, Scalar]:
-        return {**train_config, "server-round": server_round + job.rounds.round_offset,  # type: ignore[dict-item]
-                ARRAY_KEYS: "\n".join(names)}
+        return {**train_config, **job.rounds.site_config(),  # type: ignore[dict-item]
+                "server-round": server_round + job.rounds.round_offset, ARRAY_KEYS: "\n".join(names)}
 
     strategy = _RecordedFedAvg(
         job.rounds,

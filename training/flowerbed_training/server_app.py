@@ -1,13 +1,16 @@
-"""ServerApp: runs once per run in the server cluster (artifacts volume at `artifacts-dir`).
+"""ServerApp: runs once per run in the server cluster (artifacts volume at `artifacts-root`).
 
 Thin: parse the run config, survey the sites' data (assigning built-in data's
-partitions), build the model, resume from the latest checkpoint if asked, and
+partitions), build the model, resume from the run `resume` names if asked, and
 hand the rounds to the training path the run config chooses: SecAgg+ (Flower's
 legacy workflow, secagg.py) or the Message API (a Flower strategy, message_api.py).
+Everything lands in the run's own directory, `<artifacts-root>/<run-id>/`,
+ending with summary.json and report.png (report.py).
 """
 
 from __future__ import annotations
 
+import time
 from logging import INFO
 from pathlib import Path
 
@@ -21,10 +24,12 @@ from flowerbed_training.privacy import CentralDpAccountant
 from flowerbed_training.recording import CentralEvaluation, Rounds
 from flowerbed_training.round_log import read_metrics
 from flowerbed_training.run_config import RunConfig
+from flowerbed_training.run_directory import continue_from, lineage, resumed_run, run_directory
 from flowerbed_training.survey import FederationData, survey_sites
 from flowerbed_training.training_job import TrainingJob, TrainingPath
 
 app = ServerApp()
+APP_DIR = Path(__file__).resolve().parents[1]  # where the bundle is installed (pyproject.toml)
 
 
 class NoRoundAggregated(RuntimeError):
@@ -54,27 +59,31 @@ def central_evaluation(config: RunConfig, federation: FederationData) -> Central
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    started = time.perf_counter()
     config = RunConfig.parse(context.run_config)
     train = training_path(config)
-    directory = Path(config.artifacts_dir)
+    directory = run_directory(config, context.run_id)
+    previous = resumed_run(config, context.run_id)
     federation = survey_sites(grid, config.min_available_sites, config.round_timeout,
                               assign_partitions=config.builtin)
-    checkpoints = CheckpointStore(directory, config.checkpoint_keep)
-    start = Checkpoint(round=0, model=task.get_weights(task.model_for(config, federation.spec)), strategy_state={})
-    if config.resume and (latest := checkpoints.latest()) is not None:
-        start = latest
-        log(INFO, "Resuming after round %d from %s", start.round, checkpoints.directory)
+    if previous is not None:
+        start = continue_from(previous, directory)
+        log(INFO, "Run %s resumes run %s after round %d", context.run_id, previous.name, start.round)
+    else:
+        start = Checkpoint(round=0, model=task.get_weights(task.model_for(config, federation.spec)),
+                           strategy_state={})
     if start.round >= config.num_server_rounds:
         log(INFO, "All %d rounds are done already; nothing to resume", config.num_server_rounds)
         return
 
-    earlier = [line for line in read_metrics(directory) if line["round"] <= start.round]
-    rounds = Rounds(directory, checkpoints, central_evaluation=central_evaluation(config, federation),
-                    round_offset=start.round,
+    rounds = Rounds(directory, CheckpointStore(directory, config.checkpoint_keep),
+                    central_evaluation=central_evaluation(config, federation), round_offset=start.round,
                     central_dp=CentralDpAccountant.of(config, len(federation.examples)),
-                    noised_before=sum(1 for line in earlier if line["aggregated"]))
+                    lineage=lineage(directory, previous, context.run_id))
+    log(INFO, "Run %s writes %s", context.run_id, directory)
     final = train(TrainingJob(grid, context, config, federation, rounds, start))
     if rounds.aggregated == 0:
+        write_report(directory, context, federation, "failed: no round aggregated", time.perf_counter() - started)
         raise NoRoundAggregated(
             f"none of rounds {start.round + 1}-{config.num_server_rounds} had min-train-sites = "
             f"{config.min_train_sites} answers in time (see 'sites' and 'failed' in {directory / 'metrics.jsonl'}); "
@@ -82,3 +91,15 @@ def main(grid: Grid, context: Context) -> None:
         )
     path = save_final_model(directory, final)
     log(INFO, "Final model saved to %s", path)
+    write_report(directory, context, federation, "completed", time.perf_counter() - started)
+
+
+def write_report(directory: Path, context: Context, federation: FederationData, status: str, seconds: float) -> None:
+    """summary.json and report.png in the run's directory, from its metrics lines."""
+    from flowerbed_training import report  # matplotlib: loaded once, at the end of the run
+
+    rounds = read_metrics(directory)
+    summary = report.summarize(run_id=str(context.run_id), app_dir=APP_DIR, run_config=context.run_config,
+                               sites=sorted(federation.examples), rounds=rounds, baseline=None,
+                               seconds={"total": seconds}, run_status={"status": status}, out_dir=directory)
+    report.write_report(summary, rounds, directory)

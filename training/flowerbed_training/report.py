@@ -1,4 +1,10 @@
-"""out/federate/summary.json and report.png from the run's metrics lines."""
+"""A run's summary.json and report.png, from its metrics lines: the one report module.
+
+The ServerApp writes both into its run directory at the end of the run (no
+centralized baseline, its own status); `make federate` (federate/) rewrites them
+there with the centralized baseline and Flower's final status and traffic counts,
+and uses the same functions for any other app that follows its metrics contract.
+"""
 
 from __future__ import annotations
 
@@ -89,12 +95,12 @@ def protections(run_config: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def output_files(out_dir: Path, has_rounds: bool) -> dict[str, str]:
+def output_files(out_dir: Path, has_rounds: bool, logs: Path | None) -> dict[str, str]:
     """What this run leaves in out_dir: the report is drawn from the rounds, the model only if the app saved one."""
     files = {"metrics": "metrics.jsonl", "report": "report.png"} if has_rounds else {}
     if (out_dir / "final_model.npz").exists():
         files["model"] = "final_model.npz"
-    return {**files, "logs": "logs/"}
+    return {**files, "logs": f"{logs}/"} if logs is not None else files
 
 
 def summarize(
@@ -109,6 +115,7 @@ def summarize(
     run_status: Mapping[str, Any],
     out_dir: Path,
     left_out: Sequence[str] = (),
+    logs: Path | None = None,
 ) -> Summary:
     """Everything a person asks after a run, from the metrics lines and Flower's own run record."""
     final = rounds[-1] if rounds else {}
@@ -134,7 +141,7 @@ def summarize(
         flower_traffic_bytes={key.removesuffix("-bytes"): int(value) for key, value in traffic.items()},
         per_site=per_site(rounds, sites),
         central_epsilon=final.get("central_epsilon"),
-        files=output_files(out_dir, bool(rounds)),
+        files=output_files(out_dir, bool(rounds), logs),
         left_out=list(left_out),
     )
 
@@ -143,12 +150,19 @@ def write_summary(summary: Summary, path: Path) -> None:
     path.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
 
 
+def write_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], directory: Path) -> None:
+    """`directory`/summary.json, and report.png when there are rounds to draw."""
+    write_summary(summary, directory / "summary.json")
+    if rounds:
+        plot_report(summary, rounds, directory / "report.png")
+
+
 def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Accuracy and loss per round against the centralized line, and each site's contribution."""
     numbers = [r["round"] for r in rounds]
     fig, (acc_ax, loss_ax, site_ax) = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     fig.suptitle(
-        f"flowerbed local federation: {' + '.join([summary.strategy or Path(summary.app).name, *summary.protections])}"
+        f"flowerbed federation: {' + '.join([summary.strategy or Path(summary.app).name, *summary.protections])}"
         f"{f' on {summary.dataset}' if summary.dataset else ''}, "
         f"{len(summary.sites)} sites, {summary.rounds} rounds, {summary.seconds['total']:.0f} s — "
         f"final accuracy {_fmt(summary.final_accuracy)} vs centralized {_fmt(summary.centralized_accuracy)}",
