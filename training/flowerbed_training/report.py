@@ -9,6 +9,7 @@ and uses the same functions for any other app that follows its metrics contract.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -96,11 +97,12 @@ def protections(run_config: Mapping[str, Any]) -> list[str]:
 
 
 def output_files(out_dir: Path, has_rounds: bool, logs: Path | None) -> dict[str, str]:
-    """What this run leaves in out_dir: the report is drawn from the rounds, the model only if the app saved one."""
+    """What this run leaves in out_dir (paths relative to it): the report is drawn from the rounds, the model
+    only if the app saved one, and `logs` where federate keeps the processes' logs."""
     files = {"metrics": "metrics.jsonl", "report": "report.png"} if has_rounds else {}
     if (out_dir / "final_model.npz").exists():
         files["model"] = "final_model.npz"
-    return {**files, "logs": f"{logs}/"} if logs is not None else files
+    return {**files, "logs": f"{os.path.relpath(logs, out_dir)}/"} if logs is not None else files
 
 
 def summarize(
