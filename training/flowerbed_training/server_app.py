@@ -66,12 +66,7 @@ def main(grid: Grid, context: Context) -> None:
     previous = resumed_run(config, context.run_id)
     federation = survey_sites(grid, config.min_available_sites, config.round_timeout,
                               assign_partitions=config.builtin)
-    if previous is not None:
-        start = continue_from(previous, directory)
-        log(INFO, "Run %s resumes run %s after round %d", context.run_id, previous.name, start.round)
-    else:
-        start = Checkpoint(round=0, model=task.get_weights(task.model_for(config, federation.spec)),
-                           strategy_state={})
+    start = starting_point(config, federation, directory, previous)
     if start.round >= config.num_server_rounds:
         log(INFO, "All %d rounds are done already; nothing to resume", config.num_server_rounds)
         return
@@ -92,6 +87,15 @@ def main(grid: Grid, context: Context) -> None:
     path = save_final_model(directory, final)
     log(INFO, "Final model saved to %s", path)
     write_report(directory, context, federation, "completed", time.perf_counter() - started)
+
+
+def starting_point(config: RunConfig, federation: FederationData, directory: Path, previous: Path | None) -> Checkpoint:
+    """Round 0 with the run's initial model, or the latest checkpoint of the run `resume` names."""
+    if previous is None:
+        return Checkpoint(round=0, model=task.get_weights(task.model_for(config, federation.spec)), strategy_state={})
+    start = continue_from(previous, directory)
+    log(INFO, "Resuming run %s after round %d in %s", previous.name, start.round, directory)
+    return start
 
 
 def write_report(directory: Path, context: Context, federation: FederationData, status: str, seconds: float) -> None:
