@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowerbed_training import task
+from flowerbed_training.run_config import RunConfig
 
 from .options import Options
 from .runs import federated
@@ -17,7 +18,7 @@ def centralized_time_to(run_config: Mapping[str, Any], accuracy: float) -> tuple
     epochs) that reaches `accuracy`; each length is trained from scratch, as it would be."""
     local_epochs = int(run_config["local-epochs"])
     for rounds in range(1, int(run_config["num-server-rounds"]) + 1):
-        result = task.centralized_baseline({**run_config, "num-server-rounds": rounds})
+        result = task.centralized_baseline(RunConfig.parse({**run_config, "num-server-rounds": rounds}))
         if result["accuracy"] >= accuracy:
             return result["seconds"], rounds * local_epochs
     return None, None
@@ -26,7 +27,7 @@ def centralized_time_to(run_config: Mapping[str, Any], accuracy: float) -> tuple
 def run(options: Options) -> None:
     fed = federated(options.sites, {**options.base(), "strategy": "fedavg"})
     # Same run config: same model, data split, epochs in total (rounds x local epochs), lr, batch size.
-    central = task.centralized_baseline(fed.run_config)
+    central = task.centralized_baseline(RunConfig.parse(fed.run_config))
     target = options.target_accuracy
     central_to, central_epochs = centralized_time_to(fed.run_config, target)
     fed_rounds = fed.rounds_to(target)

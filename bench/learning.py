@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from flowerbed_training import task
-from flowerbed_training.inprocess import run_config_with
+from flowerbed_training.run_config import RunConfig
+from tests.inprocess import run_config_with
 
 from . import report
 from .options import Options
@@ -108,7 +109,7 @@ def _accuracies(sites: int, run_config: dict[str, Any]) -> list[float]:
 
 
 def _pooled_accuracy(run_config: dict[str, Any], sites: int) -> float:
-    return task.centralized_baseline(run_config, sites=sites)["accuracy"]
+    return task.centralized_baseline(RunConfig.parse(run_config), sites=sites)["accuracy"]
 
 
 def measure(options: Options) -> tuple[dict[str, np.ndarray], Cells]:

@@ -1,4 +1,4 @@
-"""Run the real app in process (flowerbed_training.inprocess) and read what it recorded."""
+"""Run the real app in process (tests/inprocess.py) and read what it recorded."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from flowerbed_training.inprocess import builtin_sites, run_config_with, run_federation
-from flowerbed_training.recording import read_metrics
+from tests.inprocess import builtin_sites, run_config_with, run_dir, run_federation
+from flowerbed_training.round_log import read_metrics
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,15 @@ class FederatedRun:
 
 def federated(sites: int, overrides: Mapping[str, Any]) -> FederatedRun:
     with tempfile.TemporaryDirectory(prefix="flowerbed-bench-") as artifacts:
-        run_config = run_config_with({**overrides, "artifacts-dir": artifacts,
+        run_config = run_config_with({**overrides, "artifacts-root": artifacts,
                                       "min-train-sites": sites, "min-available-sites": sites})
         started = time.perf_counter()
         run_federation(builtin_sites(sites), run_config)
         seconds = time.perf_counter() - started
-        with np.load(Path(artifacts) / "final_model.npz") as model:
+        directory = run_dir(Path(artifacts))
+        with np.load(directory / "final_model.npz") as model:
             parameters = sum(model[name].size for name in model.files)
-        return FederatedRun(run_config, read_metrics(Path(artifacts)), seconds, int(parameters))
+        return FederatedRun(run_config, read_metrics(directory), seconds, int(parameters))
 
 
 def warm_up() -> None:

@@ -135,6 +135,7 @@ class SiteConfig:
     tolerations: tuple[Mapping[str, Any], ...]
     study_data: tuple[StudyData, ...]
     scratch_size: str
+    state_storage: Storage  # the ClientApp pods' state volume (naming.STATE_CLAIM at naming.STATE_DIR)
     pending_timeout: int
 
     @property
@@ -421,7 +422,7 @@ def _tolerations(raw: Any, field: str) -> tuple[Mapping[str, Any], ...]:
 def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterConfig]) -> SiteConfig:
     field = f"sites[{index}]"
     keys = ("name", "cluster", "namespace", "gpus", "cpu", "memory", "maxConcurrentTasks", "nodeSelector",
-            "tolerations", "studyData", "scratchSize", "pendingTimeout")
+            "tolerations", "studyData", "scratchSize", "stateStorage", "pendingTimeout")
     site = _mapping(raw, field, keys, ("name", "cluster"))
     name = _dns_label(site["name"], f"{field}.name")
     study_data = tuple(
@@ -452,6 +453,7 @@ def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterC
         tolerations=_tolerations(site.get("tolerations", []), f"{field}.tolerations"),
         study_data=study_data,
         scratch_size=_quantity(site.get("scratchSize", "10Gi"), f"{field}.scratchSize"),
+        state_storage=_storage(site.get("stateStorage", {}), f"{field}.stateStorage", "1Gi"),
         pending_timeout=_pending_timeout(site, field),
     )
 

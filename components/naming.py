@@ -29,6 +29,10 @@ CA_SECRET = "federation-ca"
 DATA_ROOT = "/data"
 ARTIFACTS_DIR = "/artifacts"
 SCRATCH_DIR = "/scratch"
+# A site's state volume (ClientApp pods): the DP ledger, SCAFFOLD's c_i, the top-k residual,
+# per federation and run (training/flowerbed_training/site_state.py).
+STATE_DIR = "/state"
+STATE_CLAIM = "clientapp-state"
 # Task pods have a read-only root filesystem: Flower and Python write under /tmp.
 TASK_ENV = {"HOME": "/tmp", "FLWR_HOME": "/tmp/.flwr", "XDG_CACHE_HOME": "/tmp/.cache", "MPLCONFIGDIR": "/tmp/.mpl"}
 # SuperExec asks its Runtime API for a new task every second by default, so each launched task (the
@@ -66,13 +70,14 @@ def supernode_runtime_names(namespace: str) -> list[str]:
     return service_dns_names(SUPERNODE_SERVICE, namespace)
 
 
-def node_config(site: str, data_root: str = DATA_ROOT) -> str:
+def node_config(site: str, federation: str, data_root: str = DATA_ROOT, state_dir: str = STATE_DIR) -> str:
     """The SuperNode's `--node-config` (TOML values; read by the ClientApp as context.node_config).
 
-    Only facts of this site: nothing here may depend on the other sites, or adding a site
-    would restart every SuperNode (built-in demo data is split by the ServerApp at run time).
+    Only facts of this site (and the federation's name, which keys its state): nothing here
+    may depend on the other sites, or adding a site would restart every SuperNode (built-in
+    demo data is split by the ServerApp at run time).
     """
-    values = {"site-name": site, "data-root": data_root}
+    values = {"site-name": site, "data-root": data_root, "state-dir": state_dir, "federation": federation}
     return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
 

@@ -46,6 +46,9 @@ def executor_config(config: FederationConfig, site: SiteConfig) -> dict[str, Any
                        "readOnly": data.read_only})
     volumes.append({"name": "scratch", "emptyDir": {"sizeLimit": site.scratch_size}})
     mounts.append({"name": "scratch", "mountPath": naming.SCRATCH_DIR})
+    # What must outlive a SuperNode restart and a resumed run (the DP ledger above all).
+    volumes.append({"name": "state", "persistentVolumeClaim": {"claimName": naming.STATE_CLAIM}})
+    mounts.append({"name": "state", "mountPath": naming.STATE_DIR})
     extra: dict[str, Any] = {"active-pod-budget": site.max_concurrent_tasks}
     if site.node_selector:
         extra["node-selector"] = dict(site.node_selector)
@@ -73,12 +76,13 @@ class ClientSite(pulumi.ComponentResource):
         self._contents: dict[str, Mapping[str, pulumi.Input[str]]] = {}
         self._in_ns, self.namespace = kube.namespace(
             f"{name}-namespace", self._ns, self._labels("site"), existing=site.existing_namespace,
+            # The site's state claim is always managed here, so the namespace keeps it as dataSafety says.
             keep=args.config.data_safety.namespace_options(
-                managed_claims=any(d.size is not None for d in site.study_data),
-                existing_claims=any(d.existing_claim is not None for d in site.study_data)), parent=self)
+                managed_claims=True, existing_claims=any(d.existing_claim is not None for d in site.study_data)),
+            parent=self)
 
         ca_secret = self._ca(args.ca)
-        claims = self._study_data()
+        claims = [*self._study_data(), self._state()]
         node = supernode.declare(name, config=self._config, site=site, ca=args.ca, key=args.supernode_key,
                                  clients=(EXECUTOR, TASK), parent=self)
         self._executor(depends_on=[ca_secret, *node, *claims])
@@ -100,15 +104,25 @@ class ClientSite(pulumi.ComponentResource):
         return k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(naming.CA_SECRET, "site"),
                                   string_data=data, opts=self._in_ns)
 
+    def _claim_options(self) -> pulumi.ResourceOptions:
+        """The claims this program manages: retained / protected as `dataSafety` says."""
+        safety = self._config.data_safety
+        return pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(
+            retain_on_delete=safety.retain_on_delete, protect=safety.protect))
+
     def _study_data(self) -> list[k8s.core.v1.PersistentVolumeClaim]:
         """New study-data volumes, retained by default; existing claims are only referenced."""
-        safety = self._config.data_safety
-        opts = pulumi.ResourceOptions.merge(self._in_ns, pulumi.ResourceOptions(
-            retain_on_delete=safety.retain_on_delete, protect=safety.protect))
+        opts = self._claim_options()
         return [kube.claim(f"{self._name}-study-{data.study}-{data.dataset}",
                            naming.study_claim_name(data.study, data.dataset), self._ns, self._labels(TASK),
                            data.size, data.storage_class, opts)
                 for data in self._site.study_data if data.size is not None]
+
+    def _state(self) -> k8s.core.v1.PersistentVolumeClaim:
+        """The ClientApp pods' state volume (site_state.py in training/), retained as `dataSafety` says."""
+        storage = self._site.state_storage
+        return kube.claim(f"{self._name}-state", naming.STATE_CLAIM, self._ns, self._labels(TASK),
+                          storage.size, storage.storage_class, self._claim_options())
 
     def _pods(self, role: str) -> dict[str, str]:
         return kube.selector(self._config.federation, role)

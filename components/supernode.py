@@ -35,7 +35,7 @@ def supernode_args(config: FederationConfig, site: SiteConfig) -> list[str]:
         "--root-certificates", f"{naming.CA_DIR}/ca.crt",
         "--auth-supernode-private-key", f"{_AUTH_DIR}/supernode.key",
         "--isolation", "process",
-        "--node-config", naming.node_config(site.name),
+        "--node-config", naming.node_config(site.name, config.federation),
         # The Runtime API (for this site's SuperExec and task pods) on all interfaces, over TLS.
         "--host", "0.0.0.0",
         "--port", str(naming.SUPERNODE_RUNTIME_PORT),

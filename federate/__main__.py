@@ -20,7 +20,7 @@ from federate.job import LineFollower, MetricsFollower, RunFailed, effective_run
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress
-from federate.report import Summary, plot_report, summarize, write_summary
+from flowerbed_training.report import Summary, summarize, write_report
 from federate.run_config import DEFAULT_ROUND_TIMEOUT_S, DP_MODES, run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
 
@@ -121,10 +121,10 @@ def left_out(app: FlowerApp) -> list[str]:
     return notes
 
 
-def reporter(app: FlowerApp, out_dir: Path, supervisor: Supervisor, progress: Progress) -> Callable[[], None]:
+def reporter(app: FlowerApp, results: Path, supervisor: Supervisor, progress: Progress) -> Callable[[], None]:
     """What `follow` calls while the run goes: round lines from metrics.jsonl, else the ServerApp's log."""
     if app.reports_metrics:
-        metrics = MetricsFollower(out_dir / "metrics.jsonl")
+        metrics = MetricsFollower(results / "metrics.jsonl")
 
         def report_rounds() -> None:
             for line in metrics.new_rounds():
@@ -157,7 +157,8 @@ def federate(args: argparse.Namespace) -> Summary:
 
     with tempfile.TemporaryDirectory(prefix="flowerbed-federate-") as tmp, \
             Supervisor(args.out_dir / "logs") as supervisor:
-        federation = LocalFederation(sites, ports, Path(tmp), supervisor)
+        # Site state outlives the run (in --out-dir, like the cluster's state volumes): `-c resume=<run id>` continues it.
+        federation = LocalFederation(sites, ports, Path(tmp), supervisor, state_root=args.out_dir / "state")
         progress.say(f"Starting SuperLink on 127.0.0.1:{ports.superlink} (TLS, SuperNode auth) "
                      f"and {len(sites)} SuperNodes: {', '.join(names)}")
         cli = federation.start(args.data_dir.resolve())
@@ -167,24 +168,23 @@ def federate(args: argparse.Namespace) -> Summary:
             progress.say(f"Note: {note}")
         training = Timer()
         run_id = submit(cli, app.directory, overrides, Path(tmp))
-        progress.say(f"Run {run_id}: {describe_job(app, run_config)}")
-        status = follow(cli, run_id, supervisor, reporter(app, args.out_dir, supervisor, progress), args.timeout)
+        results = app.results_dir(args.out_dir, run_id)
+        progress.say(f"Run {run_id}: {describe_job(app, run_config)}; results in {results}")
+        status = follow(cli, run_id, supervisor, reporter(app, results, supervisor, progress), args.timeout)
         training_seconds = training.seconds()
     baseline = None
     if app.is_training:
         progress.say("Federation stopped; training the centralized baseline on pooled data ...")
         baseline = centralized_baseline(run_config, progress)
-    rounds_log = MetricsFollower(args.out_dir / "metrics.jsonl").new_rounds() if app.reports_metrics else []
+    rounds_log = MetricsFollower(results / "metrics.jsonl").new_rounds() if app.reports_metrics else []
     summary = summarize(
         run_id=run_id, app_dir=app.directory, run_config=run_config, sites=names, rounds=rounds_log, baseline=baseline,
         seconds={"startup": startup, "training": training_seconds, "total": total.seconds()}, run_status=status,
-        out_dir=args.out_dir, left_out=notes,
+        out_dir=results, left_out=notes, logs=args.out_dir / "logs",
     )
-    write_summary(summary, args.out_dir / "summary.json")
-    if rounds_log:
-        plot_report(summary, rounds_log, args.out_dir / "report.png")
-    written = [name for name in OUTPUTS if (args.out_dir / name).exists()]
-    progress.say(f"Wrote {args.out_dir}/{', '.join(written)} and logs/")
+    write_report(summary, rounds_log, results)  # training/: replaces the ServerApp's own, adding the baseline
+    written = [name for name in OUTPUTS if (results / name).exists()]
+    progress.say(f"Wrote {results}/{', '.join(written)} and {args.out_dir}/logs/")
     progress.say(summary.final_line())
     return summary
 
@@ -199,10 +199,11 @@ def describe_job(app: FlowerApp, run_config: dict[str, Any]) -> str:
 def centralized_baseline(run_config: dict[str, Any], progress: Progress) -> dict[str, float] | None:
     """The app's own baseline: the same model on the pooled data (built-in data only)."""
     from flowerbed_training.data import DataError
+    from flowerbed_training.run_config import RunConfig
     from flowerbed_training.task import centralized_baseline as train_pooled
 
     try:
-        return train_pooled(run_config)
+        return train_pooled(RunConfig.parse(run_config))
     except DataError as err:
         progress.say(f"No centralized baseline: {err}")
         return None

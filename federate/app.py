@@ -4,10 +4,10 @@ Any Flower App directory runs (Message API or the legacy NumPyClient/client_fn
 style): federate submits it with `flwr run` and Flower does the rest. The
 extras need something from the app, so each depends on what the app has:
 
-- per-round progress lines, `report.png`: an app that declares `artifacts-dir`
-  and `num-server-rounds` and whose ServerApp appends one JSON line per round
-  to `<artifacts-dir>/metrics.jsonl` (`round`, `accuracy`, `loss`, `sites`),
-  as `training/` does;
+- per-round progress lines, `report.png`: an app that declares `num-server-rounds`
+  and either `artifacts-dir` (its ServerApp appends one JSON line per round to
+  `<artifacts-dir>/metrics.jsonl`: `round`, `accuracy`, `loss`, `sites`) or, as
+  `training/` does, `artifacts-root` (the same file in `<artifacts-root>/<run-id>/`);
 - run-config validation before start-up, the centralized baseline and the
   local-run defaults (all sites sampled, a shorter round timeout): only
   flowerbed's own training app, whose package provides them.
@@ -24,7 +24,9 @@ from flwr.cli.config_utils import load_and_validate
 from flwr.common.config import flatten_dict
 
 TRAINING_PACKAGE = "flowerbed_training"
-METRICS_KEYS = ("artifacts-dir", "num-server-rounds")
+ROUNDS_KEY = "num-server-rounds"
+SHARED_DIR_KEY = "artifacts-dir"  # metrics.jsonl in <artifacts-dir>/
+PER_RUN_ROOT_KEY = "artifacts-root"  # metrics.jsonl in <artifacts-root>/<run-id>/ (training/)
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,18 @@ class FlowerApp:
         return self.components.get("serverapp", "").startswith(f"{TRAINING_PACKAGE}.")
 
     @property
+    def artifacts_key(self) -> str | None:
+        """The run-config key federate points at --out-dir: `artifacts-root` (a directory per run) or `artifacts-dir`."""
+        return next((key for key in (PER_RUN_ROOT_KEY, SHARED_DIR_KEY) if key in self.run_config), None)
+
+    @property
     def reports_metrics(self) -> bool:
-        return all(key in self.run_config for key in METRICS_KEYS)
+        return not self.missing_metrics_keys()
 
     def missing_metrics_keys(self) -> list[str]:
-        return [key for key in METRICS_KEYS if key not in self.run_config]
+        missing = [] if self.artifacts_key else [SHARED_DIR_KEY]
+        return missing + ([] if ROUNDS_KEY in self.run_config else [ROUNDS_KEY])
+
+    def results_dir(self, out_dir: Path, run_id: str) -> Path:
+        """Where the run's metrics.jsonl (and federate's summary.json, report.png) are."""
+        return out_dir / run_id if self.artifacts_key == PER_RUN_ROOT_KEY else out_dir

@@ -39,6 +39,8 @@ class LocalFederation:
     ports: Ports
     workdir: Path
     supervisor: Supervisor
+    # Each site's state directory is <state_root>/<site> (the cluster's state volume); default: in workdir.
+    state_root: Path | None = None
     credentials: Credentials = field(init=False)
     cli: FlwrCli = field(init=False)  # the operator's `flwr` with a connection to this SuperLink
 
@@ -125,7 +127,7 @@ class LocalFederation:
                 "--superlink", superlink_address or self.superlink_address,
                 "--root-certificates", str(root_certificates or self.credentials.ca_cert),
                 "--auth-supernode-private-key", str(key.private_key),
-                "--node-config", site.node_config(data_root),
+                "--node-config", site.node_config(data_root, (self.state_root or self.workdir / "state") / site.name),
                 "--isolation", "process",
                 # The Runtime API (for the SuperExec and its ClientApps) over TLS, as in the cluster;
                 # the server certificate is valid for 127.0.0.1.

@@ -46,7 +46,7 @@ def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app: FlowerAp
                             f"use -c KEY=VALUE with the app's own keys ({', '.join(sorted(app.run_config)) or 'none'})")
     overrides: dict[str, Any] = {}
     if app.reports_metrics:
-        overrides["artifacts-dir"] = str(args.out_dir.resolve())  # where federate reads metrics.jsonl
+        overrides[str(app.artifacts_key)] = str(args.out_dir.resolve())  # where federate reads metrics.jsonl
     if app.is_training:
         # Every local site is up before the run starts, so sample all of them every round.
         overrides["min-available-sites"] = len(sites)
@@ -66,15 +66,7 @@ def validate_training_run_config(app: FlowerApp, run_config: dict[str, Any]) -> 
     """The training app's own validation, before any process starts (errors name the key)."""
     if str(app.directory) not in sys.path:
         sys.path.insert(0, str(app.directory))  # the app's own modules, as its ServerApp imports them
-    from flowerbed_training import compression, privacy, secagg
-    from flowerbed_training.settings import ClientSettings, ServerSettings
+    from flowerbed_training.run_config import RunConfig
 
-    ServerSettings.from_run_config(run_config)
-    ClientSettings.from_run_config(run_config)
-    # Otherwise a bad privacy or SecAgg+ setting would only surface as error replies from the sites.
-    if privacy.local_dp_enabled(run_config):
-        privacy.LocalDpSettings.from_run_config(run_config)
-    privacy.CentralDpSettings.from_run_config(run_config)
-    if secagg.secagg_enabled(run_config):
-        secagg.SecAggSettings.from_run_config(run_config)
-    compression.CompressionSettings.from_run_config(run_config)
+    # Otherwise a bad value would only surface as the ServerApp's failure or error replies from the sites.
+    RunConfig.parse(run_config)

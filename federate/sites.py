@@ -11,6 +11,7 @@ import yaml
 from components import naming
 
 CONFIG_NAMESPACE = "flowerbed:"
+FEDERATION = "local"  # node config `federation`: keys the sites' state under their state directories
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,9 @@ class Site:
 
     name: str
 
-    def node_config(self, data_root: Path) -> str:
-        """The SuperNode's `--node-config`, built as the pods get it, with a local data root."""
-        return naming.node_config(self.name, str(data_root))
+    def node_config(self, data_root: Path, state_dir: Path) -> str:
+        """The SuperNode's `--node-config`, built as the pods get it, with local data and state directories."""
+        return naming.node_config(self.name, FEDERATION, str(data_root), str(state_dir))
 
 
 def sites_from_names(names: Sequence[str]) -> list[Site]:

@@ -90,6 +90,8 @@ def test_volumes_use_the_templates_storage_classes_and_data_safety(template) -> 
     assert classes["serverapp-artifacts"] == config.server.artifacts_storage.storage_class
     managed = {f"study-{d.study}-{d.dataset}": d.storage_class for s in config.sites for d in s.study_data if d.size}
     assert {name: classes[name] for name in managed} == managed
+    state = {(c.namespace, c.manifest()["spec"].get("storageClassName")) for c in claims if c.k8s_name == "clientapp-state"}
+    assert state == {(s.namespace, s.state_storage.storage_class) for s in config.sites}
     assert all(classes.values()), "a claim without a storage class lands on the cluster's default"
     for claim in claims:
         assert claim.retain_on_delete is config.data_safety.retain_on_delete, claim.k8s_name

@@ -379,7 +379,7 @@ def test_supernode_dials_the_endpoint_with_its_key_and_node_config(dev: Deployme
     key_dir = next(m["mountPath"] for m in supernode["volumeMounts"] if m["name"] == "auth")
     assert flag(args, "--auth-supernode-private-key") == f"{key_dir}/supernode.key"
     assert parse_config_args([flag(args, "--node-config")]) == {
-        "site-name": site, "data-root": "/data"}
+        "site-name": site, "data-root": "/data", "state-dir": naming.STATE_DIR, "federation": "demo"}
 
 
 def test_supernode_home_is_a_writable_volume(dev: Deployment) -> None:
@@ -423,6 +423,17 @@ def test_study_data_is_mounted_read_only_unless_rw(large: Deployment) -> None:
         "claimName": "pacs-3", "readOnly": False}
 
 
+@pytest.mark.parametrize("site", ["hospital-a", "lab-c"])
+def test_clientapp_pods_mount_the_sites_state_claim_writable_where_node_config_says(dev: Deployment, site: str) -> None:
+    pod = site_pod(dev, site)
+    state = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == naming.STATE_DIR)
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == state["name"])
+    assert volume["persistentVolumeClaim"] == {"claimName": naming.STATE_CLAIM}
+    assert not state.get("readOnly")
+    [claim] = [c for c in dev.objects("PersistentVolumeClaim", SITE_NS[site]) if c.k8s_name == naming.STATE_CLAIM]
+    assert claim.manifest()["spec"]["resources"]["requests"]["storage"] == "1Gi"  # stateStorage's default size
+
+
 def test_scratch_is_a_size_limited_empty_dir(dev: Deployment) -> None:
     pod = site_pod(dev, "hospital-b")
     scratch = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == naming.SCRATCH_DIR)
@@ -457,7 +468,7 @@ def test_supernode_runtime_api_is_tls_with_a_certificate_for_its_service(dev: De
 
 def test_existing_claims_are_referenced_not_created(large: Deployment) -> None:
     claims = {c.k8s_name for c in large.objects("PersistentVolumeClaim", "demo-site-03")}
-    assert claims == {"study-default-tabular"}
+    assert claims == {"study-default-tabular", "clientapp-state"}  # the state claim is always managed
 
 
 # --- data safety ----------------------------------------------------------------------------
@@ -467,7 +478,8 @@ def test_state_and_study_volumes_are_retained_on_delete(dev: Deployment) -> None
     claims = dev.objects("PersistentVolumeClaim")
     assert {(c.namespace, c.k8s_name) for c in claims} == {
         (SERVER_NS, "superlink-state"), (SERVER_NS, "serverapp-artifacts"),
-        ("demo-hospital-a", "study-default-tabular"), ("demo-hospital-b", "study-default-tabular")}
+        ("demo-hospital-a", "study-default-tabular"), ("demo-hospital-b", "study-default-tabular"),
+        *((f"demo-{site}", "clientapp-state") for site in ("hospital-a", "hospital-b", "lab-c"))}
     assert all(c.retain_on_delete and not c.protect for c in claims)
 
 
@@ -476,8 +488,9 @@ def test_namespaces_holding_retained_claims_are_retained_so_deleting_them_cannot
     # Kubernetes deletes every claim of a deleted namespace, retained or not.
     retained = {(r.kind, r.k8s_name) for r in dev.kubernetes()
                 if r.retain_on_delete and r.kind != "PersistentVolumeClaim"}
-    assert retained == {("Namespace", SERVER_NS), ("Namespace", "demo-hospital-a"), ("Namespace", "demo-hospital-b")}
-    assert not any(r.protect for r in dev.kubernetes())  # lab-c holds no claim: its namespace goes with it
+    assert retained == {("Namespace", SERVER_NS), ("Namespace", "demo-hospital-a"), ("Namespace", "demo-hospital-b"),
+                        ("Namespace", "demo-lab-c")}  # lab-c holds no study data, but its state volume
+    assert not any(r.protect for r in dev.kubernetes())
 
 
 def test_claims_skip_the_providers_await_so_growing_one_cannot_hang_up(large: Deployment) -> None:

@@ -9,8 +9,8 @@ from tests.flower import parse_config_args
 
 
 def test_node_config_is_what_flower_parses_into_the_contract_keys() -> None:
-    parsed = parse_config_args([naming.node_config("hospital-a")])
-    assert parsed == {"site-name": "hospital-a", "data-root": "/data"}
+    parsed = parse_config_args([naming.node_config("hospital-a", "demo")])
+    assert parsed == {"site-name": "hospital-a", "data-root": "/data", "state-dir": "/state", "federation": "demo"}
 
 
 def test_server_certificate_names_cover_endpoint_services_and_port_forward() -> None:

@@ -40,7 +40,10 @@ def test_federate_trains_on_every_site_and_cleans_up(tmp_path: Path) -> None:
     assert all(f"sites {len(SITES)}/{len(SITES)}" in line for line in round_lines)
     assert "centralized baseline" in done.stdout.strip().splitlines()[-1]
 
-    summary = json.loads((out / "summary.json").read_text())
+    [run] = [path for path in out.iterdir() if path.name.isdigit()]  # <out-dir>/<run-id>/: the run's own directory
+    assert f"results in {run}" in done.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run_id"] == run.name and summary["status"] == "finished:completed"
     assert summary["rounds"] == ROUNDS and summary["sites"] == SITES
     assert {site: info["rounds_answered"] for site, info in summary["per_site"].items()} == dict.fromkeys(SITES, ROUNDS)
     assert all(info["contribution"] is not None for info in summary["per_site"].values())
@@ -48,11 +51,11 @@ def test_federate_trains_on_every_site_and_cleans_up(tmp_path: Path) -> None:
     assert summary["final_accuracy"] >= summary["centralized_accuracy"] - 0.1
     assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0
 
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == list(range(1, ROUNDS + 1))
     assert metrics[-1]["loss"] < metrics[0]["loss"]
-    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(np.load(out / "final_model.npz").files) > 0
+    assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(np.load(run / "final_model.npz").files) > 0
     assert_nothing_left(tmp_path, [superlink, *range(base, base + len(SITES))])
 
 

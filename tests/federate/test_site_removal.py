@@ -76,12 +76,12 @@ def test_a_removed_sites_key_is_refused_and_the_other_sites_keep_training(
     for expected_exit in (removed, again):  # so that the run below does not count them as crashed
         federation.supervisor.processes.remove(expected_exit)
 
-    overrides = {"artifacts-dir": str(tmp_path / "artifacts"), "num-server-rounds": 1,
+    overrides = {"artifacts-root": str(tmp_path / "artifacts"), "num-server-rounds": 1,
                  "min-available-sites": len(staying), "min-train-sites": len(staying),
                  "fraction-evaluate": 0.0, "round-timeout": 120.0}
     run_id = submit(federation.cli, REPO / "training", overrides, tmp_path)
     rounds: list[dict] = []
-    metrics = MetricsFollower(tmp_path / "artifacts" / "metrics.jsonl")
+    metrics = MetricsFollower(tmp_path / "artifacts" / run_id / "metrics.jsonl")
     follow(federation.cli, run_id, federation.supervisor, lambda: rounds.extend(metrics.new_rounds()), timeout=600)
     [round_one] = rounds
     assert round_one["aggregated"] and round_one["sites"] == [site.name for site in staying]

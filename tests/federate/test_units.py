@@ -20,7 +20,7 @@ from federate.job import MetricsFollower, RunFailed, effective_run_config
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import round_line
-from federate.report import per_site, plot_report, summarize
+from flowerbed_training.report import per_site, plot_report, summarize
 from federate.run_config import run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
 from tests.federate.apps import legacy_app, message_api_app
@@ -35,14 +35,16 @@ def test_sites_come_from_the_dev_stack_in_order() -> None:
 
 def test_node_config_parses_in_flower_to_the_contract_types() -> None:
     site = Site("hospital-a")
-    parsed = parse_config_args([site.node_config(Path("/tmp/data dir/hospital-a"))])
-    assert parsed == {"site-name": "hospital-a", "data-root": "/tmp/data dir/hospital-a"}
+    parsed = parse_config_args([site.node_config(Path("/tmp/data dir/hospital-a"), Path("/tmp/out/state/hospital-a"))])
+    assert parsed == {"site-name": "hospital-a", "data-root": "/tmp/data dir/hospital-a",
+                      "state-dir": "/tmp/out/state/hospital-a", "federation": "local"}
 
 
 def test_a_sites_node_config_does_not_depend_on_the_other_sites() -> None:
     # Adding a site must not change (and so restart) the others' SuperNodes.
-    before = {s.name: s.node_config(Path("data") / s.name) for s in sites_from_names(["a", "b"])}
-    after = {s.name: s.node_config(Path("data") / s.name) for s in sites_from_names(["a", "b", "c"])}
+    before = {s.name: s.node_config(Path("data") / s.name, Path("state") / s.name) for s in sites_from_names(["a", "b"])}
+    after = {s.name: s.node_config(Path("data") / s.name, Path("state") / s.name)
+             for s in sites_from_names(["a", "b", "c"])}
     assert {name: after[name] for name in before} == before
 
 
@@ -93,7 +95,7 @@ def test_options_become_the_apps_run_config_keys(tmp_path: Path) -> None:
     assert config["num-server-rounds"] == 4 and config["strategy"] == "fedprox"
     assert config["fraction-evaluate"] == 0.0  # built-in data: the server's test set scores each round
     assert config["local-dp"] is True and config["secagg"] is True and config["compression"] == "int8"
-    assert config["min-available-sites"] == 3 and config["artifacts-dir"] == str(tmp_path.resolve())
+    assert config["min-available-sites"] == 3 and config["artifacts-root"] == str(tmp_path.resolve())
 
 
 def test_metrics_follower_returns_each_complete_line_once(tmp_path: Path) -> None:
@@ -123,6 +125,15 @@ def test_per_site_summary_counts_rounds_and_keeps_the_last_epsilon() -> None:
     assert summary["a"].rounds_answered == 2 and summary["a"].contribution == pytest.approx(0.7)
     assert summary["a"].epsilon == 2.5 and summary["b"].epsilon is None
     assert summary["c"].rounds_answered == 0 and summary["c"].contribution is None
+
+
+def test_the_summary_keeps_the_central_dp_epsilon_of_the_last_round(tmp_path: Path) -> None:
+    rounds = [{"round": r, "central_epsilon": eps} for r, eps in ((1, 4.7), (2, 6.9))]
+    summary = summarize(run_id="8", app_dir=tmp_path, run_config={}, sites=[], rounds=rounds, baseline=None,
+                        seconds={"total": 1.0}, run_status={}, out_dir=tmp_path)
+    assert summary.central_epsilon == 6.9
+    assert summarize(run_id="8", app_dir=tmp_path, run_config={}, sites=[], rounds=[{"round": 1}], baseline=None,
+                     seconds={"total": 1.0}, run_status={}, out_dir=tmp_path).central_epsilon is None
 
 
 def test_summary_and_report_for_study_data_have_no_baseline(tmp_path: Path) -> None:
@@ -212,7 +223,8 @@ def test_a_round_line_without_sites_does_not_guess_who_answered() -> None:
 def test_the_summary_of_an_app_without_metrics_says_what_was_left_out(tmp_path: Path, legacy: FlowerApp) -> None:
     summary = summarize(run_id="9", app_dir=legacy.directory, run_config=legacy.run_config, sites=["a", "b"],
                         rounds=[], baseline=None, seconds={"total": 40.2},
-                        run_status={"status": "finished:completed"}, out_dir=tmp_path, left_out=left_out(legacy))
+                        run_status={"status": "finished:completed"}, out_dir=tmp_path, left_out=left_out(legacy),
+                        logs=tmp_path / "logs")
     assert summary.rounds == 0 and summary.strategy is None and summary.files == {"logs": "logs/"}
     assert summary.final_line() == ("legacy: run 9 finished:completed on 2 sites; 40 s "
                                     "(no per-round metrics: see left_out in summary.json)")

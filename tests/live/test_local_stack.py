@@ -84,7 +84,8 @@ def test_every_claim_is_bound(deployed: LiveStack) -> None:
             claims[(item["metadata"]["namespace"], item["metadata"]["name"])] = item["status"]["phase"]
     assert claims == {(SERVER_NS, "superlink-state"): "Bound", (SERVER_NS, "serverapp-artifacts"): "Bound",
                       ("demo-hospital-a", "study-default-tabular"): "Bound",
-                      ("demo-hospital-b", "study-default-tabular"): "Bound"}
+                      ("demo-hospital-b", "study-default-tabular"): "Bound",
+                      **{(ns, "clientapp-state"): "Bound" for _, ns in SITES.values()}}
 
 
 def test_a_second_up_changes_nothing(deployed: LiveStack) -> None:

@@ -9,12 +9,12 @@ import pytest
 from flwr.app import Message
 from flwr.common.serde import message_from_proto, message_to_proto
 
-from flowerbed_training.inprocess import InProcessGrid, builtin_sites, run_config_with, run_federation
+from tests.inprocess import InProcessGrid, builtin_sites, run_config_with, run_dir, run_federation
 
 
 @dataclass
 class InterceptedRun:
-    artifacts: Path
+    artifacts: Path  # the run's directory
     sent: list[Message] = field(default_factory=list)  # every message the server pushed
     received: list[Message] = field(default_factory=list)  # every reply the server pulled
 
@@ -31,9 +31,9 @@ def _copy(message: Message) -> Message:
     return message_from_proto(message_to_proto(message))
 
 
-def run_intercepted(artifacts: Path, sites: int, **overrides: object) -> InterceptedRun:
+def run_intercepted(artifacts_root: Path, sites: int, **overrides: object) -> InterceptedRun:
     """Run the app's ServerApp and ClientApp on `sites` built-in sites with run config `overrides`."""
-    run = InterceptedRun(artifacts)
+    run = InterceptedRun(run_dir(artifacts_root))
     push, pull = InProcessGrid.push_messages, InProcessGrid.pull_messages
 
     def recording_push(grid: InProcessGrid, messages):  # type: ignore[no-untyped-def]
@@ -49,7 +49,7 @@ def run_intercepted(artifacts: Path, sites: int, **overrides: object) -> Interce
         run.received.extend(_copy(r) for r in replies)
         return replies
 
-    run_config = run_config_with({"artifacts-dir": str(artifacts), "min-train-sites": sites,
+    run_config = run_config_with({"artifacts-root": str(artifacts_root), "min-train-sites": sites,
                                   "min-available-sites": sites, **overrides})
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(InProcessGrid, "push_messages", recording_push)

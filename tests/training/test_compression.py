@@ -6,7 +6,6 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from flowerbed_training import compression
 from flowerbed_training.compression import CompressionSettings
-from flowerbed_training.settings import SettingsError
 
 SHAPES = [(64, 30), (64,), (2, 64), (2,)]
 
@@ -22,7 +21,7 @@ def _nbytes_dense(arrays: list[np.ndarray]) -> int:
 
 def test_none_round_trip_is_exact() -> None:
     update = _update()
-    decoded = compression.decode(compression.encode(update, CompressionSettings("none")), SHAPES)
+    decoded = compression.decode(compression.encode(update, CompressionSettings("none", 0.05)), SHAPES)
     for a, b in zip(update, decoded, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -30,7 +29,7 @@ def test_none_round_trip_is_exact() -> None:
 def test_int8_round_trip_error_is_within_half_a_step_per_tensor() -> None:
     update = _update()
     update[1] *= 100  # tensors of very different scales keep their own ranges
-    decoded = compression.decode(compression.encode(update, CompressionSettings("int8")), SHAPES)
+    decoded = compression.decode(compression.encode(update, CompressionSettings("int8", 0.05)), SHAPES)
     for original, restored in zip(update, decoded, strict=True):
         assert restored.shape == original.shape
         step = (original.max() - original.min()) / 255
@@ -39,14 +38,14 @@ def test_int8_round_trip_error_is_within_half_a_step_per_tensor() -> None:
 
 def test_int8_constant_tensor_survives() -> None:
     update = [np.full((3, 3), 0.25, np.float32), np.zeros(4, np.float32)]
-    decoded = compression.decode(compression.encode(update, CompressionSettings("int8")), [(3, 3), (4,)])
+    decoded = compression.decode(compression.encode(update, CompressionSettings("int8", 0.05)), [(3, 3), (4,)])
     np.testing.assert_allclose(decoded[0], 0.25)
     np.testing.assert_array_equal(decoded[1], 0)
 
 
 def test_int8_payload_is_about_a_quarter_of_dense() -> None:
     update = _update()
-    payload = compression.encode(update, CompressionSettings("int8"))
+    payload = compression.encode(update, CompressionSettings("int8", 0.05))
     assert compression.payload_nbytes(payload) < 0.3 * _nbytes_dense(update)
 
 
@@ -86,7 +85,7 @@ def test_error_feedback_eventually_transmits_the_whole_update() -> None:
 
 
 def test_error_feedback_residual_is_what_was_not_sent() -> None:
-    settings = CompressionSettings("int8")
+    settings = CompressionSettings("int8", 0.05)
     update = _update(seed=4)
     payload, residual = compression.encode_with_feedback(update, None, settings)
     sent = compression.decode(payload, SHAPES)
@@ -97,15 +96,15 @@ def test_error_feedback_residual_is_what_was_not_sent() -> None:
 
 def test_encode_update_keeps_the_residual_in_state_across_rounds() -> None:
     state = RecordDict()
-    run_config = {"compression": "topk", "compression-topk-fraction": 0.05}
+    settings = CompressionSettings("topk", 0.05)
     names = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     update = dict(zip(names, _update(seed=5), strict=True))
     like = {n: np.zeros(s, np.float32) for n, s in zip(names, SHAPES, strict=True)}
 
-    first = compression.encode_update(update, run_config, state)
+    first = compression.encode_update(update, settings, state)
     assert compression.is_compressed(first)
     zero_update = {n: np.zeros_like(a) for n, a in update.items()}
-    second = compression.decode_update(compression.encode_update(zero_update, run_config, state), like)
+    second = compression.decode_update(compression.encode_update(zero_update, settings, state), like)
 
     # The second round had nothing new, yet sent the largest leftovers of the first.
     decoded_first = compression.decode_update(first, ArrayRecord({n: Array(a) for n, a in like.items()}))
@@ -116,18 +115,6 @@ def test_encode_update_keeps_the_residual_in_state_across_rounds() -> None:
 
 
 def test_decode_rejects_wrong_shapes() -> None:
-    payload = compression.encode(_update(), CompressionSettings("int8"))
+    payload = compression.encode(_update(), CompressionSettings("int8", 0.05))
     with pytest.raises(ValueError, match="ranges for 4 tensors"):
         compression.decode(payload, SHAPES[:3])
-
-
-@pytest.mark.parametrize(
-    ("run_config", "message"),
-    [
-        ({"compression": "zip"}, "run config compression: 'zip' must be one of none, int8, topk"),
-        ({"compression": "topk", "compression-topk-fraction": 0.0}, "compression-topk-fraction: 0.0"),
-    ],
-)
-def test_bad_settings_name_the_key(run_config: dict, message: str) -> None:
-    with pytest.raises(SettingsError, match=message):
-        CompressionSettings.from_run_config(run_config)

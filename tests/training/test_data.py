@@ -15,8 +15,9 @@ from flowerbed_training.data import (
     load_directory,
     partition_indices,
 )
-from flowerbed_training.partitions import Partition
+from flowerbed_training.run_config import RunConfigError
 from flowerbed_training.task import site_dataset
+from tests.inprocess import config_with
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[float]]) -> None:
@@ -98,24 +99,20 @@ def test_a_site_whose_features_differ_from_the_federation_fails_clearly():
 
 def test_study_dataset_is_read_under_the_sites_data_root(tmp_path):
     write_csv(tmp_path / "cardio" / "visits" / "v.csv", ["hr", "label"], [[60, 0], [90, 1]])
-    data = site_dataset({"dataset": "cardio/visits"}, {"data-root": str(tmp_path)})
+    data = site_dataset(config_with({"dataset": "cardio/visits"}), {"data-root": str(tmp_path)})
     assert data.y.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("dataset", ["cardio", "/etc/passwd", "../x/y", "a/b/c"])
+@pytest.mark.parametrize("dataset", ["cardio", "/etc/passwd", "../x/y", "a/b/c", "builtin:mnist"])
 def test_dataset_names_outside_the_contract_are_refused(dataset):
-    with pytest.raises(DataError, match="dataset: .* must be builtin:breast-cancer, builtin:digits or <study>/<dataset>"):
-        site_dataset({"dataset": dataset}, {"data-root": "/data"})
-
-
-def test_unknown_builtin_lists_the_allowed_ones():
-    with pytest.raises(DataError, match="allowed: builtin:breast-cancer, builtin:digits"):
-        site_dataset({"dataset": "builtin:mnist"}, {}, Partition(0, 2))
+    with pytest.raises(RunConfigError, match="run config dataset: .* must be builtin:breast-cancer or "
+                                             "builtin:digits or <study>/<dataset>"):
+        config_with({"dataset": dataset})
 
 
 def test_builtin_data_needs_the_servers_partition():
     with pytest.raises(DataError, match="'builtin:digits': the server assigned this site no partition"):
-        site_dataset({"dataset": "builtin:digits"}, {"site-name": "lab-c", "data-root": "/data"})
+        site_dataset(config_with({"dataset": "builtin:digits"}), {"site-name": "lab-c", "data-root": "/data"})
 
 
 # --- partitioning ----------------------------------------------------------------------------

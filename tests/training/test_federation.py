@@ -6,6 +6,7 @@ rejoining, resuming, study-directory data and the app bundle.
 """
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -16,20 +17,23 @@ from flwr.common.constant import FAB_MAX_SIZE
 
 from flowerbed_training.checkpoints import CheckpointStore
 from flowerbed_training.data import DataError, builtin_partition
-from flowerbed_training.inprocess import TRAINING_APP_DIR, Site, builtin_sites, run_config_with, run_federation
+from flowerbed_training.run_config import RunConfigError
+from tests.inprocess import TRAINING_APP_DIR, Site, builtin_sites, config_with, run_config_with, run_dir, run_federation
 from flowerbed_training.protocol import ARRAYS, from_record, to_record
-from flowerbed_training.recording import read_metrics
+from flowerbed_training.round_log import read_metrics
 from flowerbed_training.scaffold import CLIENT_CONTROL
+from flowerbed_training.server_app import NoRoundAggregated
 from flowerbed_training.task import builtin_options
 
 
-def federate(tmp_path: Path, sites: list[Site], **overrides) -> list[dict]:
-    run_federation(sites, run_config_with({"artifacts-dir": str(tmp_path)} | overrides))
-    return read_metrics(tmp_path)
+def federate(tmp_path: Path, sites: list[Site], run_id: int = 1, **overrides) -> list[dict]:
+    """Run `run_id` with artifacts-root `tmp_path`; its metrics lines."""
+    run_federation(sites, run_config_with({"artifacts-root": str(tmp_path)} | overrides), run_id=run_id)
+    return read_metrics(run_dir(tmp_path, run_id))
 
 
 def test_breast_cancer_on_three_non_iid_sites_reaches_093_with_fedavg(tmp_path):
-    config = run_config_with({"dataset": "builtin:breast-cancer"})
+    config = config_with({"dataset": "builtin:breast-cancer"})
     shares = [builtin_partition("breast-cancer", i, 3, builtin_options(config)).y.mean() for i in range(3)]
     assert max(shares) - min(shares) > 0.2, "the sites should see clearly different label mixes"
 
@@ -40,8 +44,11 @@ def test_breast_cancer_on_three_non_iid_sites_reaches_093_with_fedavg(tmp_path):
     assert metrics[-1]["evaluated_on"] == "server-test-set"
     assert all(m["sites"] == ["site-0", "site-1", "site-2"] and m["aggregated"] for m in metrics)
     assert all(m["bytes_up"] > 0 and m["bytes_down"] > 0 for m in metrics)
-    assert (tmp_path / "final_model.npz").exists()
-    assert CheckpointStore(tmp_path).latest().round == 10
+    assert (run_dir(tmp_path) / "final_model.npz").exists()
+    assert CheckpointStore(run_dir(tmp_path)).latest().round == 10
+    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())  # the ServerApp's own report
+    assert (summary["status"], summary["rounds"], summary["final_accuracy"]) == ("completed", 10, metrics[-1]["accuracy"])
+    assert (run_dir(tmp_path) / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_digits_on_five_sites_reach_090(tmp_path):
@@ -77,19 +84,41 @@ def test_too_few_answers_keep_the_previous_model(tmp_path):
     assert metrics[1]["accuracy"] == metrics[0]["accuracy"]  # same model evaluated again
 
 
-def test_resume_continues_from_the_latest_checkpoint(tmp_path):
-    first = federate(tmp_path, builtin_sites(3), **{"num-server-rounds": 2, "strategy": "scaffold"})
-    after_two = CheckpointStore(tmp_path).latest()
-    assert after_two.round == 2 and set(after_two.strategy_state) == {f"control/{k}" for k in after_two.model}
+def test_a_run_in_which_no_round_aggregates_fails_and_saves_no_model(tmp_path):
+    sites = builtin_sites(3, silent_rounds={0: {1, 2}, 1: {1, 2}})  # only site-2 answers; 2 are needed
+    with pytest.raises(NoRoundAggregated, match="none of rounds 1-2 had min-train-sites = 2 answers in time"):
+        federate(tmp_path, sites, **{"num-server-rounds": 2, "min-train-sites": 2})
+    assert [m["aggregated"] for m in read_metrics(run_dir(tmp_path))] == [False, False]
+    assert not (run_dir(tmp_path) / "final_model.npz").exists()
+    assert json.loads((run_dir(tmp_path) / "summary.json").read_text())["status"] == "failed: no round aggregated"
 
-    metrics = federate(tmp_path, builtin_sites(3), **{"num-server-rounds": 4, "strategy": "scaffold", "resume": True})
+
+def test_resume_continues_the_named_run_in_a_directory_of_its_own(tmp_path):
+    first = federate(tmp_path, builtin_sites(3), run_id=11, **{"num-server-rounds": 2, "strategy": "scaffold"})
+    after_two = CheckpointStore(run_dir(tmp_path, 11)).latest()
+    assert after_two.round == 2 and set(after_two.strategy_state) == {f"control/{k}" for k in after_two.model}
+    other = federate(tmp_path, builtin_sites(3), run_id=12, **{"num-server-rounds": 1})  # another run, side by side
+
+    metrics = federate(tmp_path, builtin_sites(3), run_id=13,
+                       **{"num-server-rounds": 4, "strategy": "scaffold", "resume": "11"})
     assert [m["round"] for m in metrics] == [1, 2, 3, 4]
     assert metrics[:2] == first
     # Resuming from round 2's model, not from scratch: round 3 starts where round 2 ended.
     assert metrics[2]["accuracy"] >= metrics[1]["accuracy"] - 0.05
+    # The runs it read from and ran beside are untouched.
+    assert read_metrics(run_dir(tmp_path, 11)) == first and read_metrics(run_dir(tmp_path, 12)) == other
+    assert CheckpointStore(run_dir(tmp_path, 11)).latest().round == 2
 
-    again = federate(tmp_path, builtin_sites(3), **{"num-server-rounds": 4, "resume": True})
-    assert len(again) == 4  # nothing left to do, nothing appended
+    again = federate(tmp_path, builtin_sites(3), run_id=14, **{"num-server-rounds": 4, "resume": "latest"})
+    assert again == metrics  # run 13 is the latest: nothing left to do, nothing appended
+    assert not (run_dir(tmp_path, 14) / "final_model.npz").exists()
+
+
+def test_resuming_a_run_without_a_checkpoint_names_the_runs_that_have_one(tmp_path):
+    federate(tmp_path, builtin_sites(2), run_id=21, **{"num-server-rounds": 1})
+    with pytest.raises(RunConfigError, match=r"run config resume: run 99 has no checkpoint under .*/99; "
+                                             r"runs with one: 21"):
+        federate(tmp_path, builtin_sites(2), run_id=22, **{"num-server-rounds": 2, "resume": "99"})
 
 
 @pytest.mark.parametrize("strategy", ["scaffold", "fedprox"])
@@ -131,7 +160,7 @@ def test_sites_with_different_feature_counts_stop_the_run_before_training(tmp_pa
     sites = study_sites(tmp_path / "data", [30, 29])
     with pytest.raises(DataError, match="sites disagree on the feature count: hospital-0=30, hospital-1=29"):
         federate(tmp_path / "artifacts", sites, dataset="oncology/biopsies", **{"label-column": "diagnosis"})
-    assert read_metrics(tmp_path / "artifacts") == []
+    assert read_metrics(run_dir(tmp_path / "artifacts")) == []
 
 
 # flwr 1.41's FAB builder uses a pathspec pattern class that pathspec deprecates; not ours to fix.

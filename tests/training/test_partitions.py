@@ -8,9 +8,10 @@ import pytest
 
 from flowerbed_training.client_app import app as client_app
 from flowerbed_training.data import DataError, builtin_partition
-from flowerbed_training.inprocess import InProcessGrid, Site, builtin_sites, run_config_with, run_federation
+from flowerbed_training.run_config import RunConfig
+from tests.inprocess import InProcessGrid, Site, builtin_sites, run_config_with, run_dir, run_federation
 from flowerbed_training.partitions import PARTITION_SITES, Partition, assign, partition_of
-from flowerbed_training.recording import read_metrics
+from flowerbed_training.round_log import read_metrics
 from flowerbed_training.survey import survey_sites
 from flowerbed_training.task import builtin_options, local_split
 
@@ -50,8 +51,9 @@ def test_the_survey_gives_each_site_the_partition_of_its_sorted_name(server_iden
 
     assert federation.partition_sites == sorted(names)
     assert federation.config()[PARTITION_SITES] == sorted(names)
-    options = builtin_options(run_config)
-    expected = {name: len(local_split(builtin_partition("breast-cancer", i, 3, options), run_config)[0].y)
+    config = RunConfig.parse(run_config)
+    options = builtin_options(config)
+    expected = {name: len(local_split(builtin_partition("breast-cancer", i, 3, options), config)[0].y)
                 for i, name in enumerate(sorted(names))}
     assert len(set(expected.values())) == 3, "non-IID shares differ in size, so the counts identify them"
     assert federation.examples == expected
@@ -61,8 +63,8 @@ def test_the_survey_gives_each_site_the_partition_of_its_sorted_name(server_iden
 
 def test_a_site_joining_after_the_survey_is_left_out_with_its_name_in_the_error(tmp_path):
     sites = builtin_sites(3, silent_rounds={2: {0}})  # site-2 misses the survey (round 0), then answers
-    run_federation(sites, run_config_with({"artifacts-dir": str(tmp_path), "num-server-rounds": 2}))
-    metrics = read_metrics(tmp_path)
+    run_federation(sites, run_config_with({"artifacts-root": str(tmp_path), "num-server-rounds": 2}))
+    metrics = read_metrics(run_dir(tmp_path))
     assert all(m["sites"] == ["site-0", "site-1"] and m["aggregated"] for m in metrics)
     reasons = [reason for m in metrics for reason in m["failed"].values()]
     assert len(reasons) == 2

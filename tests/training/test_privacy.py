@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,13 +21,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flowerbed_training import privacy
-from flowerbed_training.inprocess import builtin_sites, run_config_with, run_federation
-from flowerbed_training.recording import read_metrics
-from flowerbed_training.settings import SettingsError
+from flowerbed_training.recording import Rounds
+from flowerbed_training.run_config import RunConfig
+from flowerbed_training.server_app import NoRoundAggregated
+from tests.inprocess import builtin_sites, config_with, run_config_with, run_dir, run_federation
+from flowerbed_training.round_log import read_metrics
 from tests.training.intercept import InterceptedRun, run_intercepted
 
-RUN_CONFIG = {"local-dp-epsilon": 8.0, "local-dp-delta": 1e-5, "local-dp-max-grad-norm": 1.0,
-              "num-server-rounds": 4, "local-epochs": 2}
+RUN_CONFIG = config_with({"local-dp": True, "local-dp-epsilon": 8.0, "local-dp-delta": 1e-5,
+                          "local-dp-max-grad-norm": 1.0, "num-server-rounds": 4, "local-epochs": 2})
 
 
 def _site_data(seed: int = 0) -> DataLoader:
@@ -39,11 +44,11 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
-def _one_round(model: nn.Module, state: RecordDict, run_config: dict = RUN_CONFIG) -> float:
+def _one_round(model: nn.Module, state: RecordDict, config: RunConfig = RUN_CONFIG) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
-    private = privacy.make_private(model, optimizer, _site_data(), run_config, state)
+    private = privacy.make_private(model, optimizer, _site_data(), config, state)
     assert private.model is model
-    for _ in range(run_config["local-epochs"]):
+    for _ in range(config.local_epochs):
         for x, y in private.loader:
             if len(y) == 0:
                 continue
@@ -56,7 +61,7 @@ def _one_round(model: nn.Module, state: RecordDict, run_config: dict = RUN_CONFI
 def test_budget_covers_the_whole_run_and_is_never_exceeded() -> None:
     state = RecordDict()  # the site's context.state, which survives between rounds
     model = _model()
-    spent = [_one_round(model, state) for _ in range(RUN_CONFIG["num-server-rounds"])]
+    spent = [_one_round(model, state) for _ in range(RUN_CONFIG.num_server_rounds)]
     assert all(a < b for a, b in zip(spent, spent[1:], strict=False)), spent
     # Planned for all rounds: the first round spends only part of the budget,
     # the last one ends just under the target.
@@ -93,7 +98,7 @@ def test_per_sample_clipping_bounds_each_step() -> None:
     before = [p.detach().clone() for p in model.parameters()]
     loader = DataLoader(TensorDataset(torch.randn(240, 6) * 1e4, torch.randint(0, 2, (240,))), batch_size=240)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    private = privacy.make_private(model, optimizer, loader, {**RUN_CONFIG, "local-dp-epsilon": 50.0}, RecordDict())
+    private = privacy.make_private(model, optimizer, loader, replace(RUN_CONFIG, local_dp_epsilon=50.0), RecordDict())
     x, y = next(iter(private.loader))
     nn.functional.cross_entropy(model(x), y).backward()
     private.optimizer.step()
@@ -102,37 +107,14 @@ def test_per_sample_clipping_bounds_each_step() -> None:
     assert 0 < change < 1.0
 
 
-@pytest.mark.parametrize(
-    ("parse", "override", "message"),
-    [
-        (privacy.LocalDpSettings.from_run_config, {"local-dp-epsilon": 0.0},
-         "run config local-dp-epsilon: 0.0 must be > 0"),
-        (privacy.LocalDpSettings.from_run_config, {"local-dp-delta": 1.5},
-         r"run config local-dp-delta: 1.5 must be in \(0, 1\)"),
-        (privacy.LocalDpSettings.from_run_config, {"local-dp-max-grad-norm": "big"},
-         "run config local-dp-max-grad-norm: 'big' must be a float"),
-        (privacy.LocalDpSettings.from_run_config, {"amp": True}, "run config amp: must be false with local-dp"),
-        (privacy.CentralDpSettings.from_run_config, {"central-dp": "both"},
-         "run config central-dp: 'both' must be one of off, server, client"),
-        (privacy.CentralDpSettings.from_run_config, {"central-dp": "server", "strategy": "scaffold"},
-         "must be 'off' with strategy 'scaffold'"),
-        (privacy.CentralDpSettings.from_run_config, {"central-dp": "client", "compression": "int8"},
-         "'client' clipping needs the plain weights"),
-    ],
-)
-def test_bad_settings_name_the_key(parse, override: dict, message: str) -> None:
-    with pytest.raises(SettingsError, match=message):
-        parse({**RUN_CONFIG, **override})
-
-
 def test_wrap_central_dp_picks_flowers_wrapper() -> None:
     inner = FedAvg()
-    assert privacy.wrap_central_dp(inner, {}, 3) is inner
-    server = privacy.wrap_central_dp(inner, {"central-dp": "server", "central-dp-noise-multiplier": 1.0,
-                                             "central-dp-clipping-norm": 2.0}, 3)
+    assert privacy.wrap_central_dp(inner, config_with({}), 3) is inner
+    server = privacy.wrap_central_dp(inner, config_with({"central-dp": "server", "central-dp-noise-multiplier": 1.0,
+                                                         "central-dp-clipping-norm": 2.0}), 3)
     assert isinstance(server, DifferentialPrivacyServerSideFixedClipping)
     assert (server.noise_multiplier, server.clipping_norm, server.num_sampled_clients) == (1.0, 2.0, 3)
-    client = privacy.wrap_central_dp(inner, {"central-dp": "client"}, 3)
+    client = privacy.wrap_central_dp(inner, config_with({"central-dp": "client"}), 3)
     assert isinstance(client, DifferentialPrivacyClientSideFixedClipping)
 
 
@@ -165,9 +147,9 @@ def test_federated_run_with_local_dp_at_epsilon_8_learns_within_budget(tmp_path)
     # Seen when written: accuracy 0.938 on the server's test set after round 10 (0.64 after
     # round 1), each site's epsilon 7.99 of 8.
     run_config = run_config_with({"local-dp": True, "local-dp-epsilon": 8.0, "num-server-rounds": 10,
-                                  "dataset": "builtin:breast-cancer", "artifacts-dir": str(tmp_path)})
+                                  "dataset": "builtin:breast-cancer", "artifacts-root": str(tmp_path)})
     run_federation(builtin_sites(3), run_config)
-    lines = read_metrics(tmp_path)
+    lines = read_metrics(run_dir(tmp_path))
     assert [line["round"] for line in lines] == list(range(1, 11))
     assert lines[-1]["accuracy"] >= 0.9
     for site in ("site-0", "site-1", "site-2"):
@@ -198,7 +180,7 @@ def test_central_dp_client_side_clips_every_update_before_it_leaves_the_site(tmp
     assert len(sites) == 3
     norms = [np.linalg.norm(model - global_model) for model, _ in sites]
     assert max(norms) == pytest.approx(0.5, rel=1e-4)  # clipped exactly to the norm (updates are larger)
-    assert read_metrics(tmp_path)[-1]["aggregated"]
+    assert read_metrics(run_dir(tmp_path))[-1]["aggregated"]
 
 
 def test_central_dp_server_side_clips_then_adds_calibrated_noise(tmp_path) -> None:
@@ -212,3 +194,105 @@ def test_central_dp_server_side_clips_then_adds_calibrated_noise(tmp_path) -> No
     # Flower's stdev: noise multiplier x clipping norm / sampled sites = 0.2 x 0.5 / 3.
     assert noise.std() == pytest.approx(0.2 * 0.5 / 3, rel=0.1)
     assert abs(noise.mean()) < 0.01
+
+
+def test_central_dp_epsilon_matches_the_rdp_accountant_by_hand() -> None:
+    # One Gaussian mechanism with noise multiplier z = 1 per round on every site (q = 1):
+    # its RDP at order a is a / (2 z^2) per round (Mironov 2017, Prop. 7), so after T rounds
+    # epsilon = min over a of T a / 2 + log(1/delta) / (a - 1), minus Opacus' tighter
+    # conversion term (Balle et al. 2020): log((a - 1) / a) - (log(delta) + log(a)) / (a - 1).
+    accountant = privacy.CentralDpAccountant(noise_multiplier=1.0, sample_rate=1.0, delta=1e-5)
+    orders = np.concatenate([np.linspace(1.01, 8, 1000), np.arange(8, 64, 0.5)])
+
+    def by_hand(rounds: int) -> float:
+        rdp = rounds * orders / 2
+        eps = rdp + np.log1p(-1 / orders) - (np.log(1e-5) + np.log(orders)) / (orders - 1)
+        return float(eps.min())
+
+    assert accountant.epsilon(0) == 0.0
+    for rounds in (1, 4, 10):
+        assert accountant.epsilon(rounds) == pytest.approx(by_hand(rounds), rel=0.02)
+    assert privacy.CentralDpAccountant(0.0, 1.0, 1e-5).epsilon(3) is None  # no noise, no guarantee
+
+
+def test_central_dp_reports_epsilon_per_round(tmp_path) -> None:
+    run_intercepted(tmp_path, 3, **{**CENTRAL_DP, "num-server-rounds": 3, "central-dp": "server",
+                                    "central-dp-noise-multiplier": 1.0})
+    lines = read_metrics(run_dir(tmp_path))
+    accountant = privacy.CentralDpAccountant(1.0, 1.0, 1e-5)  # 3 of 3 sites each round
+    assert [line["central_epsilon"] for line in lines] == [pytest.approx(accountant.epsilon(r)) for r in (1, 2, 3)]
+    assert 4.0 < lines[0]["central_epsilon"] < lines[-1]["central_epsilon"]
+
+
+def test_without_central_dp_no_central_epsilon_is_reported(tmp_path) -> None:
+    run_intercepted(tmp_path, 2, **{"num-server-rounds": 1})
+    assert read_metrics(run_dir(tmp_path))[0]["central_epsilon"] is None
+
+
+# --- the DP ledger lives on the site's state volume (site_state.py) ---------------------------------
+
+LOCAL_DP = {"local-dp": True, "local-dp-epsilon": 8.0, "num-server-rounds": 4, "dataset": "builtin:breast-cancer"}
+
+
+class ServerKilled(Exception):
+    """The ServerApp pod dies (after a round's checkpoint is written)."""
+
+
+def _run_killed_after_round_2(root: Path, state_root: Path | None) -> list[dict]:
+    finish = Rounds.finish
+
+    def dying(rounds: Rounds, model, strategy_state):  # type: ignore[no-untyped-def]
+        central = finish(rounds, model, strategy_state)
+        if rounds.current.round == 2:
+            raise ServerKilled
+        return central
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(Rounds, "finish", dying)
+        with pytest.raises(ServerKilled):
+            run_federation(builtin_sites(3, state_root), run_config_with({**LOCAL_DP, "artifacts-root": str(root)}),
+                           run_id=1)
+    return read_metrics(run_dir(root, 1))
+
+
+def test_a_resume_across_a_supernode_restart_keeps_the_total_epsilon_within_the_target(tmp_path) -> None:
+    # Measured before site state existed: epsilon 8.0 spent in rounds 1-2, then a fresh 6.2 in rounds 3-4.
+    first = _run_killed_after_round_2(tmp_path / "artifacts", tmp_path / "state")
+    assert [line["round"] for line in first] == [1, 2]
+    # The SuperNodes restart (fresh Site objects: nothing in memory), their state volumes stay;
+    # run 2 resumes run 1 from its round-2 checkpoint.
+    run_federation(builtin_sites(3, tmp_path / "state"),
+                   run_config_with({**LOCAL_DP, "artifacts-root": str(tmp_path / "artifacts"), "resume": "1"}),
+                   run_id=2)
+    lines = read_metrics(run_dir(tmp_path / "artifacts", 2))
+    assert [line["round"] for line in lines] == [1, 2, 3, 4] and all(line["aggregated"] for line in lines)
+    for site in ("site-0", "site-1", "site-2"):
+        spent = [line["epsilon"][site] for line in lines]
+        assert all(a < b for a, b in zip(spent, spent[1:], strict=False)), spent  # one budget, continued
+        assert 7.0 < spent[-1] <= 8.0, spent
+
+
+def test_a_dp_site_that_lost_its_ledger_refuses_to_start_a_new_budget(tmp_path) -> None:
+    _run_killed_after_round_2(tmp_path / "artifacts", state_root=None)  # the ledger lived in memory only
+    with pytest.raises(NoRoundAggregated):
+        run_federation(builtin_sites(3),
+                       run_config_with({**LOCAL_DP, "artifacts-root": str(tmp_path / "artifacts"), "resume": "1"}),
+                       run_id=2)
+    resumed = read_metrics(run_dir(tmp_path / "artifacts", 2))[2:]
+    assert [line["round"] for line in resumed] == [3, 4]
+    for line in resumed:
+        assert line["sites"] == [] and set(line["failed"]) == {"site-0", "site-1", "site-2"}
+        assert all("PrivacyLedgerMissing" in reason and "refusing to train rather than start a new budget" in reason
+                   for reason in line["failed"].values())
+
+
+def test_an_unreadable_site_state_refuses_to_train(tmp_path) -> None:
+    _run_killed_after_round_2(tmp_path / "artifacts", tmp_path / "state")
+    [broken] = (tmp_path / "state" / "site-1").glob("inprocess/1/state.pb")
+    broken.write_bytes(b"not a record dict")
+    run_federation(builtin_sites(3, tmp_path / "state"),
+                   run_config_with({**LOCAL_DP, "artifacts-root": str(tmp_path / "artifacts"), "resume": "1",
+                                    "min-train-sites": 2}), run_id=2)
+    third = read_metrics(run_dir(tmp_path / "artifacts", 2))[2]
+    assert third["sites"] == ["site-0", "site-2"]
+    assert "cannot be read" in third["failed"]["site-1"] and "refusing to train" in third["failed"]["site-1"]

@@ -1,4 +1,4 @@
-"""RoundRecorder: minimum answers, bytes, contribution scores, metrics.jsonl, checkpoints."""
+"""Rounds and RoundRecorder: minimum answers, bytes, contribution scores, metrics.jsonl, checkpoints."""
 
 import json
 
@@ -8,11 +8,14 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from flowerbed_training import compression
 from flowerbed_training.checkpoints import Checkpoint, CheckpointStore
-from flowerbed_training.inprocess import InProcessGrid, Site
+from flowerbed_training.compression import CompressionSettings
 from flowerbed_training.protocol import ARRAYS, from_record, payload_bytes, to_record
-from flowerbed_training.recording import RoundRecorder, cosine_contributions, read_metrics
-from flowerbed_training.settings import ServerSettings
+from flowerbed_training.quorum import Quorum
+from flowerbed_training.recording import RoundRecorder, Rounds
+from flowerbed_training.round_log import read_metrics
+from flowerbed_training.scoring import cosine_contributions
 from flowerbed_training.strategies import build_strategy
+from tests.inprocess import InProcessGrid, Site, config_with
 from tests.training.replies import error_from, reply_from, train_reply
 
 GLOBAL = {"w": np.array([1.0, 1.0, 1.0])}
@@ -34,10 +37,9 @@ def test_cosine_scores_rank_helpers_free_riders_and_saboteurs():
 
 
 def recorder(tmp_path, min_sites=2, strategy="fedavg", offset=0, central=None) -> RoundRecorder:
-    settings = ServerSettings.from_run_config({"strategy": strategy, "min-train-sites": 2, "min-available-sites": 3})
-    return RoundRecorder(build_strategy(settings, 0.1), tmp_path, min_train_sites=min_sites,
-                         checkpoints=CheckpointStore(tmp_path), central_evaluation=central,
-                         round_offset=offset, state_of=dict)
+    config = config_with({"strategy": strategy, "min-train-sites": 2, "min-available-sites": 3})
+    rounds = Rounds(tmp_path, CheckpointStore(tmp_path), central_evaluation=central, round_offset=offset)
+    return RoundRecorder(build_strategy(config), rounds, Quorum(min_sites), state_of=dict)
 
 
 def three_sites() -> InProcessGrid:
@@ -102,7 +104,7 @@ def test_compressed_updates_are_counted_compressed_and_aggregated_decoded(tmp_pa
     updates = [{"w": rng.normal(size=2000) * 0.01} for _ in range(2)]
     replies = []
     for node, update in zip((1, 2), updates):
-        record = compression.encode_update(update, {"compression": "int8"}, RecordDict())
+        record = compression.encode_update(update, CompressionSettings("int8", 0.05), RecordDict())
         content = RecordDict({ARRAYS: record, "metrics": train_reply(node, {"w": [0.0]}, 1).content["metrics"]})
         replies.append(reply_from(node, content, site=f"s{node}"))
     rec.configure_train(1, to_record(big_global), ConfigRecord(), three_sites())
@@ -137,9 +139,7 @@ def test_a_resumed_run_continues_the_round_numbers(tmp_path, server_identity):
 
 
 def test_the_aggregate_keeps_the_models_dtype(tmp_path, server_identity):
-    settings = ServerSettings.from_run_config({"strategy": "fedadam", "min-train-sites": 2, "min-available-sites": 3})
-    rec = RoundRecorder(build_strategy(settings, 0.1), tmp_path, min_train_sites=2,
-                        checkpoints=CheckpointStore(tmp_path), state_of=dict)
+    rec = recorder(tmp_path, strategy="fedadam")
     model32 = {"w": np.ones(4, dtype=np.float32)}
     rec.configure_train(1, to_record(model32), ConfigRecord(), three_sites())
     replies = [reply_from(n, RecordDict({ARRAYS: to_record({"w": np.full(4, 2.0, dtype=np.float32)}),

@@ -16,10 +16,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowerbed_training import secagg
-from flowerbed_training.inprocess import InProcessGrid, run_config_with
+from tests.inprocess import InProcessGrid, config_with, run_dir
 from flowerbed_training.protocol import ARRAYS, METRICS, NUM_EXAMPLES, from_record
-from flowerbed_training.recording import read_metrics
-from flowerbed_training.settings import SettingsError
+from flowerbed_training.round_log import read_metrics
 
 from tests.training.intercept import InterceptedRun, run_intercepted
 
@@ -70,12 +69,12 @@ def test_server_receives_no_site_model_only_masked_vectors(secure: InterceptedRu
     masked = _masked_vectors(secure_replies, server_round=1)
     true_models = _plain_site_models(plain.received)
     assert sorted(masked) == sorted(true_models) and len(masked) == SITES
-    settings = secagg.SecAggSettings.from_run_config(run_config_with({"secagg": True}))
+    config = config_with({"secagg": True})
     for node_id, vector in masked.items():
         model, examples = true_models[node_id]
-        weight = round(examples / settings.max_weight * QUANTIZATION_RANGE) / QUANTIZATION_RANGE
+        weight = round(examples / config.secagg_max_weight * QUANTIZATION_RANGE) / QUANTIZATION_RANGE
         # What the site would send unmasked: its weighted model quantized to [0, 2**22).
-        clip = settings.clipping_range
+        clip = config.secagg_clipping_range
         quantized = (np.clip(model * weight, -clip, clip) + clip) * QUANTIZATION_RANGE / (2 * clip)
         seen = np.concatenate([v.ravel() for v in vector[1:]]).astype(np.float64)
         distance = np.abs((seen - np.round(quantized)) % MOD_RANGE)
@@ -98,9 +97,9 @@ def _secure_global_model_after_round_1(sent: list[Message]) -> np.ndarray:
 def _quantization_tolerance(sites: int, examples: float) -> float:
     """Each site quantizes its weighted model to 2**22 levels over [-c, c] (stochastic
     rounding: error < one level); the unmasked sum is divided by the total weight."""
-    settings = secagg.SecAggSettings.from_run_config(run_config_with({"secagg": True}))
-    level = 2 * settings.clipping_range / QUANTIZATION_RANGE
-    return sites * level / (examples / settings.max_weight)
+    config = config_with({"secagg": True})
+    level = 2 * config.secagg_clipping_range / QUANTIZATION_RANGE
+    return sites * level / (examples / config.secagg_max_weight)
 
 
 def test_secure_aggregate_matches_plain_fedavg(secure: InterceptedRun, plain: InterceptedRun) -> None:
@@ -133,19 +132,22 @@ def test_secure_run_records_rounds_like_a_plain_one(secure: InterceptedRun, plai
         assert secure_line["bytes_up"] > plain_line["bytes_up"]
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ({"secagg-num-shares": 2}, "run config secagg-num-shares: 2 must be >= 3"),
-        ({"secagg-reconstruction-threshold": 3}, "secagg-reconstruction-threshold: 3 must be >= 2 and < secagg-num-shares"),
-        ({"strategy": "scaffold"}, "run config strategy: 'scaffold' must be 'fedavg' when secagg is true"),
-        ({"compression": "int8"}, "run config compression: 'int8' must be 'none' when secagg is true"),
-        ({"central-dp": "server"}, "run config central-dp: 'server' must be 'off' when secagg is true"),
-    ],
-)
-def test_bad_settings_name_the_key(override: dict, message: str) -> None:
-    with pytest.raises(SettingsError, match=message):
-        secagg.SecAggSettings.from_run_config({"secagg": True, **override})
+def test_a_site_heavier_than_secagg_max_weight_stops_the_run_before_any_round(tmp_path) -> None:
+    # With dirichlet-alpha 1.0 the three sites train on 67, 177 and 122 examples. At max weight
+    # 150, site-1's weight 177/150 > 1 would push its weighted model past the clipping range, and
+    # Flower's secaggplus_mod would clip it with only a warning at the site.
+    with pytest.raises(secagg.WeightTooLarge, match=r"run config secagg-max-weight: 150 is below the training "
+                                                     r"examples of site-1 \(177 examples\);.* >= 177"):
+        run_intercepted(tmp_path, SITES, secagg=True, **{**RUN, "secagg-max-weight": 150.0})
+    assert read_metrics(run_dir(tmp_path)) == []
+    assert not (run_dir(tmp_path) / "final_model.npz").exists()
+
+
+def test_check_weights_names_every_site_over_the_limit_and_accepts_the_limit_itself() -> None:
+    config = config_with({"secagg": True, "secagg-max-weight": 100.0})
+    secagg.check_weights(config, {"a": 100, "b": 7})
+    with pytest.raises(secagg.WeightTooLarge, match=r"a \(101 examples\), c \(250 examples\).* >= 250"):
+        secagg.check_weights(config, {"c": 250, "b": 7, "a": 101})
 
 
 def test_mod_passes_app_layout_messages_through() -> None:
@@ -176,7 +178,7 @@ def test_a_site_dropping_before_sending_its_masked_vector_is_unmasked_out(plain:
 
     monkeypatch.setattr(InProcessGrid, "_deliver", dropping)
     dropped = run_intercepted(tmp_path, SITES, secagg=True, **{**RUN, "min-train-sites": 2})
-    first = read_metrics(tmp_path)[0]
+    first = read_metrics(run_dir(tmp_path))[0]
     assert first["sites"] == ["site-0", "site-1"] and first["aggregated"]
     survivors = {n: m for n, m in _plain_site_models(plain.received).items() if n != 103}
     examples = sum(n for _, n in survivors.values())
@@ -188,7 +190,7 @@ def test_a_site_dropping_before_sending_its_masked_vector_is_unmasked_out(plain:
 def test_local_dp_under_secagg_still_reports_each_sites_epsilon(tmp_path) -> None:
     # Epsilon travels in the (unmasked) FitRes metrics; only the model is masked.
     run_intercepted(tmp_path, SITES, secagg=True, **{**RUN, "local-dp": True, "local-dp-epsilon": 4.0})
-    lines = read_metrics(tmp_path)
+    lines = read_metrics(run_dir(tmp_path))
     for line in lines:
         assert sorted(line["epsilon"]) == [f"site-{i}" for i in range(SITES)]
         assert all(0 < value <= 4.0 for value in line["epsilon"].values())

@@ -5,17 +5,16 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
-from flowerbed_training.inprocess import InProcessGrid, Site
 from flowerbed_training.protocol import ARRAYS, CONTROL, CONTROL_DELTA, from_record, to_record
+from flowerbed_training.run_config import RunConfig
 from flowerbed_training.scaffold import Scaffold, SiteControl, client_control_update, server_update
-from flowerbed_training.settings import ServerSettings, SettingsError
-from flowerbed_training.strategies import build_strategy, restore_strategy_state, strategy_state
+from flowerbed_training.strategies import STRATEGIES, build_strategy, restore_strategy_state, strategy_state
+from tests.inprocess import InProcessGrid, Site, config_with
 from tests.training.replies import train_reply
 
 
-def settings(**overrides) -> ServerSettings:
-    config = {"min-train-sites": 2, "min-available-sites": 2} | overrides
-    return ServerSettings.from_run_config(config)
+def settings(**overrides) -> RunConfig:
+    return config_with({"min-train-sites": 2, "min-available-sites": 2} | overrides)
 
 
 def grid_with(nodes: int) -> InProcessGrid:
@@ -37,12 +36,12 @@ def honest_and_poisoned() -> list:
 
 def test_fedavg_weights_sites_by_their_examples(server_identity):
     replies = [train_reply(1, {"w": [1.0, 1.0]}, 10), train_reply(2, {"w": [4.0, 7.0]}, 20)]
-    result = aggregate(build_strategy(settings(strategy="fedavg"), 0.1), replies)
+    result = aggregate(build_strategy(settings(strategy="fedavg")), replies)
     np.testing.assert_allclose(result["w"], [3.0, 5.0])
 
 
 def test_fedprox_sends_mu_to_the_sites(server_identity):
-    strategy = build_strategy(settings(strategy="fedprox", **{"proximal-mu": 0.3}), 0.1)
+    strategy = build_strategy(settings(strategy="fedprox", **{"proximal-mu": 0.3}))
     messages = list(strategy.configure_train(1, to_record({"w": np.zeros(2)}), ConfigRecord(), grid_with(2)))
     assert messages[0].content.config_records["config"]["proximal-mu"] == pytest.approx(0.3)
 
@@ -51,30 +50,66 @@ def test_fedprox_sends_mu_to_the_sites(server_identity):
 def test_robust_aggregators_resist_a_poisoned_update(server_identity, name):
     options = {"strategy": name, "min-train-sites": 5, "min-available-sites": 5,
                "krum-malicious": 1, "trimmed-beta": 0.2}
-    robust = aggregate(build_strategy(settings(**options), 0.1), honest_and_poisoned())
-    plain = aggregate(build_strategy(settings(strategy="fedavg"), 0.1), honest_and_poisoned())
+    robust = aggregate(build_strategy(settings(**options)), honest_and_poisoned())
+    plain = aggregate(build_strategy(settings(strategy="fedavg")), honest_and_poisoned())
     assert np.abs(plain["w"] - 1.0).max() > 15  # the poison drags the mean away
     assert np.abs(robust["w"] - 1.0).max() < 0.11
 
 
 def test_fedmedian_is_the_coordinate_wise_median(server_identity):
     result = aggregate(build_strategy(settings(strategy="fedmedian", **{"min-train-sites": 5,
-                                                                          "min-available-sites": 5}), 0.1),
+                                                                          "min-available-sites": 5})),
                        honest_and_poisoned())
     np.testing.assert_allclose(result["w"], [1.05, 0.95])
 
 
 def test_fedadam_moves_by_its_adaptive_step_and_its_state_survives_a_checkpoint(server_identity):
-    strategy = build_strategy(settings(strategy="fedadam", **{"server-lr": 0.1}), 0.1)
+    strategy = build_strategy(settings(strategy="fedadam", **{"server-lr": 0.1}))
     replies = [train_reply(1, {"w": [1.0, -1.0]}, 1), train_reply(2, {"w": [1.0, -1.0]}, 1)]
     result = aggregate(strategy, replies)
     # First step: m = 0.1*delta, v = 0.01*delta^2, bias-corrected Adam step of size ~eta in delta's direction.
     assert np.all(np.sign(result["w"]) == [1, -1])
     state = strategy_state(strategy)
     assert set(state) == {"m_t/w", "v_t/w"}
-    fresh = build_strategy(settings(strategy="fedadam", **{"server-lr": 0.1}), 0.1)
+    fresh = build_strategy(settings(strategy="fedadam", **{"server-lr": 0.1}))
     restore_strategy_state(fresh, state)
     np.testing.assert_array_equal(fresh.m_t["w"], strategy.m_t["w"])  # type: ignore[attr-defined]
+
+
+def test_fedyogi_follows_reddi_et_al_algorithm_2_by_hand(server_identity):
+    # Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2 (FedYogi), as Flower's
+    # FedYogi implements it (no bias correction): with Delta_t the FedAvg aggregate minus x_t,
+    #   m_t = b1 m_{t-1} + (1 - b1) Delta_t
+    #   v_t = v_{t-1} - (1 - b2) Delta_t^2 sign(v_{t-1} - Delta_t^2)
+    #   x_{t+1} = x_t + eta m_t / (sqrt(v_t) + tau)
+    # b1 = 0.9, b2 = 0.99 (Flower's defaults), eta = server-lr = 0.1, tau = server-tau = 0.001, m_0 = v_0 = 0.
+    strategy = build_strategy(settings(strategy="fedyogi", **{"server-lr": 0.1, "server-tau": 0.001}))
+    grid = grid_with(2)
+    x0 = {"w": np.array([0.0, 1.0])}
+    strategy.configure_train(1, to_record(x0), ConfigRecord(), grid)
+    # FedAvg of [1.0, 1.0] and [0.6, 0.2] (10 examples each) = [0.8, 0.6]: Delta_1 = [0.8, -0.4].
+    arrays, _ = strategy.aggregate_train(1, [train_reply(1, {"w": [1.0, 1.0]}, 10),
+                                             train_reply(2, {"w": [0.6, 0.2]}, 10)])
+    # m_1 = 0.1 * [0.8, -0.4] = [0.08, -0.04]
+    # v_1 = 0 + 0.01 * [0.64, 0.16] = [0.0064, 0.0016] (sign(0 - Delta^2) = -1), sqrt: [0.08, 0.04]
+    # x_1 = [0 + 0.1 * 0.08 / 0.081, 1 - 0.1 * 0.04 / 0.041] = [0.0987654, 0.9024390]
+    x1 = from_record(arrays)["w"]
+    np.testing.assert_allclose(x1, [0.0987654, 0.9024390], rtol=1e-6)
+    np.testing.assert_allclose(strategy.v_t["w"], [0.0064, 0.0016])  # type: ignore[attr-defined]
+
+    strategy.configure_train(2, arrays, ConfigRecord(), grid)
+    y = x1 + np.array([0.05, -1.0])  # both sites: Delta_2 = [0.05, -1.0], Delta_2^2 = [0.0025, 1.0]
+    arrays, _ = strategy.aggregate_train(2, [train_reply(1, {"w": y}, 10), train_reply(2, {"w": y}, 10)])
+    # v_2[0]: v_1 = 0.0064 > 0.0025, so Yogi SHRINKS it: 0.0064 - 0.01 * 0.0025 = 0.006375
+    #         (Adam's 0.99 * 0.0064 + 0.01 * 0.0025 = 0.006361 would differ);
+    # v_2[1]: v_1 = 0.0016 < 1.0, so it grows: 0.0016 + 0.01 * 1.0 = 0.0116.
+    np.testing.assert_allclose(strategy.v_t["w"], [0.006375, 0.0116], rtol=1e-9)  # type: ignore[attr-defined]
+    # m_2 = 0.9 * [0.08, -0.04] + 0.1 * [0.05, -1.0] = [0.077, -0.136]
+    np.testing.assert_allclose(strategy.m_t["w"], [0.077, -0.136], rtol=1e-9)  # type: ignore[attr-defined]
+    # x_2 = x_1 + 0.1 * m_2 / (sqrt(v_2) + 0.001) = [0.0987654 + 0.1 * 0.077 / 0.0808436,
+    #                                                0.9024390 - 0.1 * 0.136 / 0.1087033]
+    #     = [0.0987654 + 0.0952457, 0.9024390 - 0.1251116] = [0.1940111, 0.7773274]
+    np.testing.assert_allclose(from_record(arrays)["w"], [0.1940111, 0.7773274], rtol=1e-6)
 
 
 # --- SCAFFOLD (Karimireddy et al. 2020, Algorithm 1, option II) ---------------------------------
@@ -112,7 +147,7 @@ def test_server_update_with_equal_sites_is_the_papers_uniform_mean():
 
 
 def test_scaffold_strategy_sends_c_and_updates_it_from_the_answering_sites(server_identity):
-    strategy = build_strategy(settings(strategy="scaffold", **{"scaffold-global-lr": 1.0}), 0.1)
+    strategy = build_strategy(settings(strategy="scaffold", **{"scaffold-global-lr": 1.0}))
     assert isinstance(strategy, Scaffold)
     grid = grid_with(4)  # N = 4 connected sites, 2 answer
     x = {"w": np.array([1.0, 1.0])}
@@ -137,47 +172,20 @@ def test_scaffold_strategy_sends_c_and_updates_it_from_the_answering_sites(serve
 
 
 def test_scaffold_ignores_replies_without_a_control_delta(server_identity):
-    strategy = build_strategy(settings(strategy="scaffold"), 0.1)
+    strategy = build_strategy(settings(strategy="scaffold"))
     arrays = aggregate(strategy, [train_reply(1, {"w": [9.0, 9.0]}, 1),
                                   train_reply(2, {"w": [3.0, 3.0]}, 1,
                                               **{CONTROL_DELTA: to_record({"w": np.zeros(2)})})])
     np.testing.assert_allclose(arrays["w"], [3.0, 3.0])
 
 
-# --- settings -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"strategy": "fedsgd"}, "run config strategy: 'fedsgd' must be one of fedavg, fedprox, scaffold"),
-        ({"min-available-sites": 1, "min-train-sites": 2}, "run config min-available-sites: 1 must be >= min-train-sites"),
-        ({"num-server-rounds": "ten"}, "run config num-server-rounds: 'ten' must be a int"),
-        ({"round-timeout": 0.0}, "run config round-timeout: 0.0 must be > 0 seconds"),
-        ({"trimmed-beta": 0.5}, r"run config trimmed-beta: 0.5 must be in \[0, 0.5\)"),
-        ({"resume": "yes"}, "run config resume: 'yes' must be a bool"),
-    ],
-)
-def test_bad_settings_name_the_key(overrides, message):
-    with pytest.raises(SettingsError, match=message):
-        settings(**overrides)
-
-
-def test_krum_needs_enough_sites_for_its_guarantee():
-    with pytest.raises(SettingsError, match="krum-malicious: 1 needs min-train-sites > 2\\*krum-malicious \\+ 2 = 4"):
-        build_strategy(settings(strategy="krum", **{"krum-malicious": 1, "min-train-sites": 3,
-                                                     "min-available-sites": 3}), 0.1)
-
-
-def test_every_advertised_strategy_builds():
-    from flowerbed_training.settings import STRATEGIES
-
+def test_every_registered_strategy_builds():
     for name in STRATEGIES:
-        assert build_strategy(settings(strategy=name, **{"min-train-sites": 3, "min-available-sites": 3}), 0.1)
+        assert build_strategy(settings(strategy=name, **{"min-train-sites": 3, "min-available-sites": 3}))
 
 
 def test_arrays_key_is_what_flower_strategies_expect():
-    assert ARRAYS == build_strategy(settings(), 0.1).arrayrecord_key
+    assert ARRAYS == build_strategy(settings()).arrayrecord_key
 
 
 def test_a_site_keeps_its_control_variate_between_rounds():

@@ -6,6 +6,7 @@ import torch
 
 from flowerbed_training import task
 from flowerbed_training.data import DataError, Dataset, DataSpec
+from tests.inprocess import config_with
 
 
 def toy_data(n: int = 64, features: int = 6, seed: int = 0) -> Dataset:
@@ -40,9 +41,9 @@ def test_models_have_no_batchnorm_so_opacus_and_averaging_work():
 
 
 def test_the_same_seed_builds_the_same_model_everywhere():
-    a = task.get_weights(task.model_for({"seed": 3}, DataSpec(30, 2)))
-    b = task.get_weights(task.model_for({"seed": 3}, DataSpec(30, 2)))
-    c = task.get_weights(task.model_for({"seed": 4}, DataSpec(30, 2)))
+    a = task.get_weights(task.model_for(config_with({"seed": 3}), DataSpec(30, 2)))
+    b = task.get_weights(task.model_for(config_with({"seed": 3}), DataSpec(30, 2)))
+    c = task.get_weights(task.model_for(config_with({"seed": 4}), DataSpec(30, 2)))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in a)
 
@@ -130,21 +131,21 @@ def test_device_is_cpu_without_a_gpu():
 
 
 def test_centralized_baseline_trains_the_same_model_on_pooled_data():
-    result = task.centralized_baseline({"dataset": "builtin:breast-cancer", "num-server-rounds": 5,
-                                        "local-epochs": 2, "lr": 0.1})
+    result = task.centralized_baseline(config_with({"dataset": "builtin:breast-cancer", "num-server-rounds": 5,
+                                                    "local-epochs": 2, "lr": 0.1}))
     assert result["accuracy"] >= 0.93
     assert result["loss"] < 0.3 and result["seconds"] > 0
     assert result["epochs"] == 10
     with pytest.raises(DataError, match="centralized baseline needs a builtin: source"):
-        task.centralized_baseline({"dataset": "cardio/visits"})
+        task.centralized_baseline(config_with({"dataset": "cardio/visits"}))
 
 
 def test_centralized_baseline_can_pool_exactly_what_the_sites_train_on():
-    run_config = {"dataset": "builtin:breast-cancer", "num-server-rounds": 1, "partitioning": "iid"}
-    whole = task.centralized_baseline(run_config)
-    sites = task.centralized_baseline(run_config, sites=3)
-    shares = [task.builtin_partition("breast-cancer", i, 3, task.builtin_options(run_config)) for i in range(3)]
-    assert sites["examples"] == sum(len(task.local_split(share, run_config)[0].y) for share in shares)
+    config = config_with({"dataset": "builtin:breast-cancer", "num-server-rounds": 1, "partitioning": "iid"})
+    whole = task.centralized_baseline(config)
+    sites = task.centralized_baseline(config, sites=3)
+    shares = [task.builtin_partition("breast-cancer", i, 3, task.builtin_options(config)) for i in range(3)]
+    assert sites["examples"] == sum(len(task.local_split(share, config)[0].y) for share in shares)
     assert sites["examples"] == pytest.approx(0.8 * whole["examples"], abs=3)
 
 

@@ -16,7 +16,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flowerbed_training import compression, privacy, secagg, task
+from flowerbed_training import compression, privacy, secagg, site_state, task
 from flowerbed_training.data import Dataset, check_compatible
 from flowerbed_training.partitions import partition_of
 from flowerbed_training.protocol import (
@@ -29,13 +29,15 @@ from flowerbed_training.protocol import (
     from_record,
     to_record,
 )
+from flowerbed_training.run_config import RunConfig
 from flowerbed_training.scaffold import SiteControl
-from flowerbed_training.settings import ClientSettings
+from flowerbed_training.site_state import DP_SITES
 from flowerbed_training.survey import spec_from_config, standardizer_from_config, summary_reply
 
-# Both mods act only on the messages meant for them: SecAgg+ protocol / legacy-layout
-# messages, and messages that carry a central-DP clipping norm.
-app = ClientApp(mods=[secagg.secagg_plus_mod, privacy.central_dp_clipping_mod])
+# Each mod acts only on the messages meant for it: SecAgg+ protocol / legacy-layout
+# messages, messages that carry a central-DP clipping norm, and training messages of a
+# site with a state volume (site_state_mod, innermost: it sees the app's own layout).
+app = ClientApp(mods=[secagg.secagg_plus_mod, privacy.central_dp_clipping_mod, site_state.site_state_mod])
 
 def _site(context: Context) -> str:
     return str(context.node_config.get("site-name", f"node-{context.node_id}"))
@@ -45,22 +47,22 @@ def _device(context: Context) -> torch.device:
     return task.device(str(context.node_config.get("device", "auto")))
 
 
-def _local_data(context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
+def _local_data(run: RunConfig, context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
     partition = partition_of(_site(context), config)
-    data = task.site_dataset(context.run_config, context.node_config, partition)
-    return task.local_split(data, context.run_config)
+    data = task.site_dataset(run, context.node_config, partition)
+    return task.local_split(data, run)
 
 
-def _prepared(context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
+def _prepared(run: RunConfig, context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
     """The site's train/validation data, checked against and standardized like the federation's."""
-    train_set, val_set = _local_data(context, config)
+    train_set, val_set = _local_data(run, context, config)
     check_compatible(_site(context), train_set.spec, config)  # type: ignore[arg-type]
     standardizer = standardizer_from_config(config)
     return standardizer.apply(train_set), standardizer.apply(val_set)
 
 
-def _model(context: Context, config: ConfigRecord, arrays: ArrayRecord) -> torch.nn.Module:
-    model = task.model_for(context.run_config, spec_from_config(config))
+def _model(run: RunConfig, config: ConfigRecord, arrays: ArrayRecord) -> torch.nn.Module:
+    model = task.model_for(run, spec_from_config(config))
     task.set_weights(model, from_record(arrays))
     return model
 
@@ -79,58 +81,62 @@ def name(message: Message, context: Context) -> Message:
 @app.query("data_summary")
 def describe(message: Message, context: Context) -> Message:
     """Feature count, classes, image shape and per-feature sums of the site's training split."""
-    train_set, _ = _local_data(context, message.content.config_records.get(CONFIG, ConfigRecord()))
+    run = RunConfig.parse(context.run_config)
+    train_set, _ = _local_data(run, context, message.content.config_records.get(CONFIG, ConfigRecord()))
     return summary_reply(message, _site(context), train_set.spec, task.FeatureSums.of(train_set.x))
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    settings = ClientSettings.from_run_config(context.run_config)
+    run = RunConfig.parse(context.run_config)
     config = message.content.config_records[CONFIG]
     server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
-    task.seed_everything(settings.seed + server_round)
-    train_set, _ = _prepared(context, config)
-    model = _model(context, config, message.content.array_records[ARRAYS])
+    task.seed_everything(run.seed + server_round)
+    train_set, _ = _prepared(run, context, config)
+    model = _model(run, config, message.content.array_records[ARRAYS])
     global_model = task.get_weights(model)
     dev = _device(context)
-    train_loader = task.loader(train_set, settings.batch_size, shuffle=True, seed=settings.seed + server_round)
-    optimizer = task.sgd(model, settings.lr)
+    train_loader = task.loader(train_set, run.batch_size, shuffle=True, seed=run.seed + server_round)
+    optimizer = task.sgd(model, run.lr)
     private = None
-    if privacy.local_dp_enabled(context.run_config):
+    if run.local_dp:
         # Opacus hooks this same model; the optimizer and loader are its DP versions.
-        private = privacy.make_private(model, optimizer, train_loader, context.run_config, context.state)
+        spent_before = _site(context) in [str(s) for s in config.get(DP_SITES, [])]  # type: ignore[union-attr]
+        private = privacy.make_private(model, optimizer, train_loader, run, context.state, spent_before=spent_before)
         optimizer, train_loader = private.optimizer, private.loader
 
     proximal_mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]  # set by FedProx
     global_params = {k: torch.from_numpy(v).to(dev) for k, v in global_model.items()} if proximal_mu else None
     control = SiteControl.received(message.content, context.state)  # SCAFFOLD only
-    stats = task.train(model, train_loader, optimizer, settings.local_epochs, dev,
+    stats = task.train(model, train_loader, optimizer, run.local_epochs, dev,
                        proximal_mu=proximal_mu, global_params=global_params,
-                       gradient_correction=control.correction(dev) if control else None, amp=settings.amp)
+                       gradient_correction=control.correction(dev) if control else None, amp=run.amp)
     trained = task.get_weights(model)
 
     metrics = MetricRecord({NUM_EXAMPLES: stats.examples, "train-loss": stats.loss})
     if private is not None:
         metrics["epsilon"] = privacy.epsilon_spent(private, context.state)
-    records: dict[str, object] = {ARRAYS: _outgoing(trained, global_model, context), METRICS: metrics}
+    records: dict[str, object] = {ARRAYS: _outgoing(run, trained, global_model, context), METRICS: metrics}
     if control is not None:
-        records[CONTROL_DELTA] = control.finish(global_model, trained, stats.steps, settings.lr, context.state)
+        records[CONTROL_DELTA] = control.finish(global_model, trained, stats.steps, run.lr, context.state)
     return _reply(message, context, records)
 
 
-def _outgoing(trained: dict[str, np.ndarray], global_model: dict[str, np.ndarray], context: Context) -> ArrayRecord:
+def _outgoing(run: RunConfig, trained: dict[str, np.ndarray], global_model: dict[str, np.ndarray],
+              context: Context) -> ArrayRecord:
     """The trained model, or its compressed update (trained - global) when the run asks for it."""
-    if compression.CompressionSettings.from_run_config(context.run_config).method == "none":
+    if run.compression == "none":
         return to_record(trained)
     update = {k: trained[k] - global_model[k] for k in trained}
-    return compression.encode_update(update, context.run_config, context.state)
+    return compression.encode_update(update, compression.CompressionSettings.of(run), context.state)
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
+    run = RunConfig.parse(context.run_config)
     config = message.content.config_records[CONFIG]
-    _, val_set = _prepared(context, config)
-    model = _model(context, config, message.content.array_records[ARRAYS])
+    _, val_set = _prepared(run, context, config)
+    model = _model(run, config, message.content.array_records[ARRAYS])
     loss, accuracy = task.evaluate(model, task.loader(val_set, 256, shuffle=False), _device(context))
     metrics = MetricRecord({NUM_EXAMPLES: len(val_set.y), "eval-loss": loss, "eval-accuracy": accuracy})
     return _reply(message, context, {METRICS: metrics})

@@ -17,14 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 
-from .settings import SettingsError
+from flowerbed_training.protocol import ARRAYS, to_record
+from flowerbed_training.run_config import RunConfig
 
-METHODS = ("none", "int8", "topk")
 RESIDUAL_RECORD = "compression-residual"
 
 _INT8_CODES = "int8.codes"
@@ -37,27 +36,14 @@ _LEVELS = 255  # uint8 codes 0..255
 
 @dataclass(frozen=True)
 class CompressionSettings:
-    """How a site encodes its update (run config `compression`, `compression-topk-fraction`)."""
+    """How a site encodes its update: run config `compression` (validated there) and its top-k share."""
 
-    method: str = "none"
-    topk_fraction: float = 0.05
+    method: str  # none | int8 | topk
+    topk_fraction: float  # topk: share of each tensor's entries sent, in (0, 1]
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SettingsError(
-                f"run config compression: {self.method!r} must be one of {', '.join(METHODS)}"
-            )
-        if not 0.0 < self.topk_fraction <= 1.0:
-            raise SettingsError(
-                f"run config compression-topk-fraction: {self.topk_fraction!r} must be in (0, 1]"
-            )
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> CompressionSettings:
-        return cls(
-            method=str(run_config.get("compression", "none")),
-            topk_fraction=float(run_config.get("compression-topk-fraction", 0.05)),
-        )
+    @staticmethod
+    def of(config: RunConfig) -> CompressionSettings:
+        return CompressionSettings(config.compression, config.compression_topk_fraction)
 
 
 Payload = dict[str, np.ndarray]
@@ -119,10 +105,9 @@ def is_compressed(record: ArrayRecord) -> bool:
 
 
 def encode_update(
-    update: Mapping[str, np.ndarray], run_config: Mapping[str, Any], state: RecordDict
+    update: Mapping[str, np.ndarray], settings: CompressionSettings, state: RecordDict
 ) -> ArrayRecord:
     """Client side: encode this site's update, keeping the error-feedback residual in `state`."""
-    settings = CompressionSettings.from_run_config(run_config)
     names = list(update)
     previous = state.array_records.get(RESIDUAL_RECORD)
     residual = None
@@ -146,6 +131,17 @@ def decode_update(
     payload = {k: a.numpy() for k, a in record.items()}
     arrays = decode(payload, list(shapes.values()))
     return dict(zip(shapes, arrays, strict=True))
+
+
+def expand_replies(answered: list[Message], global_model: Mapping[str, np.ndarray]) -> None:
+    """Server side, in place: a reply carrying a compressed update gets the full model
+    (global + update) that the strategies average. Run after bytes were counted on the
+    compressed payload."""
+    for message in answered:
+        record = message.content.array_records[ARRAYS]
+        if is_compressed(record):
+            update = decode_update(record, like=global_model)
+            message.content[ARRAYS] = to_record({k: global_model[k] + update[k] for k in global_model})
 
 
 def _encode_int8(flat: list[np.ndarray]) -> Payload:

@@ -1,4 +1,5 @@
-"""Differential privacy: local DP at each site (Opacus) and central DP (Flower's wrappers).
+"""Differential privacy: local DP at each site (Opacus) and central DP (Flower's wrappers,
+with an RDP accountant for the epsilon they spend).
 
 Local DP budget, per site and per RUN. The target (epsilon, delta) covers the
 whole run, not one round: the noise multiplier is computed once, for every
@@ -14,7 +15,6 @@ match.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .settings import SettingsError, _get
+from flowerbed_training.run_config import RunConfig
 
 if TYPE_CHECKING:  # Opacus takes seconds to import: only the local-DP path loads it (see make_private)
     from opacus import PrivacyEngine
@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # Opacus takes seconds to import: only the local-DP path load
     from opacus.optimizers import DPOptimizer
 
 LOCAL_DP_STATE = "local-dp"  # ConfigRecord in context.state: noise multiplier + accountant history
-CENTRAL_DP_MODES = ("off", "server", "client")
 _ACCOUNTANT = "rdp"  # Opacus' RDP accountant: its history composes across rounds by concatenation
 
 
@@ -46,40 +45,8 @@ class PrivacyBudgetExhausted(RuntimeError):
     """Training this round would spend more than the site's epsilon target for the run."""
 
 
-@dataclass(frozen=True)
-class LocalDpSettings:
-    """Run config `local-dp*`; the run's length comes from `num-server-rounds` x `local-epochs`."""
-
-    target_epsilon: float
-    target_delta: float
-    max_grad_norm: float
-    rounds: int
-    local_epochs: int
-
-    @staticmethod
-    def from_run_config(run_config: Mapping[str, Any]) -> LocalDpSettings:
-        settings = LocalDpSettings(
-            target_epsilon=_get(run_config, "local-dp-epsilon", float, 8.0),
-            target_delta=_get(run_config, "local-dp-delta", float, 1e-5),
-            max_grad_norm=_get(run_config, "local-dp-max-grad-norm", float, 1.0),
-            rounds=_get(run_config, "num-server-rounds", int, 10),
-            local_epochs=_get(run_config, "local-epochs", int, 1),
-        )
-        for key, value, ok, rule in (
-            ("local-dp-epsilon", settings.target_epsilon, settings.target_epsilon > 0, "must be > 0"),
-            ("local-dp-delta", settings.target_delta, 0 < settings.target_delta < 1, "must be in (0, 1)"),
-            ("local-dp-max-grad-norm", settings.max_grad_norm, settings.max_grad_norm > 0, "must be > 0"),
-        ):
-            if not ok:
-                raise SettingsError(f"run config {key}: {value!r} {rule}")
-        if _get(run_config, "amp", bool, False):
-            # The loss scaler would scale the per-sample gradients that Opacus clips.
-            raise SettingsError("run config amp: must be false with local-dp")
-        return settings
-
-
-def local_dp_enabled(run_config: Mapping[str, Any]) -> bool:
-    return bool(_get(run_config, "local-dp", bool, False))
+class PrivacyLedgerMissing(RuntimeError):
+    """The site has spent budget in this run before but holds no ledger: it must not start a new one."""
 
 
 @dataclass
@@ -91,32 +58,44 @@ class PrivateTraining:
     loader: DataLoader
     engine: PrivacyEngine
     hooks: GradSampleHooks
-    settings: LocalDpSettings
+    config: RunConfig
 
 
 def make_private(
     model: nn.Module,
     optimizer: Any,
     loader: DataLoader,
-    run_config: Mapping[str, Any],
+    config: RunConfig,
     state: RecordDict,
+    *,
+    spent_before: bool = False,
 ) -> PrivateTraining:
-    """Attach Opacus for one round, continuing this site's accountant from `state`."""
+    """Attach Opacus for one round, continuing this site's accountant from `state`.
+
+    The run is `num-server-rounds` x `local-epochs` x batches steps long; the noise
+    multiplier is fitted to `local-dp-epsilon`/`local-dp-delta` for all of them.
+    `spent_before`: the server saw this site spend budget earlier in the run (its
+    `dp-sites`). Raises PrivacyBudgetExhausted when this round would pass the
+    target, PrivacyLedgerMissing when `spent_before` but `state` holds no ledger."""
     from opacus import PrivacyEngine  # noqa: PLC0415  (slow import, DP runs only)
     from opacus.accountants.utils import get_noise_multiplier  # noqa: PLC0415
 
-    settings = LocalDpSettings.from_run_config(run_config)
     saved = state.config_records.get(LOCAL_DP_STATE)
-    steps_per_round = settings.local_epochs * len(loader)
+    steps_per_round = config.local_epochs * len(loader)
+    if saved is None and spent_before:
+        raise PrivacyLedgerMissing(
+            "local DP: this site spent privacy budget earlier in this run, but its ledger is gone "
+            "(a restarted SuperNode without a state volume, or a lost state-dir); refusing to train "
+            "rather than start a new budget. Restore the site's state volume (node config state-dir).")
     if saved is None:
         # What make_private_with_epsilon does, but with the exact step count:
         # it derives steps as int(epochs / (1 / len(loader))), which float
         # rounding sometimes makes one short of the steps really taken.
         noise_multiplier = get_noise_multiplier(
-            target_epsilon=settings.target_epsilon,
-            target_delta=settings.target_delta,
+            target_epsilon=config.local_dp_epsilon,
+            target_delta=config.local_dp_delta,
             sample_rate=1 / len(loader),
-            steps=settings.rounds * steps_per_round,
+            steps=config.num_server_rounds * steps_per_round,
             accountant=_ACCOUNTANT,
         )
         history: list[tuple[float, float, int]] = []
@@ -124,7 +103,7 @@ def make_private(
         noise_multiplier = float(saved["noise-multiplier"])  # type: ignore[arg-type]
         history = _history_from(saved)
 
-    _refuse_if_over_budget(history, settings, (noise_multiplier, 1 / len(loader), steps_per_round))
+    _refuse_if_over_budget(history, config, (noise_multiplier, 1 / len(loader), steps_per_round))
     engine = PrivacyEngine(accountant=_ACCOUNTANT)
     engine.accountant.history = history
     hooks, dp_optimizer, dp_loader = engine.make_private(
@@ -132,10 +111,10 @@ def make_private(
         optimizer=optimizer,
         data_loader=loader,
         noise_multiplier=noise_multiplier,
-        max_grad_norm=settings.max_grad_norm,
+        max_grad_norm=config.local_dp_max_grad_norm,
         wrap_model=False,
     )
-    return PrivateTraining(model, dp_optimizer, dp_loader, engine, hooks, settings)
+    return PrivateTraining(model, dp_optimizer, dp_loader, engine, hooks, config)
 
 
 def epsilon_spent(private: PrivateTraining, state: RecordDict) -> float:
@@ -150,7 +129,7 @@ def epsilon_spent(private: PrivateTraining, state: RecordDict) -> float:
         }
     )
     private.hooks.cleanup()
-    return _epsilon(history, private.settings.target_delta)
+    return _epsilon(history, private.config.local_dp_delta)
 
 
 def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
@@ -176,14 +155,14 @@ def _history_from(saved: ConfigRecord) -> list[tuple[float, float, int]]:
 
 def _refuse_if_over_budget(
     history: list[tuple[float, float, int]],
-    settings: LocalDpSettings,
+    config: RunConfig,
     this_round: tuple[float, float, int],
 ) -> None:
-    epsilon_after = _epsilon([*history, this_round], settings.target_delta)
-    if epsilon_after > settings.target_epsilon:
-        spent = _epsilon(history, settings.target_delta)
+    epsilon_after = _epsilon([*history, this_round], config.local_dp_delta)
+    if epsilon_after > config.local_dp_epsilon:
+        spent = _epsilon(history, config.local_dp_delta)
         raise PrivacyBudgetExhausted(
-            f"local DP: this site has spent epsilon {spent:.3f} of its {settings.target_epsilon} "
+            f"local DP: this site has spent epsilon {spent:.3f} of its {config.local_dp_epsilon} "
             f"for the run; another round would reach {epsilon_after:.3f} "
             "(more rounds than num-server-rounds planned?)"
         )
@@ -192,58 +171,61 @@ def _refuse_if_over_budget(
 # --- central DP: Flower's strategy wrappers, noise added once to the aggregate ---
 
 
-@dataclass(frozen=True)
-class CentralDpSettings:
-    """Run config `central-dp` ("off" | "server" | "client" clipping) and its noise/clip knobs."""
-
-    mode: str
-    noise_multiplier: float
-    clipping_norm: float
-
-    @staticmethod
-    def from_run_config(run_config: Mapping[str, Any]) -> CentralDpSettings:
-        settings = CentralDpSettings(
-            mode=_get(run_config, "central-dp", str, "off"),
-            noise_multiplier=_get(run_config, "central-dp-noise-multiplier", float, 0.5),
-            clipping_norm=_get(run_config, "central-dp-clipping-norm", float, 5.0),
-        )
-        for key, value, ok, rule in (
-            ("central-dp", settings.mode, settings.mode in CENTRAL_DP_MODES,
-             f"must be one of {', '.join(CENTRAL_DP_MODES)}"),
-            ("central-dp-noise-multiplier", settings.noise_multiplier, settings.noise_multiplier >= 0,
-             "must be >= 0"),
-            ("central-dp-clipping-norm", settings.clipping_norm, settings.clipping_norm > 0, "must be > 0"),
-        ):
-            if not ok:
-                raise SettingsError(f"run config {key}: {value!r} {rule}")
-        if settings.mode != "off" and _get(run_config, "strategy", str, "fedavg") == "scaffold":
-            # Flower's wrappers clip every ArrayRecord of a reply against the
-            # model, so SCAFFOLD's control-variate record would be mangled.
-            raise SettingsError("run config central-dp: must be 'off' with strategy 'scaffold'")
-        if settings.mode == "client" and _get(run_config, "compression", str, "none") != "none":
-            raise SettingsError(
-                "run config central-dp: 'client' clipping needs the plain weights in the reply; "
-                "use 'server' or compression 'none'"
-            )
-        return settings
+def sites_per_round(config: RunConfig, connected: int) -> int:
+    """Sites sampled per round: Flower's `fraction-train` share of the connected sites, at least `min-train-sites`."""
+    return max(int(connected * config.fraction_train), config.min_train_sites)
 
 
-def wrap_central_dp(strategy: Strategy, run_config: Mapping[str, Any], num_sampled_clients: int) -> Strategy:
+def wrap_central_dp(strategy: Strategy, config: RunConfig, num_sampled_clients: int) -> Strategy:
     """Wrap `strategy` in Flower's fixed-clipping DP wrapper, or return it as is when `central-dp` is off.
 
     Flower's wrappers skip a round's aggregation when any site answered with
     an error, and scale the noise by `num_sampled_clients`: pass the number of
     sites sampled per round.
     """
-    settings = CentralDpSettings.from_run_config(run_config)
-    if settings.mode == "off":
+    if config.central_dp == "off":
         return strategy
     wrapper = (
         DifferentialPrivacyServerSideFixedClipping
-        if settings.mode == "server"
+        if config.central_dp == "server"
         else DifferentialPrivacyClientSideFixedClipping
     )
-    return wrapper(strategy, settings.noise_multiplier, settings.clipping_norm, num_sampled_clients)
+    return wrapper(strategy, config.central_dp_noise_multiplier, config.central_dp_clipping_norm,
+                   num_sampled_clients)
+
+
+@dataclass(frozen=True)
+class CentralDpAccountant:
+    """Epsilon of the central-DP Gaussian mechanism after some aggregated rounds (site-level DP).
+
+    Flower's fixed-clipping wrappers bound every site's update by the clipping
+    norm C and add N(0, (z C / m)^2) to the mean of m sampled updates, i.e.
+    N(0, (z C)^2) to their sum, whose sensitivity to one site is C: a Gaussian
+    mechanism with noise multiplier z per round, applied to a q = m / N share
+    of the sites. Opacus' RDP accountant composes it over the rounds (Mironov
+    2017, "Renyi Differential Privacy"; Mironov, Talwar, Zhang 2019 for the
+    subsampled Gaussian). The subsampled bound assumes Poisson sampling, which
+    Flower's fixed-size sampling approximates; with q = 1 (every site each
+    round, the default) it is exact.
+    """
+
+    noise_multiplier: float  # z, run config central-dp-noise-multiplier
+    sample_rate: float  # q = sites sampled per round / sites connected, in (0, 1]
+    delta: float  # run config central-dp-delta
+
+    @staticmethod
+    def of(config: RunConfig, connected: int) -> CentralDpAccountant | None:
+        """None when central DP is off."""
+        if config.central_dp == "off":
+            return None
+        rate = min(1.0, sites_per_round(config, connected) / max(connected, 1))
+        return CentralDpAccountant(config.central_dp_noise_multiplier, rate, config.central_dp_delta)
+
+    def epsilon(self, rounds: int) -> float | None:
+        """Epsilon spent after `rounds` noised aggregates; None when there is no noise (no guarantee)."""
+        if self.noise_multiplier == 0:
+            return None
+        return _epsilon([(self.noise_multiplier, self.sample_rate, rounds)] if rounds else [], self.delta)
 
 
 def central_dp_clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:

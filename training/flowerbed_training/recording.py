@@ -1,19 +1,20 @@
-"""RoundRecorder: wraps any Flower strategy to make rounds robust and observable.
+"""Per-round bookkeeping shared by every training path, and the Message-API strategy wrapper.
 
-Per round it measures the bytes actually sent and received, enforces the
-minimum number of answering sites (a round with fewer keeps the previous
-model), scores each site's contribution, and at the end of the round appends
-one line to `metrics.jsonl` and writes a checkpoint. A resumed run passes
-`round_offset` so round numbers, FedAdam's bias correction and the log carry on.
+`Rounds` is what every path (Message API, SecAgg+) reports to: it opens a round's
+`RoundLog`, and at the end of the round evaluates the model on the server's test
+set, adds the central-DP epsilon, appends the metrics.jsonl line and writes the
+checkpoint. It also tells the sites which state to continue (`site_config`:
+the run lineage and the sites that have spent local-DP budget in it). `RoundRecorder` wraps a Flower strategy and fills the log from the
+messages, with the other parts named: `Quorum` (minimum answers),
+`compression.expand_replies` (decompression), `scoring` (contributions). A resumed
+run passes `round_offset` so round numbers, FedAdam's bias correction and the log
+carry on.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import INFO
 from pathlib import Path
 
 import numpy as np
@@ -22,111 +23,122 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from flowerbed_training.checkpoints import Checkpoint, CheckpointStore
 from flowerbed_training import compression
-from flowerbed_training.protocol import ARRAYS, METRICS, SiteNames, from_record, payload_bytes, to_record
+from flowerbed_training.checkpoints import Checkpoint, CheckpointStore
+from flowerbed_training.privacy import CentralDpAccountant
+from flowerbed_training.protocol import METRICS, SiteNames, from_record, payload_bytes, to_record
+from flowerbed_training.quorum import Quorum
+from flowerbed_training.round_log import RoundLog, append_metrics, read_metrics
+from flowerbed_training.scoring import cosine_contributions, plain_site_models
+from flowerbed_training.site_state import DP_SITES, STATE_RUN
 
 Arrays = dict[str, np.ndarray]
-METRICS_FILE = "metrics.jsonl"
 CentralEvaluation = Callable[[Arrays], tuple[float, float]]  # model -> (loss, accuracy)
 
 
-def flatten(arrays: Arrays) -> np.ndarray:
-    return np.concatenate([np.ravel(arrays[k]).astype(np.float64) for k in sorted(arrays)])
+class Rounds:
+    """The rounds of one run: their logs, metrics.jsonl and checkpoints in `directory`.
 
-
-def cosine_contributions(global_model: Arrays, site_models: dict[str, Arrays], new_model: Arrays) -> dict[str, float]:
-    """Cosine between each site's update (y_i - x) and the aggregate update (x_new - x).
-
-    Near 1: the site pulled the way the federation went; near 0: a free rider
-    sending noise or an unchanged model; negative: it pulled against the others."""
-    x = flatten(global_model)
-    aggregate = flatten(new_model) - x
-    scores: dict[str, float] = {}
-    for site, model in site_models.items():
-        update = flatten(model) - x
-        norms = np.linalg.norm(update) * np.linalg.norm(aggregate)
-        scores[site] = float(update @ aggregate / norms) if norms > 0 else 0.0
-    return scores
-
-
-@dataclass
-class RoundLog:
-    """What one round did; becomes one line of metrics.jsonl."""
-
-    round: int
-    started: float = field(default_factory=time.perf_counter)
-    sites: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    bytes_down: int = 0
-    bytes_up: int = 0
-    eval_bytes_down: int = 0
-    aggregated: bool = False
-    contribution: dict[str, float | None] = field(default_factory=dict)
-    epsilon: dict[str, float | None] = field(default_factory=dict)
-    train_loss: float | None = None
-    federated_loss: float | None = None
-    federated_accuracy: float | None = None
-
-
-class RoundRecorder(Strategy):
-    """Delegates aggregation to `inner`; adds minimum-answer checks, bytes, scores, artifacts."""
+    A resumed run's directory starts with the earlier rounds' lines (run_directory.py):
+    they count for the central-DP epsilon and the sites that hold a DP ledger."""
 
     def __init__(
         self,
-        inner: Strategy,
-        artifacts_dir: Path,
-        *,
-        min_train_sites: int,
+        directory: Path,
         checkpoints: CheckpointStore,
+        *,
         central_evaluation: CentralEvaluation | None = None,
         round_offset: int = 0,
-        state_of: Callable[[], dict[str, np.ndarray]],
-        site_names: SiteNames | None = None,
+        central_dp: CentralDpAccountant | None = None,
+        lineage: int = 0,
     ) -> None:
-        self.inner = inner
-        self.artifacts_dir = artifacts_dir
-        self.min_train_sites = min_train_sites
+        self.directory = directory
         self.checkpoints = checkpoints
         self.central_evaluation = central_evaluation
         self.round_offset = round_offset
+        self.central_dp = central_dp
+        self.lineage = lineage  # the first run of this chain of resumes: the sites' state key
+        earlier = read_metrics(directory)
+        self.noised = sum(1 for line in earlier if line["aggregated"])  # aggregates released so far
+        self.dp_sites = {site for line in earlier for site, eps in line["epsilon"].items() if eps is not None}
+        self.aggregated = 0  # rounds aggregated in this run
+        self._current: RoundLog | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def site_config(self) -> dict[str, int | list[str]]:
+        """What every train message carries for the sites' state (site_state.py)."""
+        return {STATE_RUN: self.lineage, DP_SITES: sorted(self.dp_sites)}
+
+    def begin(self, server_round: int) -> RoundLog:
+        """Open round `server_round` of this run (numbered on after a resumed run's rounds)."""
+        self._current = RoundLog(round=server_round + self.round_offset)
+        return self._current
+
+    @property
+    def current(self) -> RoundLog:
+        if self._current is None:
+            raise RuntimeError("a round's log is used before the round began")
+        return self._current
+
+    def evaluate(self, model: Arrays) -> tuple[float, float] | None:
+        """(loss, accuracy) on the server's test set; None for study data (it stays at the sites)."""
+        return self.central_evaluation(model) if self.central_evaluation else None
+
+    def finish(self, model: Arrays, strategy_state: dict[str, np.ndarray]) -> tuple[float, float] | None:
+        """Close the current round: metrics.jsonl line and checkpoint; returns the central evaluation."""
+        record = self.current
+        self.dp_sites |= {site for site, eps in record.epsilon.items() if eps is not None}
+        if record.aggregated:
+            self.aggregated += 1
+            self.noised += 1
+        if self.central_dp is not None:
+            record.central_epsilon = self.central_dp.epsilon(self.noised)
+        central = self.evaluate(model)
+        line = record.line(central)
+        append_metrics(self.directory, line)
+        self.checkpoints.save(Checkpoint(round=record.round, model=model, strategy_state=strategy_state))
+        log(INFO, "Round %d: loss=%s accuracy=%s sites=%s", record.round, line["loss"], line["accuracy"],
+            record.sites)
+        return central
+
+
+class RoundRecorder(Strategy):
+    """Delegates aggregation to `inner`; adds minimum answers, decompression, bytes, scores, and the log."""
+
+    def __init__(self, inner: Strategy, rounds: Rounds, quorum: Quorum, *,
+                 state_of: Callable[[], dict[str, np.ndarray]], site_names: SiteNames | None = None) -> None:
+        self.inner = inner
+        self.rounds = rounds
+        self.quorum = quorum
         # The strategy whose state is checkpointed may sit under wrappers (central DP).
         self.state_of = state_of
         self.site_name = site_names or SiteNames()
-        self.current: RoundLog | None = None
         self._global: Arrays = {}
-        artifacts_dir.mkdir(parents=True, exist_ok=True)
-
-    # --- training ---------------------------------------------------------------------
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        round_number = server_round + self.round_offset
-        self.current = RoundLog(round=round_number)
+        record = self.rounds.begin(server_round)
         self._global = from_record(arrays)
-        messages = list(self.inner.configure_train(round_number, arrays, config, grid))
-        self.current.bytes_down = sum(payload_bytes(m) for m in messages)
+        config = ConfigRecord({**config, **self.rounds.site_config()})
+        messages = list(self.inner.configure_train(record.round, arrays, config, grid))
+        record.bytes_down = sum(payload_bytes(m) for m in messages)
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        record = self._round()
+        record = self.rounds.current
         replies = list(replies)
         answered = [m for m in replies if not m.has_error()]
         record.bytes_up = sum(payload_bytes(m) for m in replies)
         record.sites = sorted(self.site_name(m) for m in answered)
         record.failed = {self.site_name(m): m.error.reason for m in replies if m.has_error()}
         record.epsilon = {self.site_name(m): _epsilon(m) for m in answered}
-        if len(answered) < self.min_train_sites:
-            log(WARNING, "Round %d: %d site(s) answered, %d required; keeping the previous model",
-                record.round, len(answered), self.min_train_sites)
+        if not self.quorum.met(record.round, len(answered)):
             return None, None
-        for message in answered:
-            _decompress(message, self._global)
-        # Before aggregating: some Flower strategies (FedMedian) empty the replies' records.
-        site_models = self._site_models(answered)
+        compression.expand_replies(answered, self._global)
+        site_models = plain_site_models(answered, self._global, self.site_name)
         arrays, metrics = self.inner.aggregate_train(record.round, replies)
         if arrays is None:
             return None, metrics
@@ -136,96 +148,39 @@ class RoundRecorder(Strategy):
         # FedAdam/FedYogi's numpy arithmetic promotes float32 to float64 (NEP 50); keep the
         # model's own dtypes so it does not double in size on the wire every round.
         new_model = {k: v.astype(self._global[k].dtype, copy=False) for k, v in from_record(arrays).items()}
-        scores: dict[str, float | None] = {self.site_name(m): None for m in answered}
-        scores.update(cosine_contributions(self._global, site_models, new_model))
-        record.contribution = scores
+        record.contribution = {self.site_name(m): None for m in answered}
+        record.contribution.update(cosine_contributions(self._global, site_models, new_model))
         return to_record(new_model), metrics
-
-    def _site_models(self, answered: list[Message]) -> dict[str, Arrays]:
-        site_models: dict[str, Arrays] = {}
-        for message in answered:
-            model = from_record(message.content.array_records[ARRAYS])
-            # A site whose update is not a plain model (masked for secure aggregation) gets no score.
-            if model.keys() == self._global.keys():
-                site_models[self.site_name(message)] = model
-        return site_models
-
-    # --- evaluation ---------------------------------------------------------------------
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(self.inner.configure_evaluate(self._round().round, arrays, config, grid))
-        self._round().eval_bytes_down = sum(payload_bytes(m) for m in messages)
+        record = self.rounds.current
+        messages = list(self.inner.configure_evaluate(record.round, arrays, config, grid))
+        record.eval_bytes_down = sum(payload_bytes(m) for m in messages)
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        metrics = self.inner.aggregate_evaluate(self._round().round, replies)
+        record = self.rounds.current
+        metrics = self.inner.aggregate_evaluate(record.round, replies)
         if metrics is not None:
-            self._round().federated_loss = _maybe_float(metrics.get("eval-loss"))
-            self._round().federated_accuracy = _maybe_float(metrics.get("eval-accuracy"))
+            record.federated_loss = _maybe_float(metrics.get("eval-loss"))
+            record.federated_accuracy = _maybe_float(metrics.get("eval-accuracy"))
         return metrics
 
     def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's `evaluate_fn`: runs after each round (and once before the first)."""
         model = from_record(arrays)
-        central = self.central_evaluation(model) if self.central_evaluation else None
         if server_round == 0:
-            return _metric_record(central)
-        record = self._round()
-        loss, accuracy = central if central else (record.federated_loss, record.federated_accuracy)
-        line = {
-            "round": record.round,
-            "loss": loss,
-            "accuracy": accuracy,
-            "evaluated_on": "server-test-set" if central else "sites",
-            "sites": record.sites,
-            "failed": record.failed,
-            "aggregated": record.aggregated,
-            "bytes_up": record.bytes_up,
-            "bytes_down": record.bytes_down,
-            "eval_bytes_down": record.eval_bytes_down,
-            "seconds": round(time.perf_counter() - record.started, 4),
-            "contribution": dict(sorted(record.contribution.items())),
-            "epsilon": dict(sorted(record.epsilon.items())),
-            "train_loss": record.train_loss,
-            "federated_loss": record.federated_loss,
-            "federated_accuracy": record.federated_accuracy,
-        }
-        append_metrics(self.artifacts_dir, line)
-        self.checkpoints.save(Checkpoint(round=record.round, model=model, strategy_state=self.state_of()))
-        log(INFO, "Round %d: loss=%s accuracy=%s sites=%s", record.round, loss, accuracy, record.sites)
-        return _metric_record(central)
-
-    def _round(self) -> RoundLog:
-        if self.current is None:
-            raise RuntimeError("configure_train must run before the rest of a round")
-        return self.current
+            central = self.rounds.evaluate(model)
+        else:
+            central = self.rounds.finish(model, self.state_of())
+        return MetricRecord({"loss": central[0], "accuracy": central[1]}) if central else None
 
     def summary(self) -> None:
         log(INFO, "\t├──> RoundRecorder: artifacts in %s, minimum %d answering sites",
-            self.artifacts_dir, self.min_train_sites)
+            self.rounds.directory, self.quorum.minimum)
         self.inner.summary()
-
-
-def append_metrics(artifacts_dir: Path, line: dict) -> None:
-    """One JSON object per round in `<artifacts-dir>/metrics.jsonl` (the brief's contract)."""
-    with (artifacts_dir / METRICS_FILE).open("a") as metrics_file:
-        metrics_file.write(json.dumps(line) + "\n")
-
-
-def read_metrics(artifacts_dir: Path) -> list[dict]:
-    path = artifacts_dir / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _decompress(message: Message, global_model: Arrays) -> None:
-    """Turn a compressed update back into the full model the strategies average (after bytes
-    were counted on the compressed payload)."""
-    record = message.content.array_records[ARRAYS]
-    if compression.is_compressed(record):
-        update = compression.decode_update(record, like=global_model)
-        message.content[ARRAYS] = to_record({k: global_model[k] + update[k] for k in global_model})
 
 
 def _epsilon(message: Message) -> float | None:
@@ -236,7 +191,3 @@ def _epsilon(message: Message) -> float | None:
 
 def _maybe_float(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
-
-
-def _metric_record(central: tuple[float, float] | None) -> MetricRecord | None:
-    return MetricRecord({"loss": central[0], "accuracy": central[1]}) if central else None

@@ -6,8 +6,8 @@ Flower 1.41 has SecAgg+ only in its legacy workflow API: on the server,
 the protocol's four stages (setup, share keys, collect masked vectors,
 unmask), all sent as "train" messages in the legacy FitIns/FitRes layout.
 
-This module runs that workflow inside the app's own ServerApp
-(`run_secagg_plus`, rounds still recorded by the RoundRecorder) and gives the
+This module is the ServerApp's SecAgg+ training path (`run_rounds`: that
+workflow, each round reported to the same `Rounds` as the Message-API path) and gives the
 ClientApp one mod (`secagg_plus_mod`) that speaks the legacy layout on the
 wire and the app's own layout ({"arrays", "config"} in, {"arrays",
 "metrics", "site"} out) to the train/evaluate functions, so they need no
@@ -16,7 +16,9 @@ SecAgg-specific code.
 Sites clip their model to +-`secagg-clipping-range` and quantize it to 2**22
 levels before masking, and weights are carried as num_examples /
 `secagg-max-weight` (also quantized): the unmasked aggregate equals FedAvg's
-up to that quantization.
+up to that quantization. A site with more examples than `secagg-max-weight`
+would overflow the clipping range (Flower only warns at the site), so the run
+refuses to start (`check_weights`).
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from .protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SITE, from_record, payload_bytes, to_record
-from .recording import RoundLog, RoundRecorder
-from .settings import ServerSettings, SettingsError, _get
+from flowerbed_training.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SITE, from_record, payload_bytes, to_record
+from flowerbed_training.quorum import Quorum
+from flowerbed_training.recording import Rounds
+from flowerbed_training.run_config import RunConfig
+from flowerbed_training.training_job import TrainingJob
 
 # Legacy Parameters carry no names: the model's state_dict keys travel in the
 # fit/evaluate config (one string, newline-separated) so sites can load them.
@@ -62,55 +66,36 @@ ARRAY_KEYS = "array-keys"
 SITE_NAME = "site-name"  # legacy FitRes/EvaluateRes metrics: which site answered
 
 
-def secagg_enabled(run_config: Mapping[str, Any]) -> bool:
-    return bool(_get(run_config, "secagg", bool, False))
+class WeightTooLarge(ValueError):
+    """A site holds more examples than `secagg-max-weight`: SecAgg+ would clip its weighted model."""
 
 
-@dataclass(frozen=True)
-class SecAggSettings:
-    """Run config `secagg-*`: Flower's SecAggPlusWorkflow parameters."""
+def check_weights(config: RunConfig, examples: Mapping[str, int]) -> None:
+    """Refuse the run when a site's weight (training examples) exceeds `secagg-max-weight`.
 
-    num_shares: int
-    reconstruction_threshold: int
-    clipping_range: float
-    max_weight: float
-
-    @staticmethod
-    def from_run_config(run_config: Mapping[str, Any]) -> SecAggSettings:
-        settings = SecAggSettings(
-            num_shares=_get(run_config, "secagg-num-shares", int, 3),
-            reconstruction_threshold=_get(run_config, "secagg-reconstruction-threshold", int, 2),
-            clipping_range=_get(run_config, "secagg-clipping-range", float, 8.0),
-            max_weight=_get(run_config, "secagg-max-weight", float, 10000.0),
+    Each site multiplies its model by n_i / max_weight before quantizing it to
+    [-clipping_range, clipping_range]; above 1 the product overflows that range and
+    Flower's secaggplus_mod only logs a warning at the site, so the aggregate would
+    be silently wrong. Raises WeightTooLarge naming every such site and the value to set.
+    """
+    over = {site: n for site, n in sorted(examples.items()) if n > config.secagg_max_weight}
+    if over:
+        listing = ", ".join(f"{site} ({n} examples)" for site, n in over.items())
+        raise WeightTooLarge(
+            f"run config secagg-max-weight: {config.secagg_max_weight:g} is below the training examples of "
+            f"{listing}; SecAgg+ would clip their weighted models. Set secagg-max-weight >= {max(over.values())}"
         )
-        checks = (
-            ("secagg-num-shares", settings.num_shares, settings.num_shares >= 3, "must be >= 3"),
-            ("secagg-reconstruction-threshold", settings.reconstruction_threshold,
-             2 <= settings.reconstruction_threshold < settings.num_shares,
-             "must be >= 2 and < secagg-num-shares"),
-            ("secagg-clipping-range", settings.clipping_range, settings.clipping_range > 0, "must be > 0"),
-            ("secagg-max-weight", settings.max_weight, settings.max_weight > 0, "must be > 0"),
-        )
-        for key, value, ok, rule in checks:
-            if not ok:
-                raise SettingsError(f"run config {key}: {value!r} {rule}")
-        # SecAgg+ sums the sites' plain models; everything that needs a site's
-        # own update on the server (or a different aggregate) cannot run with it.
-        for key, plain, allowed in (("strategy", "fedavg", "fedavg"), ("compression", "none", "none"),
-                                    ("central-dp", "off", "off")):
-            value = _get(run_config, key, str, plain)
-            if value != allowed:
-                raise SettingsError(f"run config {key}: {value!r} must be {allowed!r} when secagg is true")
-        return settings
 
-    def workflow(self, timeout: float) -> SecAggPlusWorkflow:
-        return SecAggPlusWorkflow(
-            num_shares=self.num_shares,
-            reconstruction_threshold=self.reconstruction_threshold,
-            clipping_range=self.clipping_range,
-            max_weight=self.max_weight,
-            timeout=timeout,
-        )
+
+def workflow(config: RunConfig) -> SecAggPlusWorkflow:
+    """Flower's SecAgg+ fit workflow with the run config's `secagg-*` parameters."""
+    return SecAggPlusWorkflow(
+        num_shares=config.secagg_num_shares,
+        reconstruction_threshold=config.secagg_reconstruction_threshold,
+        clipping_range=config.secagg_clipping_range,
+        max_weight=config.secagg_max_weight,
+        timeout=config.round_timeout,
+    )
 
 
 # --- server -------------------------------------------------------------------------
@@ -170,12 +155,12 @@ class MeteredGrid(Grid):
 
 
 class _RecordedFedAvg(FedAvg):
-    """Legacy FedAvg that tells the RoundRecorder who answered (the models it gets are the secure sum)."""
+    """Legacy FedAvg that reports who answered to `rounds` (the models it gets are the secure sum)."""
 
-    def __init__(self, recorder: RoundRecorder, min_train_sites: int, **kwargs: Any) -> None:
+    def __init__(self, rounds: Rounds, quorum: Quorum, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.recorder = recorder
-        self.min_train_sites = min_train_sites
+        self.rounds = rounds
+        self.quorum = quorum
 
     def aggregate_fit(
         self,
@@ -183,14 +168,14 @@ class _RecordedFedAvg(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        record = _current(self.recorder)
+        record = self.rounds.current
         record.sites = sorted(str(res.metrics.get(SITE_NAME, f"node-{proxy.node_id}")) for proxy, res in results)
         record.failed = {f"failure-{i}": str(f) for i, f in enumerate(failures)}
         record.epsilon = {str(res.metrics.get(SITE_NAME, proxy.node_id)): _maybe(res.metrics.get("epsilon"))
                           for proxy, res in results}
         # No per-site contribution: the server cannot see a site's update.
         record.contribution = {site: None for site in record.sites}
-        if len(results) < self.min_train_sites:
+        if not self.quorum.met(record.round, len(results)):
             return None, {}
         parameters, metrics = super().aggregate_fit(server_round, results, failures)
         if parameters is not None:
@@ -210,79 +195,66 @@ class _RecordedFedAvg(FedAvg):
         loss, _ = super().aggregate_evaluate(server_round, results, failures)
         accuracy = _weighted([(res.num_examples, res.metrics.get("eval-accuracy")) for _, res in results
                               if isinstance(res.metrics.get("eval-accuracy"), (int, float))])
-        record = _current(self.recorder)
+        record = self.rounds.current
         record.federated_loss, record.federated_accuracy = loss, accuracy
         return loss, {"eval-accuracy": accuracy} if accuracy is not None else {}
 
 
 @dataclass
-class _Rounds:
-    """The fit and evaluate workflows, with the RoundRecorder's bookkeeping around them."""
+class _Workflows:
+    """The fit and evaluate workflows, each round opened and finished in `rounds`."""
 
-    recorder: RoundRecorder
+    rounds: Rounds
     grid: MeteredGrid
     secure_fit: SecAggPlusWorkflow
     names: list[str]
 
     def fit(self, grid: Grid, context: Context) -> None:
         legacy = cast(LegacyContext, context)
-        self.recorder.current = RoundLog(round=_current_round(legacy) + self.recorder.round_offset)
+        record = self.rounds.begin(_current_round(legacy))
         self.secure_fit(grid, legacy)
-        record = _current(self.recorder)
         record.bytes_down, record.bytes_up = self.grid.take("train-down"), self.grid.take("train-up")
 
     def evaluate(self, grid: Grid, context: Context) -> None:
         legacy = cast(LegacyContext, context)
         default_evaluate_workflow(grid, legacy)
-        record = _current(self.recorder)
-        record.eval_bytes_down = self.grid.take("evaluate-down")
+        self.rounds.current.eval_bytes_down = self.grid.take("evaluate-down")
         self.grid.take("evaluate-up")
-        self.recorder.end_round(_current_round(legacy), to_record(global_model(legacy, self.names)))
+        self.rounds.finish(global_model(legacy, self.names), strategy_state={})
 
 
-def run_secagg_plus(
-    grid: Grid,
-    context: Context,
-    recorder: RoundRecorder,
-    *,
-    initial_arrays: Mapping[str, np.ndarray],
-    num_rounds: int,
-    train_config: Mapping[str, Any],
-) -> dict[str, np.ndarray]:
-    """Run `num_rounds` FedAvg rounds with SecAgg+; return the final model (named like `initial_arrays`)."""
-    server = ServerSettings.from_run_config(context.run_config)
-    settings = SecAggSettings.from_run_config(context.run_config)
-    names = list(initial_arrays)
+def run_rounds(job: TrainingJob) -> dict[str, np.ndarray]:
+    """The SecAgg+ training path: the job's remaining FedAvg rounds with SecAgg+; returns the final model.
 
-    def config(server_round: int) -> dict[str, Scalar]:
-        return {**train_config, "server-round": server_round + recorder.round_offset,  # type: ignore[dict-item]
-                ARRAY_KEYS: "\n".join(names)}
+    Raises WeightTooLarge before any round when a site's weight would be clipped."""
+    config = job.config
+    check_weights(config, job.federation.examples)
+    names = list(job.start.model)
+    train_config = job.federation.config()
+
+    def round_config(server_round: int) -> dict[str, Scalar]:
+        return {**train_config, **job.rounds.site_config(),  # type: ignore[dict-item]
+                "server-round": server_round + job.rounds.round_offset, ARRAY_KEYS: "\n".join(names)}
 
     strategy = _RecordedFedAvg(
-        recorder,
-        server.min_train_sites,
-        fraction_fit=server.fraction_train,
-        fraction_evaluate=server.fraction_evaluate,
-        min_fit_clients=server.min_train_sites,
-        min_evaluate_clients=1 if server.fraction_evaluate > 0 else 0,
-        min_available_clients=server.min_available_sites,
-        on_fit_config_fn=config,
-        on_evaluate_config_fn=config,
-        initial_parameters=ndarrays_to_parameters([initial_arrays[n] for n in names]),
+        job.rounds,
+        Quorum(config.min_train_sites),
+        fraction_fit=config.fraction_train,
+        fraction_evaluate=config.fraction_evaluate,
+        min_fit_clients=config.min_train_sites,
+        min_evaluate_clients=1 if config.fraction_evaluate > 0 else 0,
+        min_available_clients=config.min_available_sites,
+        on_fit_config_fn=round_config,
+        on_evaluate_config_fn=round_config,
+        initial_parameters=ndarrays_to_parameters([job.start.model[n] for n in names]),
         fit_metrics_aggregation_fn=_no_metrics,
         evaluate_metrics_aggregation_fn=_no_metrics,
     )
-    metered = MeteredGrid(grid, server.round_timeout)
-    rounds = _Rounds(recorder, metered, settings.workflow(server.round_timeout), names)
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=num_rounds), strategy=strategy)
-    DefaultWorkflow(fit_workflow=rounds.fit, evaluate_workflow=rounds.evaluate)(metered, legacy)
+    metered = MeteredGrid(job.grid, config.round_timeout)
+    workflows = _Workflows(job.rounds, metered, workflow(config), names)
+    legacy = LegacyContext(job.context, config=ServerConfig(num_rounds=job.remaining), strategy=strategy)
+    DefaultWorkflow(fit_workflow=workflows.fit, evaluate_workflow=workflows.evaluate)(metered, legacy)
     return global_model(legacy, names)
-
-
-def _current(recorder: RoundRecorder) -> RoundLog:
-    if recorder.current is None:
-        raise RuntimeError("secagg: a round's log is read before the round started")
-    return recorder.current
 
 
 def _current_round(context: LegacyContext) -> int:

@@ -1,37 +1,53 @@
-"""ServerApp: runs once per run in the server cluster (artifacts volume at `artifacts-dir`).
+"""ServerApp: runs once per run in the server cluster (artifacts volume at `artifacts-root`).
 
-Thin: survey the sites' data (assigning built-in data's partitions), build
-the model and the strategy chosen by run config, resume from the latest
-checkpoint if asked, and let Flower's strategy loop run the rounds through the
-RoundRecorder.
+Thin: parse the run config, survey the sites' data (assigning built-in data's
+partitions), build the model, resume from the run `resume` names if asked, and
+hand the rounds to the training path the run config chooses: SecAgg+ (Flower's
+legacy workflow, secagg.py) or the Message API (a Flower strategy, message_api.py).
+Everything lands in the run's own directory, `<artifacts-root>/<run-id>/`,
+ending with summary.json and report.png (report.py).
 """
 
 from __future__ import annotations
 
+import time
 from logging import INFO
+from pathlib import Path
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from flowerbed_training import privacy, secagg, task
-from flowerbed_training.checkpoints import CheckpointStore, save_final_model
-from flowerbed_training.protocol import SiteNames, from_record, to_record
-from flowerbed_training.recording import CentralEvaluation, RoundRecorder
-from flowerbed_training.settings import ClientSettings, ServerSettings
-from flowerbed_training.strategies import build_strategy, restore_strategy_state, strategy_state
+from flowerbed_training import message_api, secagg, task
+from flowerbed_training.checkpoints import Checkpoint, CheckpointStore, save_final_model
+from flowerbed_training.privacy import CentralDpAccountant
+from flowerbed_training.recording import CentralEvaluation, Rounds
+from flowerbed_training.round_log import read_metrics
+from flowerbed_training.run_config import RunConfig
+from flowerbed_training.run_directory import continue_from, lineage, resumed_run, run_directory
 from flowerbed_training.survey import FederationData, survey_sites
+from flowerbed_training.training_job import TrainingJob, TrainingPath
 
 app = ServerApp()
+APP_DIR = Path(__file__).resolve().parents[1]  # where the bundle is installed (pyproject.toml)
 
 
-def central_evaluation(context: Context, federation: FederationData) -> CentralEvaluation | None:
+class NoRoundAggregated(RuntimeError):
+    """No round of the run had enough answers: there is no trained model to keep."""
+
+
+def training_path(config: RunConfig) -> TrainingPath:
+    """SecAgg+ exists only in Flower's legacy workflow API; every other run uses a Message-API strategy."""
+    return secagg.run_rounds if config.secagg else message_api.run_rounds
+
+
+def central_evaluation(config: RunConfig, federation: FederationData) -> CentralEvaluation | None:
     """Accuracy on the global held-out test set (built-in sources only; study data stays at sites)."""
-    test_set = task.server_test_set(context.run_config)
+    test_set = task.server_test_set(config)
     if test_set is None:
         return None
     test_loader = task.loader(federation.standardizer.apply(test_set), 256, shuffle=False)
-    model = task.model_for(context.run_config, federation.spec)
+    model = task.model_for(config, federation.spec)
     dev = task.device()
 
     def evaluate(weights: dict) -> tuple[float, float]:
@@ -43,46 +59,51 @@ def central_evaluation(context: Context, federation: FederationData) -> CentralE
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = ServerSettings.from_run_config(context.run_config)
-    local_lr = ClientSettings.from_run_config(context.run_config).lr
-    builtin = task.builtin_name(str(context.run_config.get("dataset", ""))) is not None
-    federation = survey_sites(grid, settings.min_available_sites, settings.round_timeout,
-                              assign_partitions=builtin)
-
-    base = build_strategy(settings, local_lr)
-    sampled = max(int(len(federation.examples) * settings.fraction_train), settings.min_train_sites)
-    strategy = privacy.wrap_central_dp(base, context.run_config, sampled)
-    checkpoints = CheckpointStore(settings.artifacts_dir, settings.checkpoint_keep)
-    weights = task.get_weights(task.model_for(context.run_config, federation.spec))
-    done = 0
-    if settings.resume and (latest := checkpoints.latest()) is not None:
-        weights, done = latest.model, latest.round
-        restore_strategy_state(base, latest.strategy_state)
-        log(INFO, "Resuming after round %d from %s", done, checkpoints.directory)
-    remaining = settings.num_rounds - done
-    if remaining <= 0:
-        log(INFO, "All %d rounds are done already; nothing to resume", settings.num_rounds)
+    started = time.perf_counter()
+    config = RunConfig.parse(context.run_config)
+    train = training_path(config)
+    directory = run_directory(config, context.run_id)
+    previous = resumed_run(config, context.run_id)
+    federation = survey_sites(grid, config.min_available_sites, config.round_timeout,
+                              assign_partitions=config.builtin)
+    start = starting_point(config, federation, directory, previous)
+    if start.round >= config.num_server_rounds:
+        log(INFO, "All %d rounds are done already; nothing to resume", config.num_server_rounds)
         return
 
-    recorder = RoundRecorder(
-        strategy, settings.artifacts_dir, min_train_sites=settings.min_train_sites,
-        checkpoints=checkpoints, central_evaluation=central_evaluation(context, federation),
-        round_offset=done, state_of=lambda: strategy_state(base), site_names=SiteNames(federation.names),
-    )
-    if secagg.secagg_enabled(context.run_config):
-        # SecAgg+ exists only in Flower's legacy workflow API; secagg.py runs it with the same recorder.
-        final = secagg.run_secagg_plus(grid, context, recorder, initial_arrays=weights, num_rounds=remaining,
-                                       train_config=federation.config())
-    else:
-        result = recorder.start(
-            grid=grid,
-            initial_arrays=to_record(weights),
-            num_rounds=remaining,
-            timeout=settings.round_timeout,
-            train_config=ConfigRecord(federation.config()),
-            evaluate_config=ConfigRecord(federation.config()),
-            evaluate_fn=recorder.end_round,
+    rounds = Rounds(directory, CheckpointStore(directory, config.checkpoint_keep),
+                    central_evaluation=central_evaluation(config, federation), round_offset=start.round,
+                    central_dp=CentralDpAccountant.of(config, len(federation.examples)),
+                    lineage=lineage(directory, previous, context.run_id))
+    log(INFO, "Run %s writes %s", context.run_id, directory)
+    final = train(TrainingJob(grid, context, config, federation, rounds, start))
+    if rounds.aggregated == 0:
+        write_report(directory, context, federation, "failed: no round aggregated", time.perf_counter() - started)
+        raise NoRoundAggregated(
+            f"none of rounds {start.round + 1}-{config.num_server_rounds} had min-train-sites = "
+            f"{config.min_train_sites} answers in time (see 'sites' and 'failed' in {directory / 'metrics.jsonl'}); "
+            "no final model is saved"
         )
-        final = from_record(result.arrays)
-    path = save_final_model(settings.artifacts_dir, final)
+    path = save_final_model(directory, final)
     log(INFO, "Final model saved to %s", path)
+    write_report(directory, context, federation, "completed", time.perf_counter() - started)
+
+
+def starting_point(config: RunConfig, federation: FederationData, directory: Path, previous: Path | None) -> Checkpoint:
+    """Round 0 with the run's initial model, or the latest checkpoint of the run `resume` names."""
+    if previous is None:
+        return Checkpoint(round=0, model=task.get_weights(task.model_for(config, federation.spec)), strategy_state={})
+    start = continue_from(previous, directory)
+    log(INFO, "Resuming run %s after round %d in %s", previous.name, start.round, directory)
+    return start
+
+
+def write_report(directory: Path, context: Context, federation: FederationData, status: str, seconds: float) -> None:
+    """summary.json and report.png in the run's directory, from its metrics lines."""
+    from flowerbed_training import report  # matplotlib: loaded once, at the end of the run
+
+    rounds = read_metrics(directory)
+    summary = report.summarize(run_id=str(context.run_id), app_dir=APP_DIR, run_config=context.run_config,
+                               sites=sorted(federation.examples), rounds=rounds, baseline=None,
+                               seconds={"total": seconds}, run_status={"status": status}, out_dir=directory)
+    report.write_report(summary, rounds, directory)

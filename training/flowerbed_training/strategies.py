@@ -1,6 +1,16 @@
-"""The aggregation strategy chosen by run config `strategy`, and its checkpointable state."""
+"""The strategy registry (run config `strategy`), and the strategies' checkpointable state.
+
+`STRATEGIES` is the one list of strategy names: run-config validation takes the
+allowed names and the cross-key rules from it, and training/README.md's strategy
+table is checked against it (tests/training/test_run_config.py). A new strategy
+is one more entry here.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.serverapp.strategy import (
@@ -13,44 +23,59 @@ from flwr.serverapp.strategy import (
     Krum,
     Strategy,
 )
-
 from flwr.serverapp.strategy.fedopt import FedOpt  # not re-exported: FedAdam's and FedYogi's base
 
 from flowerbed_training.scaffold import Scaffold
-from flowerbed_training.settings import ServerSettings, SettingsError
+
+if TYPE_CHECKING:
+    from flowerbed_training.run_config import RunConfig
 
 
-def build_strategy(settings: ServerSettings, local_lr: float) -> Strategy:
-    """A Flower Message-API strategy (or SCAFFOLD, which Flower lacks) for these settings."""
+@dataclass(frozen=True)
+class Registered:
+    """One strategy: how to build it from the run config and what it combines with."""
+
+    build: Callable[[RunConfig, dict[str, Any]], Strategy]  # (config, common Flower options) -> strategy
+    summary: str  # the README's strategy table says the same
+    secagg: bool = False  # SecAgg+ computes a weighted sum of models, i.e. FedAvg only
+    central_dp: bool = True  # Flower's DP wrappers clip every ArrayRecord of a reply
+    central_dp_conflict: str = ""  # why not, when central_dp is False
+
+
+STRATEGIES: dict[str, Registered] = {
+    "fedavg": Registered(lambda c, common: FedAvg(**common),
+                         "Flower's FedAvg: the example-weighted mean of the sites' models", secagg=True),
+    "fedprox": Registered(lambda c, common: FedProx(**common, proximal_mu=c.proximal_mu),
+                          "Flower's FedProx: FedAvg plus a proximal term `proximal-mu` at the sites"),
+    "scaffold": Registered(
+        lambda c, common: Scaffold(**common, server_lr=c.scaffold_global_lr),
+        "SCAFFOLD (scaffold.py): control variates correct each site's drift",
+        central_dp=False, central_dp_conflict="the wrappers would clip its control-variate record"),
+    "fedadam": Registered(
+        lambda c, common: FedAdam(**common, eta=c.server_lr, eta_l=c.lr, tau=c.server_tau),
+        "Flower's FedAdam: Adam on the server, step `server-lr`, adaptivity `server-tau`"),
+    "fedyogi": Registered(
+        lambda c, common: FedYogi(**common, eta=c.server_lr, eta_l=c.lr, tau=c.server_tau),
+        "Flower's FedYogi: Yogi on the server, step `server-lr`, adaptivity `server-tau`"),
+    "fedmedian": Registered(lambda c, common: FedMedian(**common),
+                            "Flower's FedMedian: the coordinate-wise median (robust to outliers)"),
+    "fedtrimmedavg": Registered(lambda c, common: FedTrimmedAvg(**common, beta=c.trimmed_beta),
+                                "Flower's FedTrimmedAvg: the mean without a `trimmed-beta` share at each end"),
+    "krum": Registered(lambda c, common: Krum(**common, num_malicious_nodes=c.krum_malicious),
+                       "Flower's Krum: the model closest to its neighbours, tolerating `krum-malicious` sites"),
+}
+
+
+def build_strategy(config: RunConfig) -> Strategy:
+    """The Flower Message-API strategy (or SCAFFOLD, which Flower lacks) that `config` names."""
     common = dict(
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=settings.fraction_evaluate,
-        min_train_nodes=settings.min_train_sites,
-        min_evaluate_nodes=settings.min_train_sites if settings.fraction_evaluate > 0 else 0,
-        min_available_nodes=settings.min_available_sites,
+        fraction_train=config.fraction_train,
+        fraction_evaluate=config.fraction_evaluate,
+        min_train_nodes=config.min_train_sites,
+        min_evaluate_nodes=config.min_train_sites if config.fraction_evaluate > 0 else 0,
+        min_available_nodes=config.min_available_sites,
     )
-    name = settings.strategy
-    if name == "fedavg":
-        return FedAvg(**common)
-    if name == "fedprox":
-        return FedProx(**common, proximal_mu=settings.proximal_mu)
-    if name == "scaffold":
-        return Scaffold(**common, server_lr=settings.scaffold_global_lr)
-    if name in ("fedadam", "fedyogi"):
-        adaptive = FedAdam if name == "fedadam" else FedYogi
-        return adaptive(**common, eta=settings.server_lr, eta_l=local_lr, tau=settings.server_tau)
-    if name == "fedmedian":
-        return FedMedian(**common)
-    if name == "fedtrimmedavg":
-        return FedTrimmedAvg(**common, beta=settings.trimmed_beta)
-    if name == "krum":
-        if settings.min_train_sites <= 2 * settings.krum_malicious + 2:
-            raise SettingsError(
-                f"run config krum-malicious: {settings.krum_malicious} needs min-train-sites > "
-                f"2*krum-malicious + 2 = {2 * settings.krum_malicious + 2} (Krum's guarantee)"
-            )
-        return Krum(**common, num_malicious_nodes=settings.krum_malicious)
-    raise SettingsError(f"run config strategy: {name!r} is unknown")
+    return STRATEGIES[config.strategy].build(config, common)
 
 
 def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:

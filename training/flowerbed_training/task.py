@@ -31,20 +31,19 @@ from flowerbed_training.data import (
     train_test_split,
 )
 from flowerbed_training.partitions import PARTITION_SITES, Partition
-
-MODELS = ("auto", "mlp", "cnn")
+from flowerbed_training.run_config import MODELS, RunConfig
 
 
 # --- configuration ----------------------------------------------------------------------
 
 
-def builtin_options(run_config: Mapping[str, Any]) -> BuiltinOptions:
+def builtin_options(config: RunConfig) -> BuiltinOptions:
     return BuiltinOptions(
-        partitioning=str(run_config.get("partitioning", "dirichlet")),
-        alpha=float(run_config.get("dirichlet-alpha", 0.5)),
-        test_fraction=float(run_config.get("test-fraction", 0.2)),
-        seed=int(run_config.get("seed", 42)),
-        labels_per_site=int(run_config.get("labels-per-site", 2)),
+        partitioning=config.partitioning,
+        alpha=config.dirichlet_alpha,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        labels_per_site=config.labels_per_site,
     )
 
 
@@ -54,13 +53,13 @@ def builtin_name(dataset: str) -> str | None:
 
 
 def site_dataset(
-    run_config: Mapping[str, Any], node_config: Mapping[str, Any], partition: Partition | None = None
+    config: RunConfig, node_config: Mapping[str, Any], partition: Partition | None = None
 ) -> Dataset:
-    """The data this site trains on, chosen by run config `dataset` (see the brief's contract).
+    """The data this site trains on, chosen by run config `dataset` (validated by RunConfig).
 
     Built-in sources need the `partition` the server assigned this site (partitions.py).
     """
-    dataset = str(run_config.get("dataset", ""))
+    dataset = config.dataset
     name = builtin_name(dataset)
     if name is not None:
         if partition is None:
@@ -68,26 +67,21 @@ def site_dataset(
                 f"dataset {dataset!r}: the server assigned this site no partition ({PARTITION_SITES} "
                 "missing from the message config)"
             )
-        return builtin_partition(name, partition.index, partition.count, builtin_options(run_config))
-    if dataset.count("/") != 1 or ".." in dataset or dataset.startswith("/"):
-        raise DataError(
-            f"dataset: {dataset!r} must be builtin:breast-cancer, builtin:digits or <study>/<dataset>"
-        )
+        return builtin_partition(name, partition.index, partition.count, builtin_options(config))
     data_root = Path(str(node_config.get("data-root", "/data")))
-    return load_directory(data_root / dataset, str(run_config.get("label-column", "label")))
+    return load_directory(data_root / dataset, config.label_column)
 
 
-def local_split(data: Dataset, run_config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+def local_split(data: Dataset, config: RunConfig) -> tuple[Dataset, Dataset]:
     """A site's own train/validation split, used for federated evaluation."""
-    opts = builtin_options(run_config)
-    split = train_test_split(data, opts.test_fraction, opts.seed)
+    split = train_test_split(data, config.test_fraction, config.seed)
     return split.train, split.test
 
 
-def server_test_set(run_config: Mapping[str, Any]) -> Dataset | None:
+def server_test_set(config: RunConfig) -> Dataset | None:
     """The global held-out test set: exists for built-in sources only (study data stays at sites)."""
-    name = builtin_name(str(run_config.get("dataset", "")))
-    return builtin_split(name, builtin_options(run_config)).test if name else None
+    name = builtin_name(config.dataset)
+    return builtin_split(name, builtin_options(config)).test if name else None
 
 
 # --- standardization (federated: sites share sums, never rows) ---------------------------
@@ -178,10 +172,10 @@ def build_model(name: str, spec: DataSpec, hidden: int = 64) -> nn.Module:
     return TabularMLP(spec.num_features, spec.num_classes, hidden)
 
 
-def model_for(run_config: Mapping[str, Any], spec: DataSpec) -> nn.Module:
+def model_for(config: RunConfig, spec: DataSpec) -> nn.Module:
     """The run's model, initialised identically everywhere from the run's seed."""
-    seed_torch(int(run_config.get("seed", 42)))
-    return build_model(str(run_config.get("model", "auto")), spec, int(run_config.get("hidden-units", 64)))
+    seed_torch(config.seed)
+    return build_model(config.model, spec, config.hidden_units)
 
 
 def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
@@ -327,35 +321,33 @@ def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 # --- centralized baseline (the same model on pooled data; bench/ compares against it) ------
 
 
-def centralized_baseline(run_config: Mapping[str, Any], sites: int | None = None) -> dict[str, float]:
+def centralized_baseline(config: RunConfig, sites: int | None = None) -> dict[str, float]:
     """Train the run's model on the pooled built-in training data for
     `num-server-rounds x local-epochs` epochs; evaluate on the same global test set.
 
     With `sites`, pool exactly what that many sites train on (each site's share less its
     validation hold-out) instead of the whole training pool."""
-    name = builtin_name(str(run_config.get("dataset", "")))
+    name = builtin_name(config.dataset)
     if name is None:
         raise DataError("dataset: the centralized baseline needs a builtin: source (study data never pools)")
     started = time.perf_counter()
-    seed = int(run_config.get("seed", 42))
-    seed_everything(seed)
-    split = builtin_split(name, builtin_options(run_config))
-    pool = split.train if sites is None else _sites_training_data(name, sites, run_config)
+    seed_everything(config.seed)
+    split = builtin_split(name, builtin_options(config))
+    pool = split.train if sites is None else _sites_training_data(name, sites, config)
     standardizer = Standardizer.from_sums(FeatureSums.of(pool.x))
     train_set, test_set = standardizer.apply(pool), standardizer.apply(split.test)
     spec = DataSpec(train_set.spec.num_features, int(split.train.y.max()) + 1, train_set.spec.image_shape)
-    model = model_for(run_config, spec)
+    model = model_for(config, spec)
     dev = device()
-    epochs = int(run_config.get("num-server-rounds", 10)) * int(run_config.get("local-epochs", 1))
-    batch_size = int(run_config.get("batch-size", 32))
-    train(model, loader(train_set, batch_size, True, seed), sgd(model, float(run_config.get("lr", 0.05))),
-          epochs, dev, amp=bool(run_config.get("amp", False)))
+    epochs = config.num_server_rounds * config.local_epochs
+    train(model, loader(train_set, config.batch_size, True, config.seed), sgd(model, config.lr),
+          epochs, dev, amp=config.amp)
     loss, accuracy = evaluate(model, loader(test_set, 256, False), dev)
     return {"accuracy": accuracy, "loss": loss, "seconds": time.perf_counter() - started,
             "epochs": float(epochs), "examples": float(len(train_set.y))}
 
 
-def _sites_training_data(name: str, sites: int, run_config: Mapping[str, Any]) -> Dataset:
-    options = builtin_options(run_config)
-    parts = [local_split(builtin_partition(name, i, sites, options), run_config)[0] for i in range(sites)]
+def _sites_training_data(name: str, sites: int, config: RunConfig) -> Dataset:
+    options = builtin_options(config)
+    parts = [local_split(builtin_partition(name, i, sites, options), config)[0] for i in range(sites)]
     return Dataset(x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts]), spec=parts[0].spec)

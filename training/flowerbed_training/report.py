@@ -1,8 +1,15 @@
-"""out/federate/summary.json and report.png from the run's metrics lines."""
+"""A run's summary.json and report.png, from its metrics lines: the one report module.
+
+The ServerApp writes both into its run directory at the end of the run (no
+centralized baseline, its own status); `make federate` (federate/) rewrites them
+there with the centralized baseline and Flower's final status and traffic counts,
+and uses the same functions for any other app that follows its metrics contract.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -44,6 +51,7 @@ class Summary:
     bytes_down: int
     flower_traffic_bytes: dict[str, int]
     per_site: dict[str, SiteSummary]
+    central_epsilon: float | None  # central DP: epsilon spent by the run's last round (metrics.jsonl), else None
     files: dict[str, str]
     left_out: list[str]  # flowerbed extras this app could not have, and why
 
@@ -88,12 +96,13 @@ def protections(run_config: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def output_files(out_dir: Path, has_rounds: bool) -> dict[str, str]:
-    """What this run leaves in out_dir: the report is drawn from the rounds, the model only if the app saved one."""
+def output_files(out_dir: Path, has_rounds: bool, logs: Path | None) -> dict[str, str]:
+    """What this run leaves in out_dir (paths relative to it): the report is drawn from the rounds, the model
+    only if the app saved one, and `logs` where federate keeps the processes' logs."""
     files = {"metrics": "metrics.jsonl", "report": "report.png"} if has_rounds else {}
     if (out_dir / "final_model.npz").exists():
         files["model"] = "final_model.npz"
-    return {**files, "logs": "logs/"}
+    return {**files, "logs": f"{os.path.relpath(logs, out_dir)}/"} if logs is not None else files
 
 
 def summarize(
@@ -108,6 +117,7 @@ def summarize(
     run_status: Mapping[str, Any],
     out_dir: Path,
     left_out: Sequence[str] = (),
+    logs: Path | None = None,
 ) -> Summary:
     """Everything a person asks after a run, from the metrics lines and Flower's own run record."""
     final = rounds[-1] if rounds else {}
@@ -132,7 +142,8 @@ def summarize(
         bytes_down=sum(int(r.get("bytes_down", 0)) + int(r.get("eval_bytes_down", 0)) for r in rounds),
         flower_traffic_bytes={key.removesuffix("-bytes"): int(value) for key, value in traffic.items()},
         per_site=per_site(rounds, sites),
-        files=output_files(out_dir, bool(rounds)),
+        central_epsilon=final.get("central_epsilon"),
+        files=output_files(out_dir, bool(rounds), logs),
         left_out=list(left_out),
     )
 
@@ -141,12 +152,19 @@ def write_summary(summary: Summary, path: Path) -> None:
     path.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
 
 
+def write_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], directory: Path) -> None:
+    """`directory`/summary.json, and report.png when there are rounds to draw."""
+    write_summary(summary, directory / "summary.json")
+    if rounds:
+        plot_report(summary, rounds, directory / "report.png")
+
+
 def plot_report(summary: Summary, rounds: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Accuracy and loss per round against the centralized line, and each site's contribution."""
     numbers = [r["round"] for r in rounds]
     fig, (acc_ax, loss_ax, site_ax) = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     fig.suptitle(
-        f"flowerbed local federation: {' + '.join([summary.strategy or Path(summary.app).name, *summary.protections])}"
+        f"flowerbed federation: {' + '.join([summary.strategy or Path(summary.app).name, *summary.protections])}"
         f"{f' on {summary.dataset}' if summary.dataset else ''}, "
         f"{len(summary.sites)} sites, {summary.rounds} rounds, {summary.seconds['total']:.0f} s — "
         f"final accuracy {_fmt(summary.final_accuracy)} vs centralized {_fmt(summary.centralized_accuracy)}",

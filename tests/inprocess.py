@@ -1,6 +1,7 @@
 """Run the real ServerApp and ClientApp objects in one process, without Ray or SuperLink.
 
 For tests and `bench/` (and a quick local try-out): no network, no processes.
+It lives outside the app bundle (training/pyproject.toml's `fab-include`).
 
 `InProcessGrid` implements Flower's `Grid` interface: every pushed message is
 serialized to protobuf and back (as on the wire), handed to the ClientApp with
@@ -28,7 +29,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-TRAINING_APP_DIR = Path(__file__).resolve().parents[1]  # holds pyproject.toml
+from flowerbed_training.run_config import RunConfig
+
+TRAINING_APP_DIR = Path(__file__).resolve().parents[1] / "training"  # holds pyproject.toml
 RUN_ID = 1
 # Flower's error code for an exception raised inside a ClientApp.
 CLIENT_APP_RAISED_EXCEPTION = 300
@@ -56,11 +59,13 @@ def _over_the_wire(message: Message) -> Message:
 
 
 class InProcessGrid(Grid):
-    def __init__(self, client_app: ClientApp, sites: list[Site], run_config: Mapping[str, Any]) -> None:
+    def __init__(self, client_app: ClientApp, sites: list[Site], run_config: Mapping[str, Any],
+                 run_id: int = RUN_ID) -> None:
         self.client_app = client_app
         self.sites = {site.node_id: site for site in sites}
         self.run_config = dict(run_config)
-        self._run = Run.create_empty(RUN_ID)
+        self.run_id = run_id
+        self._run = Run.create_empty(run_id)
         self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:
@@ -81,7 +86,7 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-            message.metadata.__dict__["_run_id"] = RUN_ID
+            message.metadata.__dict__["_run_id"] = self.run_id
             ids.append(message.metadata.message_id)
             reply = self._deliver(_over_the_wire(message))
             if reply is not None:
@@ -94,7 +99,7 @@ class InProcessGrid(Grid):
         if server_round in site.silent_rounds:
             return None
         site.handled.append(f"{message.metadata.message_type}@{server_round}")
-        context = Context(RUN_ID, site.node_id, site.node_config, site.state, self.run_config)
+        context = Context(self.run_id, site.node_id, site.node_config, site.state, self.run_config)
         try:
             if message.metadata.message_type == "train" and server_round in site.crash_rounds:
                 raise RuntimeError(f"site {site.node_config.get('site-name')} crashed (scripted)")
@@ -119,27 +124,42 @@ def run_config_with(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return dict(get_fused_config_from_dir(TRAINING_APP_DIR, dict(overrides)))
 
 
-def run_federation(sites: list[Site], run_config: Mapping[str, Any], *,
+def config_with(overrides: Mapping[str, Any]) -> RunConfig:
+    """`run_config_with`, parsed and validated as the apps parse it."""
+    return RunConfig.parse(run_config_with(overrides))
+
+
+def run_dir(artifacts_root: Path, run_id: int = RUN_ID) -> Path:
+    """Where run `run_id` writes under `artifacts-root` (run_directory.py)."""
+    return artifacts_root / str(run_id)
+
+
+def run_federation(sites: list[Site], run_config: Mapping[str, Any], *, run_id: int = RUN_ID,
                    server_app: ServerApp | None = None, client_app: ClientApp | None = None) -> InProcessGrid:
-    """Run the app's ServerApp (or `server_app`) against `sites` running its ClientApp."""
+    """Run the app's ServerApp (or `server_app`) as run `run_id` against `sites` running its ClientApp."""
     if server_app is None or client_app is None:
         from flowerbed_training import client_app as client_module, server_app as server_module
 
         server_app, client_app = server_app or server_module.app, client_app or client_module.app
-    grid = InProcessGrid(client_app, sites, run_config)
+    grid = InProcessGrid(client_app, sites, run_config, run_id)
     # What Flower's ServerApp process runner sets before calling the app (messages read it).
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SUPERLINK_NODE_ID
-    server_app(grid, Context(RUN_ID, 0, {}, RecordDict(), dict(run_config)))
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
+    server_app(grid, Context(run_id, 0, {}, RecordDict(), dict(run_config)))
     return grid
 
 
-def builtin_sites(count: int, **scripted: Any) -> list[Site]:
+def builtin_sites(count: int, state_root: Path | None = None, **scripted: Any) -> list[Site]:
     """`count` sites sharing a built-in dataset (node ids 101, 102, ...; names `site-<i>`).
 
-    The server gives site-<i> partition i (names sort by index below 10 sites).
+    The server gives site-<i> partition i (names sort by index below 10 sites). With
+    `state_root`, each site keeps its state in `<state_root>/site-<i>` (node config
+    `state-dir`, federation `inprocess`), as a site with a state volume does.
     """
-    return [
-        Site(node_id=101 + i, node_config={"site-name": f"site-{i}", "data-root": "/nonexistent"},
-             **{k: v.get(i, set()) for k, v in scripted.items()})
-        for i in range(count)
-    ]
+    def node_config(i: int) -> dict[str, Any]:
+        config = {"site-name": f"site-{i}", "data-root": "/nonexistent"}
+        if state_root is not None:
+            config |= {"state-dir": str(state_root / f"site-{i}"), "federation": "inprocess"}
+        return config
+
+    return [Site(node_id=101 + i, node_config=node_config(i), **{k: v.get(i, set()) for k, v in scripted.items()})
+            for i in range(count)]
