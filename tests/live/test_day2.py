@@ -145,7 +145,14 @@ def test_removing_a_site_keeps_its_data_and_namespace_and_drops_its_supernode(
 def test_destroy_keeps_every_retained_claim_and_the_namespaces_holding_them(
         day2: LiveStack, capfd: pytest.CaptureFixture[str]) -> None:
     before = claims(day2)
-    assert len(before) == 4  # state, artifacts, hospital-a's and (removed) hospital-b's study data
+    # The SuperLink's state, the ServerApp's artifacts, hospital-a's and (removed) hospital-b's study
+    # data, and every site's ClientApp state, removed hospital-b's included.
+    assert set(before) == {
+        ("hub", SERVER_NS, "superlink-state"), ("hub", SERVER_NS, "serverapp-artifacts"),
+        ("hospitals", "demo-hospital-a", "study-default-tabular"),
+        ("hospitals", "demo-hospital-b", "study-default-tabular"),
+        ("hospitals", "demo-hospital-a", "clientapp-state"), ("hospitals", "demo-hospital-b", "clientapp-state"),
+        ("hub", EXISTING_NS, "clientapp-state")}
     stack_commands.destroy(day2.copy.pulumi, day2.copy.render_root)
     printed = capfd.readouterr().out
     assert claims(day2) == before
