@@ -5,7 +5,7 @@ baselines/niid_bench): 10 sites, partitions IID, Dirichlet(0.5), Dirichlet(0.1) 
 Every strategy is reported as a ratio to pooled training: the same model, learning rate,
 batch size and number of epochs (rounds x local epochs) on the sites' training data pooled
 (their shares less their validation hold-outs, as split IID: the pool is then the same
-size whatever the partition), trained in the same process for the same seeds. Rounds to
+size whatever the partition), trained in the same run for the same seeds. Rounds to
 target: the first round whose accuracy reaches TARGET_SHARE x pooled accuracy (same
 seed), averaged over the seeds that reach it.
 
@@ -15,11 +15,16 @@ bench/learning.png; smaller runs (sweeps, tries) print their table only.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
 from flowerbed_training import task
 from flowerbed_training.run_config import RunConfig
@@ -27,7 +32,7 @@ from tests.inprocess import run_config_with
 
 from . import report
 from .options import Options
-from .runs import federated
+from .runs import federated, quiet_flower
 from .table import print_table
 
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadam", "fedyogi")
@@ -93,25 +98,47 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _worker() -> None:
+    # As in the parent (bench/__main__.py): one torch thread per process, Flower quiet.
+    torch.set_num_threads(1)
+    quiet_flower()
+
+
+def _accuracies(sites: int, run_config: dict[str, Any]) -> list[float]:
+    return federated(sites, run_config).accuracies
+
+
+def _pooled_accuracy(run_config: dict[str, Any], sites: int) -> float:
+    return task.centralized_baseline(RunConfig.parse(run_config), sites=sites)["accuracy"]
+
+
 def measure(options: Options) -> tuple[dict[str, np.ndarray], Cells]:
-    """Pooled accuracy per dataset (one per seed) and every federated run of the grid."""
-    pooled: dict[str, np.ndarray] = {}
-    cells: Cells = {}
+    """Pooled accuracy per dataset (one per seed) and every federated run of the grid.
+
+    The runs are independent and single-threaded, so they go to one process per CPU this
+    process may use; each run's numbers are those of a sequential run (same seeds, one thread).
+    """
     seeds = range(options.seeds)
-    for dataset in options.datasets():
-        # Fused as `flwr run` fuses it, so pooled training gets the same model, lr, batch and epochs.
-        base = run_config_with({**RUN_CONFIG, **options.base(), "dataset": dataset})
-        pooled[dataset] = np.array([task.centralized_baseline(RunConfig.parse({**base, "partitioning": "iid", "seed": s}),
-                                                              sites=options.sites)["accuracy"] for s in seeds])
-        _progress(f"{dataset}: pooled {mean_std(pooled[dataset])}")
-        for label, partition in partitions(dataset).items():
-            for strategy in STRATEGIES:
-                started = time.perf_counter()
-                curves = [federated(options.sites, {**base, **partition, "strategy": strategy, "seed": s}).accuracies
-                          for s in seeds]
-                cell = cells[dataset, label, strategy] = Cell(np.array(curves), pooled[dataset])
-                _progress(f"{dataset} {label} {strategy}: {mean_std(cell.final)} "
-                          f"({time.perf_counter() - started:.0f} s)")
+    pooled_jobs: dict[str, list[Future[float]]] = {}
+    cell_jobs: dict[tuple[str, str, str], list[Future[list[float]]]] = {}
+    # spawn: torch and Flower's threads do not survive a fork.
+    with ProcessPoolExecutor(len(os.sched_getaffinity(0)), multiprocessing.get_context("spawn"),
+                             initializer=_worker) as pool:
+        for dataset in options.datasets():
+            # Fused as `flwr run` fuses it, so pooled training gets the same model, lr, batch and epochs.
+            base = run_config_with({**RUN_CONFIG, **options.base(), "dataset": dataset})
+            pooled_jobs[dataset] = [pool.submit(_pooled_accuracy, {**base, "partitioning": "iid", "seed": s},
+                                                options.sites) for s in seeds]
+            for label, partition in partitions(dataset).items():
+                for strategy in STRATEGIES:
+                    cell_jobs[dataset, label, strategy] = [
+                        pool.submit(_accuracies, options.sites, {**base, **partition, "strategy": strategy, "seed": s})
+                        for s in seeds]
+        pooled = {dataset: np.array([job.result() for job in jobs]) for dataset, jobs in pooled_jobs.items()}
+        cells: Cells = {}
+        for (dataset, label, strategy), jobs in cell_jobs.items():
+            cell = cells[dataset, label, strategy] = Cell(np.array([job.result() for job in jobs]), pooled[dataset])
+            _progress(f"{dataset} {label} {strategy}: {mean_std(cell.final)}")
     return pooled, cells
 
 

@@ -89,7 +89,7 @@ def deployment_spec(*, federation: str, role: str, images: Images, runtime_addre
             "--executor", "kubernetes",
             "--executor-config", f"{CONFIG_DIR}/{CONFIG_FILE}",
             "--health-server-address", f"0.0.0.0:{naming.SUPEREXEC_HEALTH_PORT}",
-        ], sizing=_SIZING, env={"HOME": "/tmp"},
+        ], sizing=_SIZING, env={"HOME": "/tmp", **naming.SUPEREXEC_ENV},
         ports=[k8s.core.v1.ContainerPortArgs(name="health", container_port=naming.SUPEREXEC_HEALTH_PORT)],
         mounts=[kube.mount("ca", naming.CA_DIR), kube.mount("executor", CONFIG_DIR)],
         probe=kube.grpc_probe(naming.SUPEREXEC_HEALTH_PORT))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components import naming
 from federate.credentials import Credentials, NodeKeyFiles, write_credentials
 from federate.flwr_cli import BIN_DIR, FlwrCli, flower_env
 from federate.ports import LOOPBACK, wait_until_listening
@@ -109,7 +110,7 @@ class LocalFederation:
             name,
             [str(BIN_DIR / "flower-superexec"), "--runtime-api-address", runtime_address,
              "--root-certificates", str(self.credentials.ca_cert), "--executor", "subprocess"],
-            flower_env(home),
+            {**flower_env(home), **naming.SUPEREXEC_ENV},
         )
 
     def start_supernode(self, site: Site, key: NodeKeyFiles, data_root: Path, *,

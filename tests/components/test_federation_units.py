@@ -452,6 +452,17 @@ def test_clientapp_executor_dials_its_supernode_runtime(dev: Deployment) -> None
     assert flag(args, "--executor") == "kubernetes"
 
 
+def test_every_superexec_polls_for_tasks_at_an_interval_flower_accepts(dev: Deployment,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.superexec.run_superexec import _get_task_poll_interval
+
+    for namespace, name in ((SERVER_NS, "serverapp-executor"), ("demo-lab-c", "clientapp-executor")):
+        env = {e["name"]: e["value"] for e in container(dev.one("Deployment", name, namespace), "superexec")["env"]}
+        monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"])
+        # Flower's own parser (it raises on a value outside 0.01-60 s); its default is 1 s.
+        assert _get_task_poll_interval() == 0.2
+
+
 def test_supernode_runtime_api_is_tls_with_a_certificate_for_its_service(dev: Deployment) -> None:
     args = container(dev.one("Deployment", "supernode", NODE_NS["lab-c"]), "supernode")["args"]
     assert flag(args, "--ssl-certfile") == f"{naming.TLS_DIR}/tls.crt"

@@ -3,12 +3,15 @@
 kwok runs no container, so the reaper runs as a local process; everything else is what `up`
 deployed: the script from its ConfigMap, the arguments of the Deployment's `pending-reaper`
 container (with hospital-b's `pendingTimeout: 30`), a token the API server issued to
-`clientapp-executor`, and so the executor Role's RBAC decides on every call.
+`clientapp-executor`, and so the executor Role's RBAC decides on every call. Whether the site's
+`active-pod-budget` frees up is asked of Flower's own executor, as that ServiceAccount too.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +31,15 @@ TIMEOUT = 30
 RUNTIME = "supernode-runtime.demo-hospital-b-supernode.svc:9094"
 
 
+BUDGET = 2
+CAPACITY_PROBE = Path(__file__).with_name("executor_capacity.py")
+
+
 def short_timeout(config: dict[str, Any]) -> None:
-    next(site for site in config["flowerbed:sites"] if site["name"] == "hospital-b")["pendingTimeout"] = TIMEOUT
+    site = next(site for site in config["flowerbed:sites"] if site["name"] == "hospital-b")
+    site["pendingTimeout"] = TIMEOUT
+    # One running and one stuck task pod fill the site's active-pod-budget.
+    site["maxConcurrentTasks"] = BUDGET
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +58,7 @@ def task_pod(executor_yaml: str, name: str, node_selector: dict[str, str] | None
     return pod
 
 
-def test_an_unschedulable_task_pod_is_deleted_after_its_timeout_with_an_event_and_a_running_one_stays(
+def test_an_unschedulable_task_pod_is_deleted_after_its_timeout_with_an_event_the_budget_frees_up_and_a_running_one_stays(
         deployed: LiveStack, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     kubectl = deployed.kubectl("hospitals")
     spec = kubectl.json("get", "deployment", "clientapp-executor", "-n", NAMESPACE)["spec"]["template"]["spec"]
@@ -59,6 +69,16 @@ def test_an_unschedulable_task_pod_is_deleted_after_its_timeout_with_an_event_an
     script.write_text(kubectl.json("get", "configmap", "pending-reaper", "-n", NAMESPACE)["data"][script.name])
 
     executor_yaml = kubectl.json("get", "configmap", "clientapp-executor", "-n", NAMESPACE)["data"]["executor.yaml"]
+    (tmp_path / "executor.yaml").write_text(executor_yaml)
+
+    def capacity() -> dict[str, Any]:
+        """What Flower's executor, as the site's executor ServiceAccount, counts and would launch."""
+        argv, api_env = in_cluster(deployed, "hospitals", f"{NAMESPACE}:clientapp-executor", tmp_path,
+                                   CAPACITY_PROBE, str(tmp_path / "executor.yaml"))
+        probe = subprocess.run(argv, env={**os.environ, **api_env}, capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0, probe.stderr
+        return json.loads(probe.stdout.splitlines()[-1])
+
     running = task_pod(executor_yaml, "task-running")
     stuck = task_pod(executor_yaml, "task-unschedulable", {"flowerbed.dev/no-such-node": "true"})
     for pod in (running, stuck):
@@ -70,6 +90,8 @@ def test_an_unschedulable_task_pod_is_deleted_after_its_timeout_with_an_event_an
 
     wait_for(lambda: phase("task-running") == "Running", 30, "task-running Running")
     assert phase("task-unschedulable") == "Pending"
+    # The stuck pod holds half the budget: with the running one, SuperExec takes no task.
+    assert capacity() == {"active": BUDGET, "eligible": []}
 
     with Supervisor(tmp_path / "logs") as supervisor:
         argv, api_env = in_cluster(deployed, "hospitals", f"{NAMESPACE}:clientapp-executor", tmp_path, script, *args)
@@ -100,3 +122,5 @@ def test_an_unschedulable_task_pod_is_deleted_after_its_timeout_with_an_event_an
     # Older than the timeout too, but Running: left alone.
     assert phase("task-running") == "Running"
     assert "task-running" not in log, log
+    # The budget frees up: Flower's executor counts one pod and would launch a ClientApp task again.
+    assert capacity() == {"active": BUDGET - 1, "eligible": ["flwr-clientapp"]}
