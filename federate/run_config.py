@@ -66,11 +66,13 @@ def validate_training_run_config(app: FlowerApp, run_config: dict[str, Any]) -> 
     """The training app's own validation, before any process starts (errors name the key)."""
     if str(app.directory) not in sys.path:
         sys.path.insert(0, str(app.directory))  # the app's own modules, as its ServerApp imports them
-    from flowerbed_training import compression, privacy, secagg
+    from flowerbed_training import benchdelay, compression, fedbuff, privacy, secagg
     from flowerbed_training.settings import ClientSettings, ServerSettings
 
-    ServerSettings.from_run_config(run_config)
+    if ServerSettings.from_run_config(run_config).strategy == "fedbuff":
+        fedbuff.AsyncSettings.from_run_config(run_config)  # also refuses what needs synchronous rounds
     ClientSettings.from_run_config(run_config)
+    benchdelay.train_seconds(run_config)
     # Otherwise a bad privacy or SecAgg+ setting would only surface as error replies from the sites.
     if privacy.local_dp_enabled(run_config):
         privacy.LocalDpSettings.from_run_config(run_config)

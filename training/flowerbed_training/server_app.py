@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from flowerbed_training import privacy, secagg, task
+from flowerbed_training import fedbuff, privacy, secagg, task
 from flowerbed_training.checkpoints import CheckpointStore, save_final_model
 from flowerbed_training.protocol import SiteNames, from_record, to_record
 from flowerbed_training.recording import CentralEvaluation, RoundRecorder
@@ -48,6 +48,9 @@ def main(grid: Grid, context: Context) -> None:
     builtin = task.builtin_name(str(context.run_config.get("dataset", ""))) is not None
     federation = survey_sites(grid, settings.min_available_sites, settings.round_timeout,
                               assign_partitions=builtin)
+    if settings.strategy == "fedbuff":  # asynchronous: its own loop instead of Flower's rounds
+        _save_final(settings, fedbuff.run(grid, context, settings, federation, central_evaluation(context, federation)))
+        return
 
     base = build_strategy(settings, local_lr)
     sampled = max(int(len(federation.examples) * settings.fraction_train), settings.min_train_sites)
@@ -84,5 +87,9 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=recorder.end_round,
         )
         final = from_record(result.arrays)
+    _save_final(settings, final)
+
+
+def _save_final(settings: ServerSettings, final: dict) -> None:
     path = save_final_model(settings.artifacts_dir, final)
     log(INFO, "Final model saved to %s", path)

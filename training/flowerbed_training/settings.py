@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")
+ASYNC_STRATEGIES = ("fedbuff",)  # not Flower's round loop: fedbuff.py, with the async-* settings
 
 
 class SettingsError(ValueError):
@@ -68,7 +69,8 @@ class ServerSettings:
     def validate(self) -> None:
         checks = [
             ("num-server-rounds", self.num_rounds, self.num_rounds >= 1, "must be >= 1"),
-            ("strategy", self.strategy, self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
+            ("strategy", self.strategy, self.strategy in STRATEGIES + ASYNC_STRATEGIES,
+             f"must be one of {', '.join(STRATEGIES + ASYNC_STRATEGIES)}"),
             ("proximal-mu", self.proximal_mu, self.proximal_mu >= 0, "must be >= 0"),
             ("server-lr", self.server_lr, self.server_lr > 0, "must be > 0"),
             ("scaffold-global-lr", self.scaffold_global_lr, self.scaffold_global_lr > 0, "must be > 0"),
