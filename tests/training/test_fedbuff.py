@@ -9,7 +9,7 @@ import pytest
 from flowerbed_training import benchdelay
 from flowerbed_training.checkpoints import CheckpointStore
 from flowerbed_training.fedbuff import AsyncSettings, BufferedReply, FederationStalled, buffered_step
-from flowerbed_training.inprocess import Site, builtin_sites, run_config_with, run_federation
+from flowerbed_training.inprocess import InProcessGrid, Site, builtin_sites, run_config_with, run_federation
 from flowerbed_training.inprocess_threads import ConcurrentGrid
 from flowerbed_training.recording import read_metrics
 from flowerbed_training.settings import SettingsError
@@ -93,10 +93,11 @@ def test_bench_train_seconds_per_site_and_for_every_other_site(monkeypatch):
     assert slept == [15.0, 0.0, 0.0]
 
 
-def fedbuff(tmp_path: Path, sites: list[Site], threads: bool = False, **overrides) -> list[dict]:
+def fedbuff(tmp_path: Path, sites: list[Site], grid_type: type[InProcessGrid] = InProcessGrid,
+            **overrides) -> list[dict]:
     config = run_config_with({"artifacts-dir": str(tmp_path), "strategy": "fedbuff", "dataset": "builtin:breast-cancer",
                               "min-available-sites": len(sites), "min-train-sites": 1, **overrides})
-    run_federation(sites, config, **({"grid_type": ConcurrentGrid} if threads else {}))
+    run_federation(sites, config, grid_type=grid_type)
     return read_metrics(tmp_path)
 
 
@@ -121,7 +122,7 @@ def test_fedbuff_learns_and_records_every_server_update(tmp_path):
 
 def test_a_slow_site_does_not_hold_the_fast_ones_back(tmp_path):
     # site-2 takes 60 s per update; the run needs 12 updates of 2 replies each.
-    metrics = fedbuff(tmp_path, builtin_sites(3), threads=True, **{
+    metrics = fedbuff(tmp_path, builtin_sites(3), grid_type=ConcurrentGrid, **{
         "num-server-rounds": 12, "async-buffer-size": 2, "bench-train-seconds": "site-2=60"})
     assert len(metrics) == 12
     sites = [r["site"] for m in metrics for r in m["replies"]]
@@ -129,13 +130,21 @@ def test_a_slow_site_does_not_hold_the_fast_ones_back(tmp_path):
 
 
 def test_replies_staler_than_the_maximum_are_dropped_and_the_budget_ends_the_run(tmp_path):
-    metrics = fedbuff(tmp_path, builtin_sites(3), threads=True, **{
+    metrics = fedbuff(tmp_path, builtin_sites(3), grid_type=ConcurrentGrid, **{
         "num-server-rounds": 100_000, "async-time-budget": 3.0, "async-buffer-size": 1,
         "async-max-staleness": 0, "bench-train-seconds": "site-2=1.0"})
     assert 1 <= len(metrics) < 100_000
     assert all(r["staleness"] == 0 for m in metrics for r in m["replies"])
     dropped = [d for m in metrics for d in m["dropped"]]
     assert any(d["site"] == "site-2" and d["staleness"] > 0 for d in dropped), dropped
+
+
+def test_a_site_silent_past_the_round_timeout_is_given_the_current_model_again(tmp_path):
+    metrics = fedbuff(tmp_path, builtin_sites(3), grid_type=ConcurrentGrid, **{
+        "num-server-rounds": 30, "async-buffer-size": 2, "round-timeout": 1.0, "bench-train-seconds": "site-2=60"})
+    failed = [m["failed"]["site-2"] for m in metrics if "site-2" in m["failed"]]
+    assert failed and failed[0] == "no reply within round-timeout 1s; asked again"
+    assert len(metrics) == 30 and all(r["site"] != "site-2" for m in metrics for r in m["replies"])
 
 
 def test_fedbuff_resumes_from_the_latest_checkpoint(tmp_path):
@@ -169,3 +178,18 @@ def test_every_site_failing_stops_the_run_with_their_errors(tmp_path):
     always = set(range(1, 1000))
     with pytest.raises(FederationStalled, match="every site failed since server update 0: site-0: .*crashed"):
         fedbuff(tmp_path, builtin_sites(2, crash_rounds={0: always, 1: always}), **{"num-server-rounds": 2})
+
+
+class RefusingGrid(InProcessGrid):
+    """A SuperLink that refuses every training task (HttpGrid then returns None as its id)."""
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train":
+            return [None] * len(messages)
+        return super().push_messages(messages)
+
+
+def test_tasks_the_superlink_refuses_count_as_failures(tmp_path):
+    with pytest.raises(FederationStalled, match="site-0: the SuperLink did not accept its task"):
+        fedbuff(tmp_path, builtin_sites(2), grid_type=RefusingGrid, **{"num-server-rounds": 2})

@@ -45,6 +45,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,9 +179,9 @@ class FedBuffServer:
     """The asynchronous loop: keep every site busy, step every K replies, record each step."""
 
     def __init__(self, grid: Grid, settings: AsyncSettings, *, model: Arrays, version: int, num_updates: int,
-                 round_timeout: float, train_config: Mapping[str, Any], artifacts_dir: Any,
+                 round_timeout: float, train_config: Mapping[str, Any], artifacts_dir: Path,
                  checkpoints: CheckpointStore, central_evaluation: CentralEvaluation | None,
-                 site_names: SiteNames, poll_seconds: float = POLL_SECONDS) -> None:
+                 site_names: SiteNames) -> None:
         self.grid = grid
         self.settings = settings
         self.model = model
@@ -192,7 +193,6 @@ class FedBuffServer:
         self.checkpoints = checkpoints
         self.central_evaluation = central_evaluation
         self.site_name = site_names
-        self.poll_seconds = poll_seconds
         self.versions: dict[int, Arrays] = {version: model}  # models that tasks in flight trained from
         self.in_flight: dict[str, _Task] = {}  # message id -> task
         self.resting: set[int] = set()  # failed since the last update: asked again at the next one
@@ -217,7 +217,7 @@ class FedBuffServer:
                 if not self.in_flight and self.resting:
                     raise FederationStalled(f"fedbuff: every site failed since server update {self.version}: "
                                             + "; ".join(f"{s}: {r}" for s, r in sorted(self.interval.failed.items())))
-                time.sleep(self.poll_seconds)
+                time.sleep(POLL_SECONDS)
         if self.in_flight:
             log(INFO, "fedbuff: done; %d task(s) still running are not waited for", len(self.in_flight))
         return self.model
@@ -242,8 +242,17 @@ class FedBuffServer:
             config = ConfigRecord({**self.train_config, "server-round": self.tasks, MODEL_VERSION: self.version})
             messages.append(Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node,
                                     message_type=MessageType.TRAIN, group_id=str(self.version)))
-        for message, message_id in zip(messages, self.grid.push_messages(messages), strict=True):
-            self.in_flight[message_id] = _Task(message.metadata.dst_node_id, self.version, now)
+        message_ids = list(self.grid.push_messages(messages))
+        for index, message in enumerate(messages):
+            node = message.metadata.dst_node_id
+            # HttpGrid answers None for a message the SuperLink refused, and nothing at all when
+            # the request was too large: such a site rests until the next server update.
+            message_id = message_ids[index] if index < len(message_ids) else None
+            if not message_id:
+                self.resting.add(node)
+                self.interval.failed[self.site_name.of_node(node)] = "the SuperLink did not accept its task"
+                continue
+            self.in_flight[message_id] = _Task(node, self.version, now)
             self.interval.bytes_down += payload_bytes(message)
 
     def _receive(self, reply: Message) -> None:
