@@ -156,6 +156,13 @@ def test_fedbuff_resumes_from_the_latest_checkpoint(tmp_path):
     assert len(fedbuff(tmp_path, builtin_sites(3), **{"num-server-rounds": 5, "resume": True})) == 5
 
 
+def test_resuming_a_scaffold_checkpoint_with_fedbuff_is_refused(tmp_path):
+    run_federation(builtin_sites(2), run_config_with({"artifacts-dir": str(tmp_path), "strategy": "scaffold",
+                                                      "dataset": "builtin:breast-cancer", "num-server-rounds": 1}))
+    with pytest.raises(SettingsError, match=r"run config resume: .* \(round 1\) holds server state .*\(control: "):
+        fedbuff(tmp_path, builtin_sites(2), **{"num-server-rounds": 3, "resume": True})
+
+
 def test_compressed_updates_are_decoded_against_the_model_they_were_trained_from(tmp_path):
     plain = fedbuff(tmp_path / "plain", builtin_sites(3), **{"num-server-rounds": 6})
     topk = fedbuff(tmp_path / "topk", builtin_sites(3), **{"num-server-rounds": 6, "compression": "topk",

@@ -33,7 +33,8 @@ every site failed and none is busy, the run stops with the sites' errors.
 
 Per server update one line in metrics.jsonl (recording.append_metrics), a
 checkpoint (the version is the checkpoint's round; FedBuff keeps no other
-server state) and contribution scores (recording.cosine_contributions, one per
+server state, and refuses to resume a checkpoint that holds a synchronous
+strategy's) and contribution scores (recording.cosine_contributions, one per
 reply, averaged per site). Accuracy per update comes from the global held-out
 test set (built-in data); with study data it is null (no federated evaluation
 while the sites are busy training).
@@ -342,6 +343,13 @@ def run(grid: Grid, context: Context, settings: ServerSettings, federation: Fede
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = CheckpointStore(settings.artifacts_dir, settings.checkpoint_keep)
     latest = checkpoints.latest() if settings.resume else None
+    if latest is not None and latest.strategy_state:
+        groups = sorted({key.split("/")[0] for key in latest.strategy_state})
+        raise SettingsError(
+            f"run config resume: the latest checkpoint in {checkpoints.directory} (round {latest.round}) holds "
+            f"server state of a synchronous strategy ({', '.join(groups)}: SCAFFOLD's control variate or "
+            "FedAdam/FedYogi's moments) that strategy = 'fedbuff' cannot continue; resume with the strategy "
+            "that wrote it, or start in a new artifacts-dir")
     model, version = (latest.model, latest.round) if latest is not None else (
         task.get_weights(task.model_for(context.run_config, federation.spec)), 0)
     if latest is not None:
