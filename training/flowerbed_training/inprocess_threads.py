@@ -10,9 +10,9 @@ timeout, as against a SuperLink. Sites slowed with the bench-only sleep
 (benchdelay.py) cost no CPU while they wait, so a slow site does not slow the
 others down on a small machine.
 
-`close()` (run_federation calls it when the ServerApp returns) drops every
-queued message; a site in the middle of a message finishes it in the background
-and its reply is discarded.
+`close()` (run_federation calls it when the ServerApp returns) ends every site's
+thread without handling its queued messages; a site in the middle of a message
+finishes it in the background, and nobody pulls its reply.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ _STOP = None  # queue sentinel: the worker ends
 
 
 class ConcurrentGrid(InProcessGrid):
+    """InProcessGrid whose sites answer in their own threads, one message at a time (module docstring)."""
+
     def __init__(self, client_app: ClientApp, sites: list[Site], run_config: Mapping[str, Any]) -> None:
         super().__init__(client_app, sites, run_config)
         self._answered = threading.Condition()
@@ -70,6 +72,4 @@ class ConcurrentGrid(InProcessGrid):
         with self._answered:
             self._closed = True
         for inbox in self._inboxes.values():
-            while not inbox.empty():
-                inbox.get_nowait()
-            inbox.put(_STOP)
+            inbox.put(_STOP)  # wakes a waiting worker; one that takes a queued message sees _closed and ends
