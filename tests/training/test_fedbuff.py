@@ -71,6 +71,13 @@ def test_bad_or_synchronous_only_settings_name_the_key(overrides, message):
         AsyncSettings.from_run_config(run_config_with({"strategy": "fedbuff", **overrides}))
 
 
+def test_a_bad_async_setting_stops_the_run_before_any_site_is_asked(tmp_path):
+    sites = builtin_sites(2)
+    with pytest.raises(SettingsError, match="run config async-buffer-size: 0 must be >= 1"):
+        fedbuff(tmp_path, sites, **{"async-buffer-size": 0})
+    assert [site.handled for site in sites] == [[], []]  # not even the survey
+
+
 def test_the_defaults_are_valid():
     settings = AsyncSettings.from_run_config(run_config_with({"strategy": "fedbuff"}))
     assert (settings.buffer_size, settings.max_staleness, settings.time_budget) == (3, 10, 0.0)

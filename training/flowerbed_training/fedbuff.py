@@ -336,10 +336,9 @@ def _update(record: ArrayRecord, base: Arrays) -> Arrays:
     return {k: trained[k] - base[k] for k in base}
 
 
-def run(grid: Grid, context: Context, settings: ServerSettings, federation: FederationData,
-        central_evaluation: CentralEvaluation | None) -> Arrays:
+def run(grid: Grid, context: Context, settings: ServerSettings, async_settings: AsyncSettings,
+        federation: FederationData, central_evaluation: CentralEvaluation | None) -> Arrays:
     """FedBuff from a fresh model or, with `resume`, from the latest checkpoint; returns the final model."""
-    async_settings = AsyncSettings.from_run_config(context.run_config)
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = CheckpointStore(settings.artifacts_dir, settings.checkpoint_keep)
     latest = checkpoints.latest() if settings.resume else None

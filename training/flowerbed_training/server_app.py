@@ -46,10 +46,13 @@ def main(grid: Grid, context: Context) -> None:
     settings = ServerSettings.from_run_config(context.run_config)
     local_lr = ClientSettings.from_run_config(context.run_config).lr
     builtin = task.builtin_name(str(context.run_config.get("dataset", ""))) is not None
+    # Asynchronous (its own loop instead of Flower's rounds); its settings are checked before the survey.
+    buffered = fedbuff.AsyncSettings.from_run_config(context.run_config) if settings.strategy == "fedbuff" else None
     federation = survey_sites(grid, settings.min_available_sites, settings.round_timeout,
                               assign_partitions=builtin)
-    if settings.strategy == "fedbuff":  # asynchronous: its own loop instead of Flower's rounds
-        _save_final(settings, fedbuff.run(grid, context, settings, federation, central_evaluation(context, federation)))
+    if buffered is not None:
+        _save_final(settings, fedbuff.run(grid, context, settings, buffered, federation,
+                                          central_evaluation(context, federation)))
         return
 
     base = build_strategy(settings, local_lr)
