@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
 
-.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning clean
+.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-stragglers clean
 
 venv:
 	@tools/ensure-venv
@@ -53,6 +53,10 @@ bench: venv
 # NIID-Bench-shaped: rewrites the table in bench/README.md and bench/learning.png.
 bench-learning: venv
 	PYTHONPATH=training $(PY) -m bench learning $(ARGS)
+
+# One slow site (k = 1, 4, 16): sync FedAvg waiting for all, with a round timeout, and FedBuff.
+bench-stragglers: venv
+	PYTHONPATH=training $(PY) -m bench stragglers $(ARGS)
 
 clean:
 	rm -rf out .pytest_cache
