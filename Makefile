@@ -11,7 +11,7 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-program clean
+.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-program clean bench-stragglers
 
 venv:
 	@tools/ensure-venv
@@ -65,6 +65,10 @@ bench-learning: venv
 # The program under mocks and real-engine previews at 10, 100 and 1,000 sites (bench/README.md).
 bench-program: venv toolchain
 	$(PROGRAM_PY) -m bench.program $(ARGS)
+
+# One slow site (k = 1, 4, 16): sync FedAvg waiting for all, with a round timeout, and FedBuff.
+bench-stragglers: venv
+	PYTHONPATH=training $(PY) -m bench stragglers $(ARGS)
 
 clean:
 	rm -rf out .pytest_cache

@@ -14,14 +14,14 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from . import centralized, communication, learning, strategies  # noqa: E402
+from . import centralized, communication, learning, strategies, stragglers  # noqa: E402
 from .options import Options, run_config_value  # noqa: E402
 from .runs import quiet_flower, warm_up  # noqa: E402
 
 BENCHMARKS = {"centralized": centralized.run, "strategies": strategies.run, "communication": communication.run,
-              "learning": learning.run}
+              "learning": learning.run, "stragglers": stragglers.run}
 # Each benchmark's own defaults; command-line options replace them.
-DEFAULTS = {"learning": learning.DEFAULTS}
+DEFAULTS = {"learning": learning.DEFAULTS, "stragglers": stragglers.DEFAULTS}
 QUICK = ("centralized", "strategies", "communication")  # run when no NAME is given
 
 

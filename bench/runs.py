@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.inprocess import builtin_sites, run_config_with, run_dir, run_federation
+from tests.inprocess import InProcessGrid, builtin_sites, run_config_with, run_dir, run_federation
 from flowerbed_training.round_log import read_metrics
 
 
@@ -48,12 +48,14 @@ class FederatedRun:
         return sum(float(line[field]) for line in self.lines) / len(self.lines)
 
 
-def federated(sites: int, overrides: Mapping[str, Any]) -> FederatedRun:
+def federated(sites: int, overrides: Mapping[str, Any], grid_type: type[InProcessGrid] = InProcessGrid) -> FederatedRun:
+    """One in-process run; every site trains every round unless `overrides` lower `min-train-sites`.
+    `grid_type` ConcurrentGrid: sites in threads, so a slow site can lag behind the others."""
     with tempfile.TemporaryDirectory(prefix="flowerbed-bench-") as artifacts:
-        run_config = run_config_with({**overrides, "artifacts-root": artifacts,
-                                      "min-train-sites": sites, "min-available-sites": sites})
+        run_config = run_config_with({"min-train-sites": sites, **overrides, "artifacts-root": artifacts,
+                                      "min-available-sites": sites})
         started = time.perf_counter()
-        run_federation(builtin_sites(sites), run_config)
+        run_federation(builtin_sites(sites), run_config, grid_type=grid_type)
         seconds = time.perf_counter() - started
         directory = run_dir(Path(artifacts))
         with np.load(directory / "final_model.npz") as model:

@@ -88,10 +88,14 @@ class InProcessGrid(Grid):
             message.metadata.__dict__["_message_id"] = str(uuid4())
             message.metadata.__dict__["_run_id"] = self.run_id
             ids.append(message.metadata.message_id)
-            reply = self._deliver(_over_the_wire(message))
-            if reply is not None:
-                self._replies[message.metadata.message_id] = _over_the_wire(reply)
+            self._handle(message.metadata.message_id, _over_the_wire(message))
         return ids
+
+    def _handle(self, message_id: str, message: Message) -> None:
+        """The site answers at once, before push_messages returns (ConcurrentGrid: in its own thread)."""
+        reply = self._deliver(message)
+        if reply is not None:
+            self._replies[message_id] = _over_the_wire(reply)
 
     def _deliver(self, message: Message) -> Message | None:
         site = self.sites[message.metadata.dst_node_id]
@@ -118,6 +122,9 @@ class InProcessGrid(Grid):
         # exactly what the server sees once a real round timeout expires.
         return self.pull_messages(self.push_messages(messages))
 
+    def close(self) -> None:
+        """Nothing runs between calls here (ConcurrentGrid stops its sites' threads), as HttpGrid.close."""
+
 
 def run_config_with(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The app's pyproject defaults with overrides, as `flwr run --run-config` fuses them."""
@@ -135,16 +142,21 @@ def run_dir(artifacts_root: Path, run_id: int = RUN_ID) -> Path:
 
 
 def run_federation(sites: list[Site], run_config: Mapping[str, Any], *, run_id: int = RUN_ID,
-                   server_app: ServerApp | None = None, client_app: ClientApp | None = None) -> InProcessGrid:
-    """Run the app's ServerApp (or `server_app`) as run `run_id` against `sites` running its ClientApp."""
+                   server_app: ServerApp | None = None, client_app: ClientApp | None = None,
+                   grid_type: type[InProcessGrid] = InProcessGrid) -> InProcessGrid:
+    """Run the app's ServerApp (or `server_app`) as run `run_id` against `sites` running its ClientApp
+    (`grid_type` ConcurrentGrid: every site in its own thread, see tests/inprocess_threads.py)."""
     if server_app is None or client_app is None:
         from flowerbed_training import client_app as client_module, server_app as server_module
 
         server_app, client_app = server_app or server_module.app, client_app or client_module.app
-    grid = InProcessGrid(client_app, sites, run_config, run_id)
+    grid = grid_type(client_app, sites, run_config, run_id)
     # What Flower's ServerApp process runner sets before calling the app (messages read it).
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
-    server_app(grid, Context(run_id, 0, {}, RecordDict(), dict(run_config)))
+    try:
+        server_app(grid, Context(run_id, 0, {}, RecordDict(), dict(run_config)))
+    finally:
+        grid.close()
     return grid
 
 

@@ -166,6 +166,10 @@ def test_sites_evaluate_study_data_themselves(tmp_path: Path) -> None:
     ({"strategy": "nope"}, "run config strategy: 'nope' must be one of fedavg"),
     ({"local-dp": True, "local-dp-epsilon": -1.0}, "run config local-dp-epsilon: -1.0 must be > 0"),
     ({"compression": "zip"}, "run config compression: 'zip' must be one of none, int8, topk"),
+    ({"strategy": "fedbuff", "central-dp": "server"},
+     "run config central-dp: 'server' must be 'off' with strategy 'fedbuff'"),
+    ({"strategy": "fedbuff", "async-staleness": "linear"}, "run config async-staleness: 'linear' must be one of"),
+    ({"bench-train-seconds": "lab-c"}, "run config bench-train-seconds: 'lab-c' must be SITE=SECONDS"),
 ])
 def test_a_bad_run_config_fails_before_any_process_starts(override: dict, message: str) -> None:
     config = effective_run_config(TRAINING, override)

@@ -9,6 +9,7 @@ server, in each message's config (partitions.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flowerbed_training import compression, privacy, secagg, site_state, task
+from flowerbed_training import benchdelay, compression, privacy, secagg, site_state, task
 from flowerbed_training.data import Dataset, check_compatible
 from flowerbed_training.partitions import partition_of
 from flowerbed_training.protocol import (
@@ -88,6 +89,7 @@ def describe(message: Message, context: Context) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
+    started = time.monotonic()
     run = RunConfig.parse(context.run_config)
     config = message.content.config_records[CONFIG]
     server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
@@ -119,6 +121,7 @@ def train(message: Message, context: Context) -> Message:
     records: dict[str, object] = {ARRAYS: _outgoing(run, trained, global_model, context), METRICS: metrics}
     if control is not None:
         records[CONTROL_DELTA] = control.finish(global_model, trained, stats.steps, run.lr, context.state)
+    benchdelay.pad(run.bench_train_seconds, _site(context), started)  # benchmarks only: a slow site's sleep
     return _reply(message, context, records)
 
 

@@ -60,6 +60,10 @@ class SiteNames:
             self._known[node] = site_name(message)
         return self._known.get(node, site_name(message))
 
+    def of_node(self, node_id: int) -> str:
+        """The name learnt for a node (for a site that never answered: `node-<id>`)."""
+        return self._known.get(node_id, f"node-{node_id}")
+
 
 def payload_bytes(message: Message) -> int:
     """Bytes of the message content as Flower serializes it (0 for error replies)."""

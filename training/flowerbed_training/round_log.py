@@ -29,15 +29,17 @@ class RoundLog:
     train_loss: float | None = None
     federated_loss: float | None = None
     federated_accuracy: float | None = None
+    # fedbuff.py's own fields (version, replies, dropped, elapsed); None on the synchronous paths
+    asynchronous: dict[str, Any] | None = None
 
     def line(self, central: tuple[float, float] | None) -> dict[str, Any]:
         """The metrics.jsonl line; `central` is (loss, accuracy) on the server's test set, if it has one."""
         loss, accuracy = central if central else (self.federated_loss, self.federated_accuracy)
-        return {
+        return {**(self.asynchronous or {}),
             "round": self.round,
             "loss": loss,
             "accuracy": accuracy,
-            "evaluated_on": "server-test-set" if central else "sites",
+            "evaluated_on": "server-test-set" if central else "sites" if accuracy is not None else None,
             "sites": self.sites,
             "failed": self.failed,
             "aggregated": self.aggregated,

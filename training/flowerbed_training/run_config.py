@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowerbed_training import benchdelay
 from flowerbed_training.data import BUILTIN_PREFIX, BUILTIN_SOURCES, PARTITIONINGS
+from flowerbed_training.staleness import FUNCTIONS as STALENESS_FUNCTIONS
 from flowerbed_training.strategies import STRATEGIES
 
 
@@ -84,6 +86,15 @@ class RunConfig:
     server_tau: float = _positive()
     trimmed_beta: float = _rule("must be in [0, 0.5)", lambda v: 0 <= v < 0.5)
     krum_malicious: int = _at_least(0)
+    # --- asynchronous aggregation (strategy fedbuff) ---
+    async_buffer_size: int = _at_least(1)
+    async_staleness: str = _one_of(*STALENESS_FUNCTIONS)
+    async_polynomial_a: float = _positive()
+    async_hinge_a: float = _positive()
+    async_hinge_b: int = _at_least(0)
+    async_max_staleness: int = _at_least(0)
+    async_server_lr: float = _positive()
+    async_time_budget: float = _rule("must be >= 0 seconds (0: none)", lambda v: v >= 0)
     # --- privacy ---
     local_dp: bool = _anything()
     local_dp_epsilon: float = _positive()
@@ -108,6 +119,8 @@ class RunConfig:
     min_train_sites: int = _at_least(1)
     min_available_sites: int = _at_least(1)
     round_timeout: float = _rule("must be > 0 seconds", lambda v: v > 0)
+    # --- benchmarks and tests only ---
+    bench_train_seconds: str = _rule(benchdelay.RULE, benchdelay.well_formed)
     # --- results ---
     artifacts_root: str = _rule("must not be empty", bool)
     resume: str = _rule('must be "" (a fresh run), "latest" or a run id (digits)',
@@ -155,7 +168,18 @@ def _checked(key: str, run_config: Mapping[str, Any], kind: type, metadata: Mapp
 def _combinations(c: RunConfig) -> None:
     """The rules that span keys (each error names the key to change and why)."""
     strategy = STRATEGIES[c.strategy]
-    rules: list[tuple[bool, str, str]] = [
+    rules: list[tuple[bool, str, str]] = []
+    if strategy.asynchronous:
+        # FedBuff keeps every site busy and steps on a buffer of replies: what needs one
+        # synchronous round (its sum, its sampled sites, a budget per round) cannot run with it.
+        why = f"with strategy {c.strategy!r} (no synchronous rounds)"
+        rules += [
+            (not c.secagg, "secagg", f"must be false {why}: SecAgg+ unmasks the sum of one round's replies"),
+            (not c.local_dp, "local-dp", f"must be false {why}: the local-DP budget is calibrated for "
+             "num-server-rounds trainings per site, and a fast site trains far more often"),
+            (c.fraction_train == 1.0, "fraction-train", f"must be 1.0 {why}: every connected site is kept busy"),
+        ]
+    rules += [
         (c.min_available_sites >= c.min_train_sites, "min-available-sites", "must be >= min-train-sites"),
         (not (c.local_dp and c.amp), "amp",
          # The loss scaler would scale the per-sample gradients that Opacus clips.

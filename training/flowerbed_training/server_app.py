@@ -3,7 +3,8 @@
 Thin: parse the run config, survey the sites' data (assigning built-in data's
 partitions), build the model, resume from the run `resume` names if asked, and
 hand the rounds to the training path the run config chooses: SecAgg+ (Flower's
-legacy workflow, secagg.py) or the Message API (a Flower strategy, message_api.py).
+legacy workflow, secagg.py), FedBuff's asynchronous loop (fedbuff.py) or the
+Message API (a Flower strategy, message_api.py).
 Everything lands in the run's own directory, `<artifacts-root>/<run-id>/`,
 ending with summary.json and report.png (report.py).
 """
@@ -18,13 +19,14 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from flowerbed_training import message_api, secagg, task
+from flowerbed_training import fedbuff, message_api, secagg, task
 from flowerbed_training.checkpoints import Checkpoint, CheckpointStore, save_final_model
 from flowerbed_training.privacy import CentralDpAccountant
 from flowerbed_training.recording import CentralEvaluation, Rounds
 from flowerbed_training.round_log import read_metrics
 from flowerbed_training.run_config import RunConfig
 from flowerbed_training.run_directory import continue_from, lineage, resumed_run, run_directory
+from flowerbed_training.strategies import STRATEGIES
 from flowerbed_training.survey import FederationData, survey_sites
 from flowerbed_training.training_job import TrainingJob, TrainingPath
 
@@ -37,8 +39,11 @@ class NoRoundAggregated(RuntimeError):
 
 
 def training_path(config: RunConfig) -> TrainingPath:
-    """SecAgg+ exists only in Flower's legacy workflow API; every other run uses a Message-API strategy."""
-    return secagg.run_rounds if config.secagg else message_api.run_rounds
+    """SecAgg+ exists only in Flower's legacy workflow API; an asynchronous strategy (fedbuff) has its
+    own loop; every other run uses a Message-API strategy."""
+    if config.secagg:
+        return secagg.run_rounds
+    return fedbuff.run_rounds if STRATEGIES[config.strategy].asynchronous else message_api.run_rounds
 
 
 def central_evaluation(config: RunConfig, federation: FederationData) -> CentralEvaluation | None:

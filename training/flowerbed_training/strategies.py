@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 class Registered:
     """One strategy: how to build it from the run config and what it combines with."""
 
-    build: Callable[[RunConfig, dict[str, Any]], Strategy]  # (config, common Flower options) -> strategy
+    # (config, common Flower options) -> strategy; None: not a Flower strategy but its own training path
+    build: Callable[[RunConfig, dict[str, Any]], Strategy] | None
     summary: str  # the README's strategy table says the same
+    asynchronous: bool = False  # no synchronous rounds: fedbuff.py's loop (server_app.training_path)
     secagg: bool = False  # SecAgg+ computes a weighted sum of models, i.e. FedAvg only
     central_dp: bool = True  # Flower's DP wrappers clip every ArrayRecord of a reply
     central_dp_conflict: str = ""  # why not, when central_dp is False
@@ -63,6 +65,10 @@ STRATEGIES: dict[str, Registered] = {
                                 "Flower's FedTrimmedAvg: the mean without a `trimmed-beta` share at each end"),
     "krum": Registered(lambda c, common: Krum(**common, num_malicious_nodes=c.krum_malicious),
                        "Flower's Krum: the model closest to its neighbours, tolerating `krum-malicious` sites"),
+    "fedbuff": Registered(
+        None, "FedBuff (fedbuff.py): asynchronous; every site always busy, a server step every "
+        "`async-buffer-size` replies, stale replies down-weighted (`async-*`)", asynchronous=True,
+        central_dp=False, central_dp_conflict="its server steps are not one synchronous round's aggregate"),
 }
 
 
@@ -75,7 +81,10 @@ def build_strategy(config: RunConfig) -> Strategy:
         min_evaluate_nodes=config.min_train_sites if config.fraction_evaluate > 0 else 0,
         min_available_nodes=config.min_available_sites,
     )
-    return STRATEGIES[config.strategy].build(config, common)
+    build = STRATEGIES[config.strategy].build
+    if build is None:
+        raise ValueError(f"strategy {config.strategy!r} is not a Flower strategy; it has its own training path")
+    return build(config, common)
 
 
 def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:

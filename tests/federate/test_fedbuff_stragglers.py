@@ -1,0 +1,50 @@
+"""`python -m federate --strategy fedbuff` with real processes: a slow site does not hold the others back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from federate.ports import free_port
+from tests.federate.conftest import assert_nothing_left, federate_command, free_port_run, isolated_env
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = ["fast-a", "fast-b", "slow-c"]
+SLOW_SECONDS = 300  # slow-c's every training sleeps this long (bench-train-seconds)
+UPDATES = 6
+
+
+def test_fast_sites_keep_updating_the_model_while_the_slow_site_trains(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    superlink, base = free_port(), free_port_run(len(SITES))
+    started = time.monotonic()
+    done = subprocess.run(
+        federate_command(out, superlink, base, "--sites", ",".join(SITES), "--strategy", "fedbuff",
+                         "--rounds", str(UPDATES), "--round-timeout", "600", "-c", "async-buffer-size=2",
+                         "-c", f'bench-train-seconds="slow-c={SLOW_SECONDS}"'),
+        cwd=REPO, env=isolated_env(tmp_path), capture_output=True, text=True, timeout=900, check=False,
+    )
+    print(done.stdout, done.stderr, f"{time.monotonic() - started:.0f} s", sep="\n")
+    assert done.returncode == 0, done.stderr
+
+    [run] = [path for path in out.iterdir() if path.name.isdigit()]  # <out-dir>/<run-id>/, as for every strategy
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["version"] for m in metrics] == list(range(1, UPDATES + 1))
+    replies = Counter(reply["site"] for m in metrics for reply in m["replies"])
+    # Two replies per server update; slow-c's first one takes SLOW_SECONDS (+ its start-up).
+    assert replies["fast-a"] + replies["fast-b"] >= 2 * UPDATES - 1 and replies["slow-c"] <= 1, replies
+    assert replies["fast-a"] >= 2 and replies["fast-b"] >= 2, replies
+    summary = json.loads((run / "summary.json").read_text())
+    # Synchronous rounds would each wait for slow-c: at least UPDATES x SLOW_SECONDS in all.
+    assert summary["seconds"]["training"] < UPDATES * SLOW_SECONDS / 2, summary["seconds"]
+    assert summary["strategy"] == "fedbuff" and summary["final_accuracy"] >= 0.8
+    assert summary["status"] == "finished:completed"
+    assert (run / "final_model.npz").exists() and (run / "checkpoints" / "latest.json").exists()
+    assert_nothing_left(tmp_path, [superlink, *range(base, base + len(SITES))])
