@@ -11,8 +11,10 @@ timeout, as against a SuperLink. Sites slowed with the bench-only sleep
 others down on a small machine.
 
 `close()` (run_federation calls it when the ServerApp returns) ends every site's
-thread without handling its queued messages; a site in the middle of a message
-finishes it in the background, and nobody pulls its reply.
+thread without handling its queued messages: a site in the middle of a message
+finishes it with its padding sleep cut short, nobody pulls its reply, and close
+returns once every thread has ended (a thread left inside torch when the
+interpreter exits aborts the process).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.clientapp import ClientApp
 
+from flowerbed_training import benchdelay
 from tests.inprocess import RUN_ID, InProcessGrid, Site
 
 _STOP = None  # queue sentinel: the worker ends
@@ -40,10 +43,13 @@ class ConcurrentGrid(InProcessGrid):
         self._answered = threading.Condition()
         self._closed = False
         self._inboxes: dict[int, queue.SimpleQueue[tuple[str, Message] | None]] = {}
+        self._threads: list[threading.Thread] = []
         for node_id in self.sites:
             inbox: queue.SimpleQueue[tuple[str, Message] | None] = queue.SimpleQueue()
             self._inboxes[node_id] = inbox
-            threading.Thread(target=self._work, args=(inbox,), name=f"site-{node_id}", daemon=True).start()
+            thread = threading.Thread(target=self._work, args=(inbox,), name=f"site-{node_id}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _handle(self, message_id: str, message: Message) -> None:
         self._inboxes[message.metadata.dst_node_id].put((message_id, message))
@@ -74,3 +80,6 @@ class ConcurrentGrid(InProcessGrid):
             self._closed = True
         for inbox in self._inboxes.values():
             inbox.put(_STOP)  # wakes a waiting worker; one that takes a queued message sees _closed and ends
+        with benchdelay.cut_short():
+            for thread in self._threads:
+                thread.join()

@@ -2,6 +2,8 @@
 and the real apps federated in process, synchronously (deterministic) and with sites in threads."""
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,12 +97,24 @@ def test_bench_train_seconds_per_site_and_for_every_other_site(monkeypatch):
         with pytest.raises(RunConfigError, match="run config bench-train-seconds: .* must be SITE=SECONDS"):
             config_with({"bench-train-seconds": bad})
     slept: list[float] = []
-    monkeypatch.setattr(benchdelay.time, "sleep", slept.append)
+    monkeypatch.setattr(benchdelay._CUT_SHORT, "wait", slept.append)
     monkeypatch.setattr(benchdelay.time, "monotonic", lambda: 100.0)
     benchdelay.pad("slow=16,*=1", "slow", started=99.0)  # trained 1 s so far: 15 s to go
     benchdelay.pad("slow=16,*=1", "fast", started=98.0)  # already past its 1 s
     benchdelay.pad("", "fast", started=99.0)  # off
     assert slept == [15.0, 0.0, 0.0]
+
+
+def test_a_padding_sleep_under_way_ends_when_the_harness_cuts_it_short():
+    started = time.monotonic()
+    sleeper = threading.Thread(target=benchdelay.pad, args=("slow=60", "slow", started))
+    sleeper.start()
+    time.sleep(0.2)
+    assert sleeper.is_alive()  # asleep towards its 60 s
+    with benchdelay.cut_short():
+        sleeper.join(timeout=5)
+    assert not sleeper.is_alive() and time.monotonic() - started < 10
+    assert not benchdelay._CUT_SHORT.is_set()  # the next run's sleeps are whole again
 
 
 def fedbuff(tmp_path: Path, sites: list[Site], grid_type: type[InProcessGrid] = InProcessGrid, run_id: int = 1,

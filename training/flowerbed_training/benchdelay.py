@@ -10,9 +10,14 @@ machine is. Never set it in a real federation.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EVERY_OTHER_SITE = "*"
+# Set while an in-process harness shuts its site threads down (tests/inprocess_threads.py).
+_CUT_SHORT = threading.Event()
 RULE = f"must be SITE=SECONDS[,SITE=SECONDS...] with SECONDS >= 0 (SITE {EVERY_OTHER_SITE!r}: every other site)"
 
 
@@ -44,4 +49,15 @@ def pad(value: str, site: str, started: float) -> None:
     """Sleep until `site`'s training, begun at `started` (time.monotonic()), took the time `value` gives it."""
     seconds = train_seconds(value)
     target = seconds.get(site, seconds.get(EVERY_OTHER_SITE, 0.0))
-    time.sleep(max(0.0, started + target - time.monotonic()))
+    _CUT_SHORT.wait(max(0.0, started + target - time.monotonic()))
+
+
+@contextmanager
+def cut_short() -> Iterator[None]:
+    """Inside: every padding sleep, under way or new, returns at once, so a harness can join its
+    site threads instead of leaving one asleep for the interpreter's exit to kill."""
+    _CUT_SHORT.set()
+    try:
+        yield
+    finally:
+        _CUT_SHORT.clear()
