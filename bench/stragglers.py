@@ -74,8 +74,10 @@ def run(options: Options) -> None:
         results = {}
         for name, overrides in setups(options, slowdown).items():
             results[name] = result = federated(options.sites, overrides, grid_type=ConcurrentGrid)
-            print(f"k={slowdown} {name}: final {result.final_accuracy:.4f}, {result.seconds_to(target)} s to "
-                  f"{target} ({result.seconds:.0f} s)", file=sys.stderr, flush=True)
+            to_target = result.seconds_to(target)
+            reached = "never reached" if to_target is None else f"{to_target:.1f} s to"
+            print(f"k={slowdown} {name}: final {result.final_accuracy:.4f}, {reached} {target} "
+                  f"({result.seconds:.0f} s)", file=sys.stderr, flush=True)
         baseline = results[WAIT_ALL]
         for name, result in results.items():
             to_target = result.seconds_to(target)
