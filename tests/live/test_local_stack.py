@@ -214,7 +214,7 @@ def test_flowers_kubernetes_executor_launches_an_admitted_task_pod_as_its_servic
         federation.wait_for_nodes_online(1)
         # One site is enough to start: the survey's first message to it is the task the executor launches.
         submit(federation.cli, TRAINING_APP, {"num-server-rounds": 1, "min-available-sites": 1,
-                                              "min-train-sites": 1, "artifacts-dir": str(tmp_path / "artifacts")},
+                                              "min-train-sites": 1, "artifacts-root": str(tmp_path / "artifacts")},
                tmp_path)
         def task_pods() -> list[dict[str, Any]]:
             supervisor.check()
