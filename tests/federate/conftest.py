@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from federate.processes import ManagedProcess, Supervisor
 from federate.sites import sites_from_names
 
 FederationFactory = Callable[[Sequence[str]], LocalFederation]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -75,6 +77,16 @@ def federate_command(out_dir: Path, superlink_port: int, supernode_base: int, *e
         sys.executable, "-m", "federate", "--out-dir", str(out_dir),
         "--superlink-port", str(superlink_port), "--supernode-port-base", str(supernode_base), *extra,
     ]
+
+
+def run_federate_command(tmp_path: Path, out_dir: Path, superlink_port: int, supernode_base: int,
+                         *extra: str) -> subprocess.CompletedProcess[str]:
+    """`python -m federate` to the end (15 min at most), temp files under tmp_path; prints its output and time."""
+    started = time.monotonic()
+    done = subprocess.run(federate_command(out_dir, superlink_port, supernode_base, *extra), cwd=REPO,
+                          env=isolated_env(tmp_path), capture_output=True, text=True, timeout=900, check=False)
+    print(done.stdout, done.stderr, f"{time.monotonic() - started:.0f} s", sep="\n")
+    return done
 
 
 def isolated_env(tmp_path: Path) -> dict[str, str]:

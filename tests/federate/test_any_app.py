@@ -12,22 +12,17 @@ import pytest
 
 from federate.ports import free_port
 from tests.federate.apps import legacy_app, message_api_app, raising_app
-from tests.federate.conftest import assert_nothing_left, federate_command, free_port_run, isolated_env
+from tests.federate.conftest import assert_nothing_left, free_port_run, run_federate_command
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 SITES = ["site-a", "site-b"]
 
 
 def run_federate(tmp_path: Path, app: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path / "out"
     superlink, base = free_port(), free_port_run(len(SITES))
-    done = subprocess.run(
-        federate_command(out, superlink, base, "--app", str(app), "--sites", ",".join(SITES), *extra),
-        cwd=REPO, env=isolated_env(tmp_path), capture_output=True, text=True, timeout=900, check=False,
-    )
-    print(done.stdout, done.stderr, sep="\n")
+    done = run_federate_command(tmp_path, out, superlink, base, "--app", str(app), "--sites", ",".join(SITES), *extra)
     assert_nothing_left(tmp_path, [superlink, *range(base, base + len(SITES))])
     return done, out
 

@@ -7,19 +7,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from federate.ports import free_port
-from tests.federate.conftest import (assert_nothing_left, federate_command, free_port_run, isolated_env,
-                                     processes_mentioning)
+from tests.federate.conftest import (REPO, assert_nothing_left, federate_command, free_port_run, isolated_env,
+                                     processes_mentioning, run_federate_command)
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 SITES = ["hospital-a", "hospital-b", "lab-c"]  # the dev stack's sites (Pulumi.dev.yaml)
 ROUNDS = 3
 
@@ -27,12 +25,7 @@ ROUNDS = 3
 def test_federate_trains_on_every_site_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "out"
     superlink, base = free_port(), free_port_run(len(SITES))
-    started = time.monotonic()
-    done = subprocess.run(
-        federate_command(out, superlink, base, "--rounds", str(ROUNDS)),
-        cwd=REPO, env=isolated_env(tmp_path), capture_output=True, text=True, timeout=900, check=False,
-    )
-    print(done.stdout, done.stderr, f"{time.monotonic() - started:.0f} s", sep="\n")
+    done = run_federate_command(tmp_path, out, superlink, base, "--rounds", str(ROUNDS))
     assert done.returncode == 0, done.stderr
 
     round_lines = [line for line in done.stdout.splitlines() if line.startswith("round ")]
