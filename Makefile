@@ -11,10 +11,14 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-program clean bench-stragglers
+.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-program clean bench-stragglers
 
 venv:
 	@tools/ensure-venv
+
+# Only the program's environment (no torch): enough for preview, up and destroy.
+venv-program:
+	@tools/ensure-venv program
 
 # The whole suite. Engine tests need the Pulumi CLI and plugins, live tests the control-plane
 # binaries, so both are built (once, cached) first.
@@ -43,13 +47,13 @@ cluster: venv toolchain
 cluster-down: venv toolchain
 	@tools/cluster down $(STACK)
 
-up: venv toolchain
+up: venv-program toolchain
 	@tools/stack up $(STACK)
 
-preview: venv toolchain
+preview: venv-program toolchain
 	@tools/stack preview $(STACK)
 
-destroy: venv toolchain
+destroy: venv-program toolchain
 	@tools/stack destroy $(STACK)
 
 images:
@@ -63,7 +67,7 @@ bench-learning: venv
 	PYTHONPATH=training $(PY) -m bench learning $(ARGS)
 
 # The program under mocks and real-engine previews at 10, 100 and 1,000 sites (bench/README.md).
-bench-program: venv toolchain
+bench-program: venv-program toolchain
 	$(PROGRAM_PY) -m bench.program $(ARGS)
 
 # One slow site (k = 1, 4, 16): sync FedAvg waiting for all, with a round timeout, and FedBuff.

@@ -44,17 +44,30 @@ def test_every_make_target_it_runs_exists(workflow: dict[str, Any]) -> None:
     assert [target for target in called if target not in targets] == []
 
 
-def test_pull_requests_preview_every_stack_with_a_comment(workflow: dict[str, Any]) -> None:
+def test_pull_requests_preview_every_stack_once_with_a_comment(workflow: dict[str, Any]) -> None:
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the bare key `on` as true
     assert "pull_request" in triggers
     preview = workflow["jobs"]["preview"]
     assert "pull_request" in preview["if"]
-    [step] = pulumi_steps(workflow, "preview")
-    assert step["with"]["command"] == "preview"
-    assert step["with"]["comment-on-pr"] is True
-    assert "matrix.stack" in step["with"]["stack-name"]
+    [install] = pulumi_steps(workflow, "preview")
+    assert "command" not in install["with"]  # the action only installs the CLI: it would preview a second time
+    job_steps = [step for name, step in steps(workflow) if name == "preview"]
+    commands = [line.strip() for step in job_steps for line in step.get("run", "").splitlines()]
+    assert len([line for line in commands if line.startswith("pulumi preview")]) == 1
+    assert not [line for line in commands if line.startswith("pulumi up")]
+    [comment] = [step for step in job_steps if "gh pr comment" in step.get("run", "")]
+    assert 'tools/stack diff "${{ matrix.stack }}"' in comment["run"]
+    assert comment["env"]["GH_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"
+    assert "cancelled()" in comment["if"]  # a failed preview's diagnostics still reach the PR
     assert preview["permissions"]["pull-requests"] == "write"
     assert "matrix.stack" in preview["concurrency"]["group"]
+
+
+def test_deploy_jobs_build_only_the_program_environment(workflow: dict[str, Any]) -> None:
+    for job in ("preview", "up"):
+        commands = [line.strip() for name, step in steps(workflow) if name == job
+                    for line in step.get("run", "").splitlines()]
+        assert "make venv-program" in commands and "make venv" not in commands, job
 
 
 def test_main_and_tags_run_up_one_stack_at_a_time(workflow: dict[str, Any]) -> None:

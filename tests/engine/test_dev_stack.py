@@ -14,7 +14,7 @@ import yaml
 from engine_project import StackCopy, site
 
 from tests.manifest_rules import check_manifest
-from tools.engine.stack import preview, summary
+from tools.engine.stack import preview, print_saved_diff, summary
 
 pytestmark = pytest.mark.engine
 
@@ -71,6 +71,16 @@ def test_make_preview_runs_the_program_once_and_saves_the_json_it_prints_the_dif
     assert any(line.strip().startswith("update") and "executor.yaml" in line and " => " in line
                for line in printed.splitlines()), printed
     assert f"Resources: 1 replace, {digest['changeSummary']['same']} same, 1 update" in printed
+    # `tools/stack diff` (the workflow's PR comment) prints the same diff again from the saved JSON alone.
+    assert print_saved_diff(tmp_path) == 0
+    assert capsys.readouterr().out.splitlines() == printed.splitlines()[:-2]  # less "JSON preview saved to"
+
+
+def test_diff_without_a_saved_preview_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert print_saved_diff(tmp_path) == 1
+    assert "no readable preview at" in capsys.readouterr().err
+    (tmp_path / "preview.json").write_text("error: no stack selected\n")  # what a failed CLI may leave
+    assert print_saved_diff(tmp_path) == 1
 
 
 def test_gpu_change_touches_only_that_sites_executor_config(deployed: StackCopy) -> None:

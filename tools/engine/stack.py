@@ -1,12 +1,15 @@
 """make up / preview / destroy: the real Pulumi engine on one stack of this project, offline.
 
-    tools/stack up|preview|destroy <stack>
+    tools/stack up|preview|destroy|diff <stack>
 
 `up` selects (or creates) the stack, runs `pulumi up --yes`, prints the stack
 outputs and a summary of what was rendered. `preview` runs the program once
 (`pulumi preview --json`), saves that machine form to out/<stack>/preview.json and
 prints the human diff read from it (every step; changed properties with old and new
 values; diagnostics; the change summary).
+`diff` prints that human diff again from a saved out/<stack>/preview.json, with no
+engine and no toolchain: the GitHub workflow runs `pulumi preview --json` once and
+comments this on the pull request.
 `destroy` removes everything `up` made except the data volumes marked
 retain-on-delete (study data, SuperLink state) and the namespaces holding them:
 Pulumi forgets them without deleting them (in render mode their manifests stay
@@ -167,14 +170,29 @@ def destroy(pulumi: Pulumi, render_root: Path) -> None:
     print_released(before, {}, render_root)
 
 
+def print_saved_diff(render_root: Path) -> int:
+    """`diff`: the human diff of the preview saved in `render_root`; 1 when there is none to read."""
+    saved = render_root / "preview.json"
+    try:
+        digest = json.loads(saved.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"tools/stack: no readable preview at {shown(saved)} ({err}); run `pulumi preview --json` "
+              f"(or make preview) first", file=sys.stderr)
+        return 1
+    print("\n".join(human_diff(digest)))
+    return 0
+
+
 COMMANDS = {"up": up, "preview": preview, "destroy": destroy}
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in COMMANDS:
-        print(f"usage: tools/stack {{{'|'.join(COMMANDS)}}} <stack>", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in [*COMMANDS, "diff"]:
+        print(f"usage: tools/stack {{{'|'.join([*COMMANDS, 'diff'])}}} <stack>", file=sys.stderr)
         return 2
     command, stack = argv
+    if command == "diff":
+        return print_saved_diff(REPO / "out" / stack)
     try:
         check_toolchain()
     except ToolchainMissing as err:
