@@ -60,6 +60,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from flowerbed_training import compression
+from flowerbed_training.grid_polling import POLL_SECONDS
 from flowerbed_training.protocol import (
     ARRAYS,
     CONFIG,
@@ -77,8 +78,6 @@ from flowerbed_training.staleness import Staleness
 from flowerbed_training.training_job import TrainingJob
 
 Arrays = dict[str, np.ndarray]
-# How often the server asks the SuperLink for replies while none has arrived.
-POLL_SECONDS = 0.1
 # Train-config key: the global model version a task trains from (its "server-round" is the task's
 # own sequence number, so a site that trains twice from one version shuffles its data differently).
 MODEL_VERSION = "model-version"

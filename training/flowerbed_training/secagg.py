@@ -52,8 +52,8 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from flowerbed_training.grid_polling import DelegatingGrid
 from flowerbed_training.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SITE, from_record, payload_bytes, to_record
 from flowerbed_training.quorum import Quorum
 from flowerbed_training.recording import Rounds
@@ -101,7 +101,7 @@ def workflow(config: RunConfig) -> SecAggPlusWorkflow:
 # --- server -------------------------------------------------------------------------
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(DelegatingGrid):
     """Delegates to a Grid; counts the bytes of train/evaluate traffic and bounds every wait.
 
     Flower's legacy evaluate workflow waits without a timeout; here every
@@ -109,23 +109,9 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid, timeout: float) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.timeout = timeout
         self.bytes: dict[str, int] = {}
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

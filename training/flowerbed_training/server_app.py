@@ -19,7 +19,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from flowerbed_training import fedbuff, message_api, secagg, task
+from flowerbed_training import fedbuff, grid_polling, message_api, secagg, task
 from flowerbed_training.checkpoints import Checkpoint, CheckpointStore, save_final_model
 from flowerbed_training.privacy import CentralDpAccountant
 from flowerbed_training.recording import CentralEvaluation, Rounds
@@ -65,6 +65,7 @@ def central_evaluation(config: RunConfig, federation: FederationData) -> Central
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
+    grid = grid_polling.prompt(grid)  # replies seen within 0.1 s, not on Flower's 3 s poll
     config = RunConfig.parse(context.run_config)
     train = training_path(config)
     directory = run_directory(config, context.run_id)
