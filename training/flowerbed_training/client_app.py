@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flowerbed_training import benchdelay, compression, privacy, secagg, site_state, task
-from flowerbed_training.data import Dataset, check_compatible
+from flowerbed_training.data import Dataset, builtin_site_split, check_compatible
 from flowerbed_training.partitions import partition_of
 from flowerbed_training.protocol import (
     ARRAYS,
@@ -49,9 +49,12 @@ def _device(context: Context) -> torch.device:
 
 
 def _local_data(run: RunConfig, context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
-    partition = partition_of(_site(context), config)
-    data = task.site_dataset(run, context.node_config, partition)
-    return task.local_split(data, run)
+    """The site's own train/validation split: of its share of built-in data or of its study data."""
+    if run.builtin:
+        share = task.builtin_share(run, partition_of(_site(context), config))
+        split = builtin_site_split(share)
+        return split.train, split.test
+    return task.local_split(task.study_dataset(run, context.node_config), run)
 
 
 def _prepared(run: RunConfig, context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
@@ -75,13 +78,14 @@ def _reply(message: Message, context: Context, records: Mapping[str, object]) ->
 
 @app.query("site_name")
 def name(message: Message, context: Context) -> Message:
-    """Who this site is: the server assigns built-in data's partitions by name."""
+    """Who this site is: with built-in data the server assigns the partitions by name and
+    describes the shares itself (survey.py), so the site loads nothing."""
     return _reply(message, context, {})
 
 
 @app.query("data_summary")
 def describe(message: Message, context: Context) -> Message:
-    """Feature count, classes, image shape and per-feature sums of the site's training split."""
+    """Feature count, classes, image shape and per-feature sums of the site's training split (study data)."""
     run = RunConfig.parse(context.run_config)
     train_set, _ = _local_data(run, context, message.content.config_records.get(CONFIG, ConfigRecord()))
     return summary_reply(message, _site(context), train_set.spec, task.FeatureSums.of(train_set.x))
