@@ -4,7 +4,8 @@ Thin: reads the site's data through `task`, trains or evaluates the model the
 server sent, and answers. Node config (`--node-config`): `site-name`,
 `data-root` (see the brief's contract) and optionally `device` (auto | cpu |
 cuda | cuda:<n>; default auto). The share of a built-in dataset comes from the
-server, in each message's config (partitions.py).
+server, in each message's config (partitions.py), and is prepared once per site
+(builtin_cache.py, on the state volume of node config `state-dir`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flowerbed_training import benchdelay, compression, privacy, secagg, site_state, task
-from flowerbed_training.data import Dataset, builtin_site_split, check_compatible
+from flowerbed_training import benchdelay, builtin_cache, compression, privacy, secagg, site_state, task
+from flowerbed_training.data import Dataset, check_compatible
 from flowerbed_training.partitions import partition_of
 from flowerbed_training.protocol import (
     ARRAYS,
@@ -49,10 +50,11 @@ def _device(context: Context) -> torch.device:
 
 
 def _local_data(run: RunConfig, context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
-    """The site's own train/validation split: of its share of built-in data or of its study data."""
+    """The site's own train/validation split: of its share of built-in data (prepared once per site,
+    builtin_cache.py) or of its study data."""
     if run.builtin:
         share = task.builtin_share(run, partition_of(_site(context), config))
-        split = builtin_site_split(share)
+        split = builtin_cache.site_split(share, builtin_cache.cache_dir(context.node_config))
         return split.train, split.test
     return task.local_split(task.study_dataset(run, context.node_config), run)
 
