@@ -16,6 +16,7 @@ from flowerbed_training.data import (
     partition_indices,
 )
 from flowerbed_training.run_config import RunConfigError
+from flowerbed_training.partitions import Partition
 from flowerbed_training.task import builtin_share, study_dataset
 from tests.inprocess import config_with
 
@@ -113,6 +114,11 @@ def test_dataset_names_outside_the_contract_are_refused(dataset):
 def test_builtin_data_needs_the_servers_partition():
     with pytest.raises(DataError, match="'builtin:digits': the server assigned this site no partition"):
         builtin_share(config_with({"dataset": "builtin:digits"}), None)
+
+
+def test_study_data_has_no_builtin_share():
+    with pytest.raises(DataError, match="dataset 'cardio/visits': not a builtin: source"):
+        builtin_share(config_with({"dataset": "cardio/visits"}), Partition(0, 2))
 
 
 # --- partitioning ----------------------------------------------------------------------------
