@@ -16,7 +16,8 @@ from flowerbed_training.data import (
     partition_indices,
 )
 from flowerbed_training.run_config import RunConfigError
-from flowerbed_training.task import site_dataset
+from flowerbed_training.partitions import Partition
+from flowerbed_training.task import builtin_share, study_dataset
 from tests.inprocess import config_with
 
 
@@ -99,7 +100,7 @@ def test_a_site_whose_features_differ_from_the_federation_fails_clearly():
 
 def test_study_dataset_is_read_under_the_sites_data_root(tmp_path):
     write_csv(tmp_path / "cardio" / "visits" / "v.csv", ["hr", "label"], [[60, 0], [90, 1]])
-    data = site_dataset(config_with({"dataset": "cardio/visits"}), {"data-root": str(tmp_path)})
+    data = study_dataset(config_with({"dataset": "cardio/visits"}), {"data-root": str(tmp_path)})
     assert data.y.tolist() == [0, 1]
 
 
@@ -112,7 +113,12 @@ def test_dataset_names_outside_the_contract_are_refused(dataset):
 
 def test_builtin_data_needs_the_servers_partition():
     with pytest.raises(DataError, match="'builtin:digits': the server assigned this site no partition"):
-        site_dataset(config_with({"dataset": "builtin:digits"}), {"site-name": "lab-c", "data-root": "/data"})
+        builtin_share(config_with({"dataset": "builtin:digits"}), None)
+
+
+def test_study_data_has_no_builtin_share():
+    with pytest.raises(DataError, match="dataset 'cardio/visits': not a builtin: source"):
+        builtin_share(config_with({"dataset": "cardio/visits"}), Partition(0, 2))
 
 
 # --- partitioning ----------------------------------------------------------------------------

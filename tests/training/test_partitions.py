@@ -4,16 +4,17 @@ Node config no longer says which share a site holds, so adding a site changes no
 other site's deployment; the ServerApp decides per run.
 """
 
+import numpy as np
 import pytest
 
 from flowerbed_training.client_app import app as client_app
-from flowerbed_training.data import DataError, builtin_partition
+from flowerbed_training.data import DataError, DataSpec, builtin_partition
 from flowerbed_training.run_config import RunConfig
 from tests.inprocess import InProcessGrid, Site, builtin_sites, run_config_with, run_dir, run_federation
 from flowerbed_training.partitions import PARTITION_SITES, Partition, assign, partition_of
 from flowerbed_training.round_log import read_metrics
 from flowerbed_training.survey import survey_sites
-from flowerbed_training.task import builtin_options, local_split
+from flowerbed_training.task import FeatureSums, Standardizer, builtin_options, local_split
 
 
 def test_site_i_of_the_sorted_names_holds_partition_i():
@@ -39,26 +40,35 @@ def test_two_sites_with_one_name_cannot_share_out_the_data():
         assign(["hospital-a", "lab-c", "hospital-a"])
 
 
-def test_the_survey_gives_each_site_the_partition_of_its_sorted_name(server_identity):
+def test_the_survey_asks_each_site_its_name_once_and_describes_the_shares_as_the_sites_would(server_identity):
     # Node order (and the order sites connect in) is not name order: only the names decide.
     names = ["lab-c", "hospital-a", "hospital-b"]
     sites = [Site(node_id=301 + i, node_config={"site-name": name, "data-root": "/nonexistent"})
              for i, name in enumerate(names)]
     run_config = run_config_with({"dataset": "builtin:breast-cancer"})
     grid = InProcessGrid(client_app, sites, run_config)
+    config = RunConfig.parse(run_config)
 
-    federation = survey_sites(grid, min_sites=3, timeout=5.0, assign_partitions=True)
+    federation = survey_sites(grid, config)
 
     assert federation.partition_sites == sorted(names)
     assert federation.config()[PARTITION_SITES] == sorted(names)
-    config = RunConfig.parse(run_config)
+    assert federation.names == {301 + i: name for i, name in enumerate(names)}
+    # What each site computed from its own share before, when the survey asked it for its data.
     options = builtin_options(config)
-    expected = {name: len(local_split(builtin_partition("breast-cancer", i, 3, options), config)[0].y)
-                for i, name in enumerate(sorted(names))}
-    assert len(set(expected.values())) == 3, "non-IID shares differ in size, so the counts identify them"
-    assert federation.examples == expected
-    # Each site is asked its name, then (with its partition) to describe its share.
-    assert all(site.handled == ["query.site_name@0", "query.data_summary@0"] for site in sites)
+    own = {name: local_split(builtin_partition("breast-cancer", i, 3, options), config)[0]
+           for i, name in enumerate(sorted(names))}
+    assert len({len(share.y) for share in own.values()}) == 3, "non-IID shares differ in size: the counts identify them"
+    assert federation.examples == {name: len(share.y) for name, share in own.items()}
+    pooled = FeatureSums(0, np.zeros(30), np.zeros(30))
+    for share in own.values():
+        pooled = pooled + FeatureSums.of(share.x)
+    expected = Standardizer.from_sums(pooled)
+    np.testing.assert_array_equal(federation.standardizer.mean, expected.mean)
+    np.testing.assert_array_equal(federation.standardizer.std, expected.std)
+    assert federation.spec == DataSpec(num_features=30, num_classes=2, image_shape=None)
+    # One query per site, for its name only: the sites load no data for the survey.
+    assert all(site.handled == ["query.site_name@0"] for site in sites)
 
 
 def test_a_site_joining_after_the_survey_is_left_out_with_its_name_in_the_error(tmp_path):

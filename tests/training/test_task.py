@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from flowerbed_training import task
-from flowerbed_training.data import DataError, Dataset, DataSpec
+from flowerbed_training.data import DataError, Dataset, DataSpec, builtin_partition
 from tests.inprocess import config_with
 
 
@@ -144,7 +144,7 @@ def test_centralized_baseline_can_pool_exactly_what_the_sites_train_on():
     config = config_with({"dataset": "builtin:breast-cancer", "num-server-rounds": 1, "partitioning": "iid"})
     whole = task.centralized_baseline(config)
     sites = task.centralized_baseline(config, sites=3)
-    shares = [task.builtin_partition("breast-cancer", i, 3, task.builtin_options(config)) for i in range(3)]
+    shares = [builtin_partition("breast-cancer", i, 3, task.builtin_options(config)) for i in range(3)]
     assert sites["examples"] == sum(len(task.local_split(share, config)[0].y) for share in shares)
     assert sites["examples"] == pytest.approx(0.8 * whole["examples"], abs=3)
 

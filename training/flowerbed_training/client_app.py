@@ -4,7 +4,8 @@ Thin: reads the site's data through `task`, trains or evaluates the model the
 server sent, and answers. Node config (`--node-config`): `site-name`,
 `data-root` (see the brief's contract) and optionally `device` (auto | cpu |
 cuda | cuda:<n>; default auto). The share of a built-in dataset comes from the
-server, in each message's config (partitions.py).
+server, in each message's config (partitions.py), and is prepared once per site
+(builtin_cache.py, on the state volume of node config `state-dir`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flowerbed_training import benchdelay, compression, privacy, secagg, site_state, task
+from flowerbed_training import benchdelay, builtin_cache, compression, privacy, secagg, site_state, task
 from flowerbed_training.data import Dataset, check_compatible
 from flowerbed_training.partitions import partition_of
 from flowerbed_training.protocol import (
@@ -49,9 +50,13 @@ def _device(context: Context) -> torch.device:
 
 
 def _local_data(run: RunConfig, context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
-    partition = partition_of(_site(context), config)
-    data = task.site_dataset(run, context.node_config, partition)
-    return task.local_split(data, run)
+    """The site's own train/validation split: of its share of built-in data (prepared once per site,
+    builtin_cache.py) or of its study data."""
+    if run.builtin:
+        share = task.builtin_share(run, partition_of(_site(context), config))
+        split = builtin_cache.site_split(share, builtin_cache.cache_dir(context.node_config))
+        return split.train, split.test
+    return task.local_split(task.study_dataset(run, context.node_config), run)
 
 
 def _prepared(run: RunConfig, context: Context, config: ConfigRecord) -> tuple[Dataset, Dataset]:
@@ -75,13 +80,14 @@ def _reply(message: Message, context: Context, records: Mapping[str, object]) ->
 
 @app.query("site_name")
 def name(message: Message, context: Context) -> Message:
-    """Who this site is: the server assigns built-in data's partitions by name."""
+    """Who this site is: with built-in data the server assigns the partitions by name and
+    describes the shares itself (survey.py), so the site loads nothing."""
     return _reply(message, context, {})
 
 
 @app.query("data_summary")
 def describe(message: Message, context: Context) -> Message:
-    """Feature count, classes, image shape and per-feature sums of the site's training split."""
+    """Feature count, classes, image shape and per-feature sums of the site's training split (study data)."""
     run = RunConfig.parse(context.run_config)
     train_set, _ = _local_data(run, context, message.content.config_records.get(CONFIG, ConfigRecord()))
     return summary_reply(message, _site(context), train_set.spec, task.FeatureSums.of(train_set.x))

@@ -206,6 +206,26 @@ def builtin_partition(
     return subset(pool, _builtin_parts(name, num_partitions, options)[partition_id])
 
 
+@dataclass(frozen=True)
+class BuiltinShare:
+    """Everything that shapes one site's built-in data: `builtin_site_split`'s only input.
+
+    The site's prepared-data cache is keyed by all of its fields (builtin_cache.py),
+    so a value that changes the arrays must live here to reach them at all."""
+
+    source: str  # a BUILTIN_SOURCES name
+    options: BuiltinOptions
+    partition_index: int  # the site's position in the survey's assignment (partitions.py)
+    num_partitions: int
+
+
+def builtin_site_split(share: BuiltinShare) -> Split:
+    """The site's share of the built-in pool, split into its own training and validation sets
+    (the same stratified test-fraction split every site makes of its data, task.local_split)."""
+    data = builtin_partition(share.source, share.partition_index, share.num_partitions, share.options)
+    return train_test_split(data, share.options.test_fraction, share.options.seed)
+
+
 # --- study directories ----------------------------------------------------------------
 
 

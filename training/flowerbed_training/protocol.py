@@ -18,8 +18,8 @@ CONTROL_DELTA = "control-delta"  # SCAFFOLD: the site's delta c_i+ - c_i (site -
 SUMS = "sums"  # survey reply: per-feature sums for federated standardization
 SUMMARY = "summary"  # survey reply: ConfigRecord describing the site's data
 
-# Before training, the server asks every site what its data looks like; for built-in
-# data it first asks for the sites' names, which decide the partitions (partitions.py).
+# Before training, the server asks every site once (survey.py): what its study data looks
+# like, or, for built-in data, only its name, which decides its partition (partitions.py).
 QUERY_SITE_NAME = "query.site_name"
 QUERY_DATA_SUMMARY = "query.data_summary"
 

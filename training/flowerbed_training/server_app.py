@@ -70,8 +70,7 @@ def main(grid: Grid, context: Context) -> None:
     train = training_path(config)
     directory = run_directory(config, context.run_id)
     previous = resumed_run(config, context.run_id)
-    federation = survey_sites(grid, config.min_available_sites, config.round_timeout,
-                              assign_partitions=config.builtin)
+    federation = survey_sites(grid, config)
     start = starting_point(config, federation, directory, previous)
     if start.round >= config.num_server_rounds:
         log(INFO, "All %d rounds are done already; nothing to resume", config.num_server_rounds)

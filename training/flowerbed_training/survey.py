@@ -1,13 +1,23 @@
-"""Before the first round the server asks every site to describe its data.
+"""Before the first round the server learns what every site's data looks like, asking each site once.
 
-Sites answer with their feature count, label range, image shape and
-per-feature sums (never rows). The server checks that the sites agree, then
-derives the model's input shape and a federation-wide standardizer from the
-pooled sums. Both travel in every train/evaluate config, so a site that joins
-later with different data fails with a clear error instead of training garbage.
+The server derives the model's input shape and a federation-wide standardizer
+from pooled per-feature sums (never rows). Both travel in every train/evaluate
+config, so a site that joins later with different data fails with a clear error
+instead of training garbage.
 
-For built-in data the server first asks for the sites' names and assigns the
-partitions (partitions.py): a site needs its share before it can describe it.
+- Study data (each site's own files): the server sends `query.data_summary`;
+  each site answers with its name, feature count, label range, image shape and
+  the per-feature sums of its training split. Sites that disagree on the feature
+  count or image shape stop the run (DataError).
+- Built-in data: the server sends `query.site_name` (the site loads nothing),
+  assigns the partitions by sorted name (partitions.py) and computes each site's
+  share, example count and sums itself, from the same built-in source it holds
+  out the global test set from, with the code each site runs on its own share
+  (task.builtin_site_train_sets, data.builtin_site_split): the figures the sites
+  would have sent.
+
+Fewer than `min-available-sites` answers stop the run (FederationNotReady,
+naming the sites that failed and why).
 """
 
 from __future__ import annotations
@@ -39,7 +49,8 @@ from flowerbed_training.protocol import (
     site_name,
     to_record,
 )
-from flowerbed_training.task import FeatureSums, Standardizer
+from flowerbed_training.run_config import RunConfig
+from flowerbed_training.task import FeatureSums, Standardizer, builtin_site_train_sets
 
 IMAGE_SHAPE = "image-shape"
 # How often to look for connecting sites while waiting for the minimum.
@@ -93,24 +104,20 @@ def summary_reply(message: Message, site: str, spec: DataSpec, sums: FeatureSums
     return Message(content, reply_to=message)
 
 
-def survey_sites(grid: Grid, min_sites: int, timeout: float, *, assign_partitions: bool) -> FederationData:
-    """Survey the connected sites; with `assign_partitions` (built-in data) share the data out among them first."""
-    node_ids = _wait_for_sites(grid, min_sites, timeout)
-    config = ConfigRecord()
-    partition_sites = None
-    if assign_partitions:
-        named = _ask(grid, node_ids, QUERY_SITE_NAME, config, min_sites, timeout)
-        partition_sites = assign(site_name(m) for m in named)
-        log(INFO, "Partitions of the built-in data: %s", ", ".join(partition_sites))
-        node_ids = [m.metadata.src_node_id for m in named]
-        config = ConfigRecord({PARTITION_SITES: partition_sites})
-    return _combine(_ask(grid, node_ids, QUERY_DATA_SUMMARY, config, min_sites, timeout), partition_sites)
+def survey_sites(grid: Grid, config: RunConfig) -> FederationData:
+    """Survey the connected sites (one query each, see the module docstring); with built-in data
+    share it out among them."""
+    node_ids = _wait_for_sites(grid, config.min_available_sites, config.round_timeout)
+    if config.builtin:
+        named = _ask(grid, node_ids, QUERY_SITE_NAME, config.min_available_sites, config.round_timeout)
+        return _builtin_federation(config, {m.metadata.src_node_id: site_name(m) for m in named})
+    answered = _ask(grid, node_ids, QUERY_DATA_SUMMARY, config.min_available_sites, config.round_timeout)
+    return _study_federation(answered)
 
 
-def _ask(grid: Grid, node_ids: list[int], message_type: str, config: ConfigRecord,
-         min_sites: int, timeout: float) -> list[Message]:
+def _ask(grid: Grid, node_ids: list[int], message_type: str, min_sites: int, timeout: float) -> list[Message]:
     """The sites' answers to a survey query; fewer than `min_sites` stops the run."""
-    queries = [Message(RecordDict({CONFIG: ConfigRecord(dict(config))}), dst_node_id=node, message_type=message_type)
+    queries = [Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=node, message_type=message_type)
                for node in node_ids]
     replies = list(grid.send_and_receive(queries, timeout=timeout))
     answered = [m for m in replies if not m.has_error()]
@@ -137,7 +144,15 @@ def _wait_for_sites(grid: Grid, min_sites: int, timeout: float) -> list[int]:
     return node_ids
 
 
-def _combine(answered: list[Message], partition_sites: list[str] | None) -> FederationData:
+def _builtin_federation(config: RunConfig, names: dict[int, str]) -> FederationData:
+    partition_sites = assign(names.values())
+    log(INFO, "Partitions of the built-in data: %s", ", ".join(partition_sites))
+    train_sets = builtin_site_train_sets(config, len(partition_sites))
+    sums = [(site, FeatureSums.of(share.x)) for site, share in zip(partition_sites, train_sets)]
+    return _federation(train_sets[0].spec, sums, names, partition_sites)
+
+
+def _study_federation(answered: list[Message]) -> FederationData:
     summaries = {site_name(m): m.content.config_records[SUMMARY] for m in answered}
     for key, what in ((NUM_FEATURES, "feature count"), (IMAGE_SHAPE, "image shape")):
         values = {site: tuple(s[key]) if key == IMAGE_SHAPE else s[key] for site, s in summaries.items()}
@@ -150,12 +165,20 @@ def _combine(answered: list[Message], partition_sites: list[str] | None) -> Fede
         num_classes=max(int(s[NUM_CLASSES]) for s in summaries.values()),  # type: ignore[arg-type]
         image_shape=tuple(first[IMAGE_SHAPE]) or None,  # type: ignore[arg-type]
     )
-    total = FeatureSums(0, np.zeros(spec.num_features), np.zeros(spec.num_features))
+    sums = []
     for message in answered:
-        sums = from_record(message.content.array_records[SUMS])
-        total = total + FeatureSums(int(message.content.config_records[SUMMARY]["count"]),  # type: ignore[arg-type]
-                                    sums["total"], sums["total-sq"])
-    log(INFO, "Federation data: %s from %d sites (%d examples)", spec, len(answered), total.count)
-    return FederationData(spec, Standardizer.from_sums(total),
-                          {site: int(s["count"]) for site, s in summaries.items()},  # type: ignore[arg-type]
-                          {m.metadata.src_node_id: site_name(m) for m in answered}, partition_sites)
+        arrays = from_record(message.content.array_records[SUMS])
+        count = int(message.content.config_records[SUMMARY]["count"])  # type: ignore[arg-type]
+        sums.append((site_name(message), FeatureSums(count, arrays["total"], arrays["total-sq"])))
+    return _federation(spec, sums, {m.metadata.src_node_id: site_name(m) for m in answered}, None)
+
+
+def _federation(spec: DataSpec, sums: list[tuple[str, FeatureSums]], names: dict[int, str],
+                partition_sites: list[str] | None) -> FederationData:
+    """Pool the sites' sums ((site, sums of its training split) each) into the federation's standardizer."""
+    total = FeatureSums(0, np.zeros(spec.num_features), np.zeros(spec.num_features))
+    for _, site_sums in sums:
+        total = total + site_sums
+    log(INFO, "Federation data: %s from %d sites (%d examples)", spec, len(sums), total.count)
+    return FederationData(spec, Standardizer.from_sums(total), {site: s.count for site, s in sums},
+                          names, partition_sites)

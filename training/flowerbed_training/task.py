@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from flowerbed_training.data import (
     BUILTIN_PREFIX,
     BuiltinOptions,
+    BuiltinShare,
     DataError,
     Dataset,
     DataSpec,
-    builtin_partition,
+    builtin_site_split,
     builtin_split,
     load_directory,
     train_test_split,
@@ -52,24 +53,30 @@ def builtin_name(dataset: str) -> str | None:
     return dataset[len(BUILTIN_PREFIX) :] if dataset.startswith(BUILTIN_PREFIX) else None
 
 
-def site_dataset(
-    config: RunConfig, node_config: Mapping[str, Any], partition: Partition | None = None
-) -> Dataset:
-    """The data this site trains on, chosen by run config `dataset` (validated by RunConfig).
-
-    Built-in sources need the `partition` the server assigned this site (partitions.py).
-    """
-    dataset = config.dataset
-    name = builtin_name(dataset)
-    if name is not None:
-        if partition is None:
-            raise DataError(
-                f"dataset {dataset!r}: the server assigned this site no partition ({PARTITION_SITES} "
-                "missing from the message config)"
-            )
-        return builtin_partition(name, partition.index, partition.count, builtin_options(config))
+def study_dataset(config: RunConfig, node_config: Mapping[str, Any]) -> Dataset:
+    """The site's own study data: run config `dataset` (`<study>/<dataset>`) under node config `data-root`."""
     data_root = Path(str(node_config.get("data-root", "/data")))
-    return load_directory(data_root / dataset, config.label_column)
+    return load_directory(data_root / config.dataset, config.label_column)
+
+
+def builtin_share(config: RunConfig, partition: Partition | None) -> BuiltinShare:
+    """What shapes a site's built-in data: the run's source and options and the `partition`
+    the server assigned the site (partitions.py); DataError without one."""
+    name = builtin_name(config.dataset)
+    if name is None:
+        raise DataError(f"dataset {config.dataset!r}: not a {BUILTIN_PREFIX} source")
+    if partition is None:
+        raise DataError(
+            f"dataset {config.dataset!r}: the server assigned this site no partition ({PARTITION_SITES} "
+            "missing from the message config)"
+        )
+    return BuiltinShare(name, builtin_options(config), partition.index, partition.count)
+
+
+def builtin_site_train_sets(config: RunConfig, num_sites: int) -> list[Dataset]:
+    """The training set of each of `num_sites` sites sharing the run's built-in source (index = partition),
+    exactly as each site computes its own (data.builtin_site_split)."""
+    return [builtin_site_split(builtin_share(config, Partition(i, num_sites))).train for i in range(num_sites)]
 
 
 def local_split(data: Dataset, config: RunConfig) -> tuple[Dataset, Dataset]:
@@ -333,7 +340,7 @@ def centralized_baseline(config: RunConfig, sites: int | None = None) -> dict[st
     started = time.perf_counter()
     seed_everything(config.seed)
     split = builtin_split(name, builtin_options(config))
-    pool = split.train if sites is None else _sites_training_data(name, sites, config)
+    pool = split.train if sites is None else _pooled(builtin_site_train_sets(config, sites))
     standardizer = Standardizer.from_sums(FeatureSums.of(pool.x))
     train_set, test_set = standardizer.apply(pool), standardizer.apply(split.test)
     spec = DataSpec(train_set.spec.num_features, int(split.train.y.max()) + 1, train_set.spec.image_shape)
@@ -347,7 +354,5 @@ def centralized_baseline(config: RunConfig, sites: int | None = None) -> dict[st
             "epochs": float(epochs), "examples": float(len(train_set.y))}
 
 
-def _sites_training_data(name: str, sites: int, config: RunConfig) -> Dataset:
-    options = builtin_options(config)
-    parts = [local_split(builtin_partition(name, i, sites, options), config)[0] for i in range(sites)]
+def _pooled(parts: list[Dataset]) -> Dataset:
     return Dataset(x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts]), spec=parts[0].spec)
