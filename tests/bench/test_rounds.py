@@ -26,7 +26,10 @@ from bench.rounds import (
     summary_rows,
 )
 from flowerbed_training.round_log import RoundLog, append_metrics
+from tests.images.imagefiles import LOCK, read_lock
 from tests.inprocess import Site, run_federation
+
+SIMULATION_LOCK = LOCK.with_name("bench-simulation.lock")
 
 
 def write_rounds(directory: Path, seconds: list[float], accuracy: float | None = 0.9) -> Path:
@@ -132,3 +135,13 @@ def test_the_floor_app_runs_every_site_every_round_and_times_each_round(tmp_path
     assert [line["round"] for line in lines] == [1, 2, 3]
     assert all(line["seconds"] > 0 for line in lines)
     assert all(site.handled == ["train@1", "train@2", "train@3"] for site in sites)
+
+
+def test_the_simulation_environment_differs_from_the_project_only_by_ray() -> None:
+    """Both setups must run the same code: a pin changed in requirements.lock alone fails here
+    (recompile bench-simulation.lock as requirements/bench-simulation.in says)."""
+    project, simulation = read_lock(LOCK), read_lock(SIMULATION_LOCK)
+    drifted = {name: (project[name], simulation[name]) for name in project.keys() & simulation.keys()
+               if project[name] != simulation[name]}
+    assert not drifted, f"(requirements.lock, bench-simulation.lock) pins differ: {drifted}"
+    assert sorted(simulation.keys() - project.keys()) == ["msgpack", "ray"]
