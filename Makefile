@@ -11,7 +11,7 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-program clean bench-stragglers
+.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-program bench-rounds clean bench-stragglers
 
 venv:
 	@tools/ensure-venv
@@ -69,6 +69,12 @@ bench-learning: venv
 # The program under mocks and real-engine previews at 10, 100 and 1,000 sites (bench/README.md).
 bench-program: venv-program toolchain
 	$(PROGRAM_PY) -m bench.program $(ARGS)
+
+# Seconds per round: the local federation vs Flower's simulation runtime (Ray, in its own environment,
+# built here on first use) and vs the polling floor (bench/README.md).
+bench-rounds:  # tools/ensure-venv bench-simulation also ensures the two environments `venv` does
+	@tools/ensure-venv bench-simulation
+	$(PY) -m bench.rounds $(ARGS)
 
 # One slow site (k = 1, 4, 16): sync FedAvg waiting for all, with a round timeout, and FedBuff.
 bench-stragglers: venv
