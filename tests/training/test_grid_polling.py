@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from types import SimpleNamespace
 
 import pytest
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from flowerbed_training import grid_polling
 from flowerbed_training.grid_polling import POLL_SECONDS, PollingGrid
@@ -81,6 +82,6 @@ def test_without_a_timeout_it_waits_for_every_reply(clock: Clock) -> None:
 def test_only_a_deployed_serverapps_grid_is_wrapped(clock: Clock) -> None:
     in_process = ScriptedGrid(clock, ready_at=[])
     assert grid_polling.prompt(in_process) is in_process
-    http = grid_polling.HttpGrid.__new__(grid_polling.HttpGrid)  # no connection needed to be wrapped
+    http = HttpGrid.__new__(HttpGrid)  # no connection needed to be wrapped
     wrapped = grid_polling.prompt(http)
     assert isinstance(wrapped, PollingGrid) and wrapped.grid is http

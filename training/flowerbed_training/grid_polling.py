@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.superlink.grid.http_grid import HttpGrid
 
 # Seconds between two pulls while replies are outstanding (also FedBuff's loop, fedbuff.py).
 POLL_SECONDS = 0.1
@@ -82,4 +81,8 @@ class PollingGrid(DelegatingGrid):
 def prompt(grid: Grid) -> Grid:
     """A deployed ServerApp's HttpGrid wrapped in a PollingGrid; any other grid as it is (the simulation
     runtime's InMemoryGrid already polls every 0.1 s; in-process test grids answer at once)."""
+    # Imported here: flwr.superlink.grid loads the SuperLink's state modules (~0.8 s), and every
+    # ClientApp process imports this module through secagg.py.
+    from flwr.superlink.grid.http_grid import HttpGrid
+
     return PollingGrid(grid) if isinstance(grid, HttpGrid) else grid
