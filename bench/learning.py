@@ -6,8 +6,8 @@ Every strategy is reported as a ratio to pooled training: the same model, learni
 batch size and number of epochs (rounds x local epochs) on exactly the rows the sites train
 on in that partition (the union of their shares less their validation hold-outs, which are
 stratified per site, so each partition pools slightly different rows), trained in the same
-run for the same seeds. Rounds to target: the first round whose accuracy reaches TARGET_SHARE x pooled accuracy (same
-seed), averaged over the seeds that reach it.
+run for the same seeds. Rounds to target: the first round whose accuracy reaches
+TARGET_SHARE x pooled accuracy (same seed), averaged over the seeds that reach it.
 
 Only the full grid (DEFAULTS, no --set) rewrites bench/README.md's table and
 bench/learning.png; smaller runs (sweeps, tries) print their table only.
