@@ -13,12 +13,13 @@ from .runs import federated
 from .table import print_table, ratio
 
 
-def centralized_time_to(run_config: Mapping[str, Any], accuracy: float) -> tuple[float | None, int | None]:
+def centralized_time_to(run_config: Mapping[str, Any], sites: int, accuracy: float) -> tuple[float | None, int | None]:
     """Seconds and epochs of the shortest centralized training (in steps of one round's
-    epochs) that reaches `accuracy`; each length is trained from scratch, as it would be."""
+    epochs) on what `sites` sites train on that reaches `accuracy`; each length is trained
+    from scratch, as it would be."""
     local_epochs = int(run_config["local-epochs"])
     for rounds in range(1, int(run_config["num-server-rounds"]) + 1):
-        result = task.centralized_baseline(RunConfig.parse({**run_config, "num-server-rounds": rounds}))
+        result = task.centralized_baseline(RunConfig.parse({**run_config, "num-server-rounds": rounds}), sites)
         if result["accuracy"] >= accuracy:
             return result["seconds"], rounds * local_epochs
     return None, None
@@ -26,10 +27,11 @@ def centralized_time_to(run_config: Mapping[str, Any], accuracy: float) -> tuple
 
 def run(options: Options) -> None:
     fed = federated(options.sites, {**options.base(), "strategy": "fedavg"})
-    # Same run config: same model, data split, epochs in total (rounds x local epochs), lr, batch size.
-    central = task.centralized_baseline(RunConfig.parse(fed.run_config))
+    # Same run config: same model, epochs in total (rounds x local epochs), lr, batch size, and
+    # exactly the rows the sites trained on (their shares less their validation hold-outs).
+    central = task.centralized_baseline(RunConfig.parse(fed.run_config), options.sites)
     target = options.target_accuracy
-    central_to, central_epochs = centralized_time_to(fed.run_config, target)
+    central_to, central_epochs = centralized_time_to(fed.run_config, options.sites, target)
     fed_rounds = fed.rounds_to(target)
     fed_epochs = fed_rounds * int(fed.run_config["local-epochs"]) if fed_rounds else None
     rows = [

@@ -3,11 +3,11 @@ baselines/niid_bench): 10 sites, partitions IID, Dirichlet(0.5), Dirichlet(0.1) 
 #C labels per site, 50 rounds, 3 seeds, mean +- std of the final global test accuracy.
 
 Every strategy is reported as a ratio to pooled training: the same model, learning rate,
-batch size and number of epochs (rounds x local epochs) on the sites' training data pooled
-(their shares less their validation hold-outs, as split IID: the pool is then the same
-size whatever the partition), trained in the same run for the same seeds. Rounds to
-target: the first round whose accuracy reaches TARGET_SHARE x pooled accuracy (same
-seed), averaged over the seeds that reach it.
+batch size and number of epochs (rounds x local epochs) on exactly the rows the sites train
+on in that partition (the union of their shares less their validation hold-outs, which are
+stratified per site, so each partition pools slightly different rows), trained in the same
+run for the same seeds. Rounds to target: the first round whose accuracy reaches
+TARGET_SHARE x pooled accuracy (same seed), averaged over the seeds that reach it.
 
 Only the full grid (DEFAULTS, no --set) rewrites bench/README.md's table and
 bench/learning.png; smaller runs (sweeps, tries) print their table only.
@@ -64,7 +64,7 @@ class Cell:
     """One dataset x partition x strategy over the seeds, with pooled training's accuracy."""
 
     curves: np.ndarray  # (seeds, rounds): global test accuracy after each round
-    pooled: np.ndarray  # (seeds,): pooled training's test accuracy, same seeds
+    pooled: np.ndarray  # (seeds,): pooled training's test accuracy, same partition and seeds
 
     @property
     def final(self) -> np.ndarray:
@@ -81,6 +81,7 @@ class Cell:
 
 
 Cells = dict[tuple[str, str, str], Cell]  # (dataset, partition, strategy) -> Cell
+Pooled = dict[tuple[str, str], np.ndarray]  # (dataset, partition) -> accuracy per seed
 
 
 def mean_std(values: np.ndarray) -> str:
@@ -112,14 +113,14 @@ def _pooled_accuracy(run_config: dict[str, Any], sites: int) -> float:
     return task.centralized_baseline(RunConfig.parse(run_config), sites=sites)["accuracy"]
 
 
-def measure(options: Options) -> tuple[dict[str, np.ndarray], Cells]:
-    """Pooled accuracy per dataset (one per seed) and every federated run of the grid.
+def measure(options: Options) -> tuple[Pooled, Cells]:
+    """Pooled accuracy per dataset and partition (one per seed) and every federated run of the grid.
 
     The runs are independent and single-threaded, so they go to one process per CPU this
     process may use; each run's numbers are those of a sequential run (same seeds, one thread).
     """
     seeds = range(options.seeds)
-    pooled_jobs: dict[str, list[Future[float]]] = {}
+    pooled_jobs: dict[tuple[str, str], list[Future[float]]] = {}
     cell_jobs: dict[tuple[str, str, str], list[Future[list[float]]]] = {}
     # spawn: torch and Flower's threads do not survive a fork.
     with ProcessPoolExecutor(len(os.sched_getaffinity(0)), multiprocessing.get_context("spawn"),
@@ -127,28 +128,30 @@ def measure(options: Options) -> tuple[dict[str, np.ndarray], Cells]:
         for dataset in options.datasets():
             # Fused as `flwr run` fuses it, so pooled training gets the same model, lr, batch and epochs.
             base = run_config_with({**RUN_CONFIG, **options.base(), "dataset": dataset})
-            pooled_jobs[dataset] = [pool.submit(_pooled_accuracy, {**base, "partitioning": "iid", "seed": s},
-                                                options.sites) for s in seeds]
             for label, partition in partitions(dataset).items():
+                pooled_jobs[dataset, label] = [pool.submit(_pooled_accuracy, {**base, **partition, "seed": s},
+                                                           options.sites) for s in seeds]
                 for strategy in STRATEGIES:
                     cell_jobs[dataset, label, strategy] = [
                         pool.submit(_accuracies, options.sites, {**base, **partition, "strategy": strategy, "seed": s})
                         for s in seeds]
-        pooled = {dataset: np.array([job.result() for job in jobs]) for dataset, jobs in pooled_jobs.items()}
+        pooled = {key: np.array([job.result() for job in jobs]) for key, jobs in pooled_jobs.items()}
         cells: Cells = {}
         for (dataset, label, strategy), jobs in cell_jobs.items():
-            cell = cells[dataset, label, strategy] = Cell(np.array([job.result() for job in jobs]), pooled[dataset])
+            cell = cells[dataset, label, strategy] = Cell(np.array([job.result() for job in jobs]),
+                                                          pooled[dataset, label])
             _progress(f"{dataset} {label} {strategy}: {mean_std(cell.final)}")
     return pooled, cells
 
 
-def rows(pooled: dict[str, np.ndarray], cells: Cells) -> list[list[object]]:
+def rows(pooled: Pooled, cells: Cells) -> list[list[object]]:
+    """Per dataset and partition: its pooled row, then one row per strategy."""
     table: list[list[object]] = []
-    for dataset, accuracies in pooled.items():
+    for (dataset, label), accuracies in pooled.items():
         name = dataset.removeprefix("builtin:")
-        table.append([name, "-", "pooled", mean_std(accuracies), 1.0, "-"])
+        table.append([name, label, "pooled", mean_std(accuracies), 1.0, "-"])
         table += [[name, label, strategy, mean_std(cell.final), cell.ratio(), rounds_text(cell.rounds_to_target())]
-                  for (d, label, strategy), cell in cells.items() if d == dataset]
+                  for (d, p, strategy), cell in cells.items() if (d, p) == (dataset, label)]
     return table
 
 

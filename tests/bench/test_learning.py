@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bench.learning import Cell, mean_std, partitions, rounds_text
+from bench.learning import Cell, mean_std, partitions, rounds_text, rows
 from bench.options import run_config_value
 
 
@@ -15,6 +15,17 @@ def test_ratio_and_rounds_to_target_per_seed():
     assert cell.rounds_to_target() == [3, None]
     assert rounds_text(cell.rounds_to_target()) == "3.0 (1/2)"
     assert rounds_text([None]) == "never (0/1)"
+
+
+def test_each_partition_is_compared_with_its_own_pooled_training():
+    # Each partition pools other rows (hold-outs stratified per site): its own pooled row, its own ratio.
+    pooled = {("builtin:digits", "iid"): np.array([0.96]), ("builtin:digits", "dir(0.1)"): np.array([0.98])}
+    cells = {("builtin:digits", label, "fedavg"): Cell(np.array([[0.5, 0.95]]), pooled["builtin:digits", label])
+             for label in ("iid", "dir(0.1)")}
+    table = rows(pooled, cells)
+    assert [row[:3] for row in table] == [["digits", "iid", "pooled"], ["digits", "iid", "fedavg"],
+                                          ["digits", "dir(0.1)", "pooled"], ["digits", "dir(0.1)", "fedavg"]]
+    assert table[1][4] == pytest.approx(0.95 / 0.96) and table[3][4] == pytest.approx(0.95 / 0.98)
 
 
 def test_mean_std_is_the_sample_standard_deviation():

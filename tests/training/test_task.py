@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowerbed_training import task
-from flowerbed_training.data import DataError, Dataset, DataSpec, builtin_partition
-from tests.inprocess import config_with
+from flowerbed_training import client_app, task
+from flowerbed_training.data import DataError, Dataset, DataSpec
+from tests.inprocess import builtin_sites, config_with, run_config_with, run_federation
 
 
 def toy_data(n: int = 64, features: int = 6, seed: int = 0) -> Dataset:
@@ -140,13 +140,38 @@ def test_centralized_baseline_trains_the_same_model_on_pooled_data():
         task.centralized_baseline(config_with({"dataset": "cardio/visits"}))
 
 
-def test_centralized_baseline_can_pool_exactly_what_the_sites_train_on():
-    config = config_with({"dataset": "builtin:breast-cancer", "num-server-rounds": 1, "partitioning": "iid"})
-    whole = task.centralized_baseline(config)
-    sites = task.centralized_baseline(config, sites=3)
-    shares = [builtin_partition("breast-cancer", i, 3, task.builtin_options(config)) for i in range(3)]
-    assert sites["examples"] == sum(len(task.local_split(share, config)[0].y) for share in shares)
-    assert sites["examples"] == pytest.approx(0.8 * whole["examples"], abs=3)
+def _rows(data: Dataset) -> np.ndarray:
+    """Label and features per row, in one canonical (lexicographic) order."""
+    table = np.column_stack([data.y.astype(np.float32), data.x])
+    return table[np.lexsort(table.T[::-1])]
+
+
+def test_pooled_training_data_is_the_union_of_what_the_sites_trained_on(tmp_path, monkeypatch):
+    # Non-IID: each site's validation hold-out is stratified within its own share, so the
+    # union depends on the partition (the IID union of the same seed differs, checked below).
+    overrides = {"dataset": "builtin:breast-cancer", "partitioning": "dirichlet", "dirichlet-alpha": 0.5,
+                 "seed": 3, "num-server-rounds": 1, "fraction-evaluate": 0.0}
+    trained: dict[str, Dataset] = {}
+    local_data = client_app._local_data
+
+    def recording(run, context, config):  # type: ignore[no-untyped-def]
+        train_set, val_set = local_data(run, context, config)
+        if config.get("server-round"):  # a training message, not the survey's query
+            trained[client_app._site(context)] = train_set
+        return train_set, val_set
+
+    monkeypatch.setattr(client_app, "_local_data", recording)
+    run_federation(builtin_sites(3), run_config_with({**overrides, "artifacts-root": str(tmp_path)}))
+
+    assert sorted(trained) == ["site-0", "site-1", "site-2"]
+    union = Dataset(np.concatenate([d.x for d in trained.values()]), np.concatenate([d.y for d in trained.values()]),
+                    DataSpec(30, 2))
+    pooled = task.pooled_training_data(config_with(overrides), sites=3)
+    assert len(pooled.y) == len(union.y) == sum(len(d.y) for d in trained.values())
+    np.testing.assert_array_equal(_rows(pooled), _rows(union))
+    assert task.centralized_baseline(config_with(overrides), sites=3)["examples"] == len(union.y)
+    iid = task.pooled_training_data(config_with({**overrides, "partitioning": "iid"}), sites=3)
+    assert not np.array_equal(_rows(iid), _rows(union))
 
 
 def test_device_preference_from_node_config():
