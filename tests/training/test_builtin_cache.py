@@ -149,7 +149,9 @@ def test_sites_build_their_share_once_per_run_and_not_again_in_the_next(tmp_path
 
 # --- what a message imports -------------------------------------------------------------------------
 
-HEAVY = ("sklearn", "matplotlib", "opacus", "flwr.superlink.grid")  # the last: the SuperLink's state modules
+# flwr.superlink.grid: the SuperLink's state modules; torch._dynamo: what any torch Optimizer imports
+# (task.PlainSgd).
+HEAVY = ("sklearn", "matplotlib", "opacus", "flwr.superlink.grid", "torch._dynamo")
 # One ClientApp message in a fresh interpreter, as Flower runs each message; prints the heavy
 # modules it imported.
 _ONE_MESSAGE = """

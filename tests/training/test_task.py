@@ -71,6 +71,23 @@ def test_constant_features_are_centred_not_divided_by_zero():
     assert np.all(out.x == 0)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"proximal_mu": 0.5}], ids=["sgd", "with-fedprox-drift"])
+def test_plain_sgd_trains_to_exactly_the_weights_torch_sgd_does(kwargs):
+    data = toy_data()
+    trained = []
+    for optimizer_for in (lambda m: task.sgd(m, 0.1), lambda m: torch.optim.SGD(m.parameters(), lr=0.1)):
+        torch.manual_seed(0)
+        model = task.build_model("mlp", data.spec, hidden=16)
+        extra = {"global_params": {k: v.detach().clone() + 0.1 for k, v in model.named_parameters()}} if kwargs else {}
+        stats = task.train(model, task.loader(data, 16, True, seed=1), optimizer_for(model), 3, torch.device("cpu"),
+                           **kwargs, **extra)
+        trained.append((task.get_weights(model), stats))
+    (plain, plain_stats), (reference, reference_stats) = trained
+    assert plain_stats == reference_stats and plain_stats.steps == 12
+    for key in reference:
+        np.testing.assert_array_equal(plain[key], reference[key])
+
+
 def train_once(data: Dataset, **kwargs) -> tuple[torch.nn.Module, task.TrainStats]:
     torch.manual_seed(0)
     model = task.build_model("mlp", data.spec, hidden=16)

@@ -105,12 +105,14 @@ def train(message: Message, context: Context) -> Message:
     global_model = task.get_weights(model)
     dev = _device(context)
     train_loader = task.loader(train_set, run.batch_size, shuffle=True, seed=run.seed + server_round)
-    optimizer = task.sgd(model, run.lr)
+    optimizer: torch.optim.Optimizer | task.PlainSgd = task.sgd(model, run.lr)
     private = None
     if run.local_dp:
-        # Opacus hooks this same model; the optimizer and loader are its DP versions.
+        # Opacus hooks this same model and wraps a torch Optimizer (task.PlainSgd is not one);
+        # the optimizer and loader are its DP versions.
         spent_before = _site(context) in [str(s) for s in config.get(DP_SITES, [])]  # type: ignore[union-attr]
-        private = privacy.make_private(model, optimizer, train_loader, run, context.state, spent_before=spent_before)
+        private = privacy.make_private(model, torch.optim.SGD(model.parameters(), lr=run.lr), train_loader, run,
+                                       context.state, spent_before=spent_before)
         optimizer, train_loader = private.optimizer, private.loader
 
     proximal_mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]  # set by FedProx
