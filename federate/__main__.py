@@ -175,7 +175,7 @@ def federate(args: argparse.Namespace) -> Summary:
     baseline = None
     if app.is_training:
         progress.say("Federation stopped; training the centralized baseline on pooled data ...")
-        baseline = centralized_baseline(run_config, progress)
+        baseline = centralized_baseline(run_config, len(names), progress)
     rounds_log = MetricsFollower(results / "metrics.jsonl").new_rounds() if app.reports_metrics else []
     summary = summarize(
         run_id=run_id, app_dir=app.directory, run_config=run_config, sites=names, rounds=rounds_log, baseline=baseline,
@@ -196,14 +196,15 @@ def describe_job(app: FlowerApp, run_config: dict[str, Any]) -> str:
     return f"{app.name} ({app.components.get('serverapp')}){rounds}"
 
 
-def centralized_baseline(run_config: dict[str, Any], progress: Progress) -> dict[str, float] | None:
-    """The app's own baseline: the same model on the pooled data (built-in data only)."""
+def centralized_baseline(run_config: dict[str, Any], sites: int, progress: Progress) -> dict[str, float] | None:
+    """The app's own baseline (built-in data only): the same model trained on exactly what the
+    `sites` sites train on, pooled (task.pooled_training_data), as bench/ compares against."""
     from flowerbed_training.data import DataError
     from flowerbed_training.run_config import RunConfig
     from flowerbed_training.task import centralized_baseline as train_pooled
 
     try:
-        return train_pooled(RunConfig.parse(run_config))
+        return train_pooled(RunConfig.parse(run_config), sites=sites)
     except DataError as err:
         progress.say(f"No centralized baseline: {err}")
         return None

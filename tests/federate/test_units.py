@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import os
@@ -12,20 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
-from flwr.common.config import parse_config_args
+from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
 from federate.__main__ import left_out, parse_args
 from federate.app import FlowerApp
 from federate.job import MetricsFollower, RunFailed, effective_run_config
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
-from federate.progress import round_line
+from federate.progress import Progress, round_line
 from flowerbed_training.report import per_site, plot_report, summarize
 from federate.run_config import run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
 from tests.federate.apps import legacy_app, message_api_app
+from tests.federate.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
+
 TRAINING = FlowerApp.load(REPO / "training")
 
 
@@ -251,3 +253,20 @@ def test_make_federate_passes_app_and_args_to_the_module() -> None:
 
     assert recipe() == ".venv/bin/python -m federate"
     assert recipe("APP=/some/app", "ARGS=--rounds 2") == ".venv/bin/python -m federate --app /some/app --rounds 2"
+
+
+def test_the_baseline_pools_exactly_what_the_federations_sites_train_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from federate.__main__ import centralized_baseline
+    from flowerbed_training import task
+
+    asked: list[int | None] = []
+
+    def pooled(config: object, sites: int | None = None) -> dict[str, float]:
+        asked.append(sites)
+        return {"accuracy": 0.9}
+
+    monkeypatch.setattr(task, "centralized_baseline", pooled)
+    progress = Progress(1, ["a", "b", "c"], io.StringIO())
+    run_config = dict(get_fused_config_from_dir(REPO / "training", {}))
+    assert centralized_baseline(run_config, 3, progress) == {"accuracy": 0.9}
+    assert asked == [3]  # task.pooled_training_data of 3 sites, as bench/ compares against
