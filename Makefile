@@ -72,7 +72,7 @@ bench-program: venv-program toolchain
 
 # Seconds per round: the local federation vs Flower's simulation runtime (Ray, in its own environment,
 # built here on first use) and vs the polling floor (bench/README.md).
-bench-rounds:  # tools/ensure-venv bench-simulation also ensures the two environments `venv` does
+bench-rounds: venv
 	@tools/ensure-venv bench-simulation
 	$(PY) -m bench.rounds $(ARGS)
 

@@ -37,11 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.naming import SUPEREXEC_ENV
+from components.naming import SUPEREXEC_ENV, TASK_POLL_INTERVAL_ENV
 from federate.__main__ import parse_args, resolve_sites
 from federate.app import FlowerApp
 from federate.flwr_cli import flower_env
 from federate.run_config import run_overrides
+from flowerbed_training import round_log  # importable once federate has put training/ on the path
 
 from .table import fmt, print_table, ratio
 
@@ -62,14 +63,13 @@ class Poll:
 POLLS = (
     Poll("SuperNode pulls the SuperLink for a message", 3.0,
          "flwr/supernode/start_client_internal.py, start_client_internal: time.sleep(3) (hard-coded)"),
-    Poll("SuperExec polls its SuperNode for a ClientApp task", float(SUPEREXEC_ENV["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]),
+    Poll("SuperExec polls its SuperNode for a ClientApp task", float(SUPEREXEC_ENV[TASK_POLL_INTERVAL_ENV]),
          "components/naming.py SUPEREXEC_ENV (FLWR_SUPEREXEC_TASK_POLL_INTERVAL; Flower's default 1.0 s)"),
     Poll("SuperNode polls for the ClientApp's reply", 0.5,
          "flwr/supernode/start_client_internal.py, _push_messages: time.sleep(0.5)"),
     Poll("ServerApp pulls the SuperLink for the replies", 3.0,
          "flwr/superlink/grid/http_grid.py, HttpGrid.send_and_receive: time.sleep(3)"),
 )
-SERVERAPP_POLL = POLLS[-1].seconds
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,8 @@ class Timing:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's lines, in round order."""
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted(lines, key=lambda line: int(line["round"]))
+    """metrics.jsonl's lines (`path`), in round order."""
+    return sorted(round_log.read_metrics(path.parent), key=lambda line: int(line["round"]))
 
 
 def round_seconds(lines: Sequence[dict[str, Any]], path: Path) -> tuple[float, ...]:
@@ -148,10 +147,10 @@ def computed_floor(sites: int, clientapp_start: float) -> tuple[float, float]:
     (half an interval each on average), and a ClientApp process start. The ServerApp pulls once
     right after it pushes, then every 3 s, so the round lasts whole multiples of that interval.
     """
-    supernode, superexec, reply, _ = (poll.seconds for poll in POLLS)
+    supernode, superexec, reply, serverapp = (poll.seconds for poll in POLLS)
     expected_wait = supernode * sites / (sites + 1) + superexec / 2 + reply / 2
     worst_wait = supernode + superexec + reply
-    quantized = [SERVERAPP_POLL * max(1, math.ceil((wait + clientapp_start) / SERVERAPP_POLL))
+    quantized = [serverapp * max(1, math.ceil((wait + clientapp_start) / serverapp))
                  for wait in (expected_wait, worst_wait)]
     return quantized[0], quantized[1]
 

@@ -39,7 +39,8 @@ TASK_ENV = {"HOME": "/tmp", "FLWR_HOME": "/tmp/.flwr", "XDG_CACHE_HOME": "/tmp/.
 # ServerApp, every ClientApp message) waits 0.5 s on average before it starts. Flower allows
 # 0.01-60 s through this variable (flwr 1.41, flwr/supercore/superexec/run_superexec.py); 0.2 s is
 # five cheap local calls a second per SuperExec.
-SUPEREXEC_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+TASK_POLL_INTERVAL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+SUPEREXEC_ENV = {TASK_POLL_INTERVAL_ENV: "0.2"}
 
 # Names that resolve to the control listener from an administrator's machine via port-forward.
 _LOCAL_NAMES = ("localhost",)

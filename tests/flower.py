@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -52,15 +53,8 @@ def _parse_config_args(args: Sequence[str]) -> dict[str, Any]:
 def _task_poll_interval(value: str) -> float:
     from flwr.supercore.superexec.run_superexec import _get_task_poll_interval
 
-    before = os.environ.get(TASK_POLL_INTERVAL)
-    os.environ[TASK_POLL_INTERVAL] = value
-    try:
+    with mock.patch.dict(os.environ, {TASK_POLL_INTERVAL: value}):
         return _get_task_poll_interval()
-    finally:
-        if before is None:
-            del os.environ[TASK_POLL_INTERVAL]
-        else:
-            os.environ[TASK_POLL_INTERVAL] = before
 
 
 TASK_POLL_INTERVAL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from tools.engine.offline import PROGRAM_VENV, REPO, Pulumi
+from tools.engine.stack import parse_urn
 
 STACK = "dev"
 PROGRAM_FILES = ("Pulumi.yaml", "__main__.py")
@@ -40,12 +41,6 @@ class Step:
     type: str
     name: str
     raw: dict[str, Any]
-
-
-def parse_urn(urn: str) -> tuple[str, str]:
-    """(resource type, resource name) from `urn:pulumi:<stack>::<project>::<parent$...$type>::<name>`."""
-    _, _, qualified_type, name = urn.split("::", 3)
-    return qualified_type.split("$")[-1], name
 
 
 @dataclass

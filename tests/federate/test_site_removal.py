@@ -17,11 +17,10 @@ import pytest
 from federate.federation import LocalFederation
 from federate.flwr_cli import flower_env
 from federate.job import MetricsFollower, follow, submit
-from tests.federate.conftest import FederationFactory, wait_for_exit
+from tests.federate.conftest import REPO, FederationFactory, wait_for_exit
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 REGISTRY = REPO / "components" / "supernode_registry.py"
 SITES = ["hospital-a", "hospital-b", "lab-c"]
 REMOVED = "lab-c"

@@ -121,6 +121,12 @@ def _short(value: Any, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def parse_urn(urn: str) -> tuple[str, str]:
+    """(resource type, resource name) from `urn:pulumi:<stack>::<project>::<parent$...$type>::<name>`."""
+    _, _, qualified_type, name = urn.split("::", 3)
+    return qualified_type.split("$")[-1], name
+
+
 def human_diff(digest: Mapping[str, Any]) -> list[str]:
     """The `pulumi preview --json` digest as lines a person reads: one line per step that changes something
     (op, type, name), its changed properties with old and new inputs, then diagnostics and the counts."""
@@ -128,8 +134,8 @@ def human_diff(digest: Mapping[str, Any]) -> list[str]:
     for step in digest.get("steps") or []:
         if step["op"] == "same":
             continue
-        _, _, qualified_type, name = step["urn"].split("::", 3)
-        lines.append(f"{OP_SYMBOLS.get(step['op'], '?'):>2} {step['op']:<8} {qualified_type.split('$')[-1]}  {name}")
+        resource_type, name = parse_urn(step["urn"])
+        lines.append(f"{OP_SYMBOLS.get(step['op'], '?'):>2} {step['op']:<8} {resource_type}  {name}")
         for path, change in sorted((step.get("detailedDiff") or {}).items()):
             old, new = property_at(step.get("oldState"), path), property_at(step.get("newState"), path)
             kind = change.get("kind", "update")
@@ -184,15 +190,17 @@ def print_saved_diff(render_root: Path) -> int:
 
 
 COMMANDS = {"up": up, "preview": preview, "destroy": destroy}
+# Commands that read what a command above saved: no engine, no toolchain.
+SAVED = {"diff": print_saved_diff}
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in [*COMMANDS, "diff"]:
-        print(f"usage: tools/stack {{{'|'.join([*COMMANDS, 'diff'])}}} <stack>", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in {**COMMANDS, **SAVED}:
+        print(f"usage: tools/stack {{{'|'.join([*COMMANDS, *SAVED])}}} <stack>", file=sys.stderr)
         return 2
     command, stack = argv
-    if command == "diff":
-        return print_saved_diff(REPO / "out" / stack)
+    if command in SAVED:
+        return SAVED[command](REPO / "out" / stack)
     try:
         check_toolchain()
     except ToolchainMissing as err:

@@ -78,9 +78,6 @@ from flowerbed_training.staleness import Staleness
 from flowerbed_training.training_job import TrainingJob
 
 Arrays = dict[str, np.ndarray]
-# Train-config key: the global model version a task trains from (its "server-round" is the task's
-# own sequence number, so a site that trains twice from one version shuffles its data differently).
-MODEL_VERSION = "model-version"
 
 
 class FederationStalled(RuntimeError):
@@ -189,7 +186,9 @@ class FedBuffServer:
         messages = []
         for node in idle:
             self.tasks += 1
-            config = ConfigRecord({**self.train_config, "server-round": self.tasks, MODEL_VERSION: self.version})
+            # "server-round" is the task's own sequence number, so a site that trains twice from one
+            # version shuffles its data differently; the version a task trains from is in _Task.
+            config = ConfigRecord({**self.train_config, "server-round": self.tasks})
             messages.append(Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node,
                                     message_type=MessageType.TRAIN, group_id=str(self.version)))
         message_ids = list(self.grid.push_messages(messages))

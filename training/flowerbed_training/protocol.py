@@ -58,7 +58,7 @@ class SiteNames:
         node = message.metadata.src_node_id
         if not message.has_error() and SITE in message.content.config_records:
             self._known[node] = site_name(message)
-        return self._known.get(node, site_name(message))
+        return self.of_node(node)
 
     def of_node(self, node_id: int) -> str:
         """The name learnt for a node (for a site that never answered: `node-<id>`)."""

@@ -38,10 +38,15 @@ class Registered:
     # (config, common Flower options) -> strategy; None: not a Flower strategy but its own training path
     build: Callable[[RunConfig, dict[str, Any]], Strategy] | None
     summary: str  # the README's strategy table says the same
-    asynchronous: bool = False  # no synchronous rounds: fedbuff.py's loop (server_app.training_path)
     secagg: bool = False  # SecAgg+ computes a weighted sum of models, i.e. FedAvg only
     central_dp: bool = True  # Flower's DP wrappers clip every ArrayRecord of a reply
     central_dp_conflict: str = ""  # why not, when central_dp is False
+
+    @property
+    def asynchronous(self) -> bool:
+        """No synchronous rounds: the strategy is its own loop, not a Flower strategy (fedbuff.py;
+        server_app.training_path)."""
+        return self.build is None
 
 
 STRATEGIES: dict[str, Registered] = {
@@ -67,7 +72,7 @@ STRATEGIES: dict[str, Registered] = {
                        "Flower's Krum: the model closest to its neighbours, tolerating `krum-malicious` sites"),
     "fedbuff": Registered(
         None, "FedBuff (fedbuff.py): asynchronous; every site always busy, a server step every "
-        "`async-buffer-size` replies, stale replies down-weighted (`async-*`)", asynchronous=True,
+        "`async-buffer-size` replies, stale replies down-weighted (`async-*`)",
         central_dp=False, central_dp_conflict="its server steps are not one synchronous round's aggregate"),
 }
 
