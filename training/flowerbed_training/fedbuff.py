@@ -72,6 +72,7 @@ from flowerbed_training.protocol import (
     to_record,
 )
 from flowerbed_training.recording import Rounds
+from flowerbed_training.round_log import weighted_mean
 from flowerbed_training.run_config import RunConfig, RunConfigError
 from flowerbed_training.scoring import cosine_contributions
 from flowerbed_training.staleness import Staleness
@@ -249,13 +250,12 @@ class FedBuffServer:
         per_site: dict[str, list[float]] = {}
         for index, reply in enumerate(self.buffer):
             per_site.setdefault(reply.site, []).append(scores[str(index)])
-        losses = [(r.train_loss, r.examples) for r in self.buffer if r.train_loss is not None]
         record.sites = sorted(per_site)
         record.failed = self.interval.failed
         record.aggregated = True
         record.bytes_up, record.bytes_down = self.interval.bytes_up, self.interval.bytes_down
         record.contribution = {site: float(np.mean(values)) for site, values in per_site.items()}
-        record.train_loss = (sum(l * n for l, n in losses) / sum(n for _, n in losses)) if losses else None
+        record.train_loss = weighted_mean([(r.examples, r.train_loss) for r in self.buffer if r.train_loss is not None])
         record.asynchronous = {
             "version": record.round,
             "replies": [{"site": r.site, "staleness": r.staleness, "weight": r.weight, "examples": r.examples,

@@ -11,6 +11,13 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"
 
 
+def weighted_mean(values: list[tuple[int, Any]]) -> float | None:
+    """The example-weighted mean of (examples, value) pairs (a round's train loss, accuracy); None
+    without examples."""
+    total = sum(n for n, _ in values)
+    return float(sum(n * float(v) for n, v in values) / total) if total else None
+
+
 @dataclass
 class RoundLog:
     """One round, filled in by the parts that see it (README.md, metrics.jsonl, says what each field means)."""

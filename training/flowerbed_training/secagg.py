@@ -57,6 +57,7 @@ from flowerbed_training.grid_polling import DelegatingGrid
 from flowerbed_training.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SITE, from_record, payload_bytes, to_record
 from flowerbed_training.quorum import Quorum
 from flowerbed_training.recording import Rounds
+from flowerbed_training.round_log import weighted_mean
 from flowerbed_training.run_config import RunConfig
 from flowerbed_training.training_job import TrainingJob
 
@@ -169,7 +170,7 @@ class _RecordedFedAvg(FedAvg):
             parameters = ndarrays_to_parameters([a.astype(np.float32) for a in parameters_to_ndarrays(parameters)])
         record.aggregated = parameters is not None
         losses = [(res.num_examples, res.metrics.get("train-loss")) for _, res in results]
-        record.train_loss = _weighted([(n, v) for n, v in losses if isinstance(v, (int, float))])
+        record.train_loss = weighted_mean([(n, v) for n, v in losses if isinstance(v, (int, float))])
         return parameters, metrics
 
     def aggregate_evaluate(
@@ -179,7 +180,7 @@ class _RecordedFedAvg(FedAvg):
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
         loss, _ = super().aggregate_evaluate(server_round, results, failures)
-        accuracy = _weighted([(res.num_examples, res.metrics.get("eval-accuracy")) for _, res in results
+        accuracy = weighted_mean([(res.num_examples, res.metrics.get("eval-accuracy")) for _, res in results
                               if isinstance(res.metrics.get("eval-accuracy"), (int, float))])
         record = self.rounds.current
         record.federated_loss, record.federated_accuracy = loss, accuracy
@@ -256,11 +257,6 @@ def global_model(context: LegacyContext, names: list[str]) -> dict[str, np.ndarr
 def _no_metrics(_: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
     # Per-site metrics are recorded by _RecordedFedAvg; an aggregate is not needed.
     return {}
-
-
-def _weighted(values: list[tuple[int, Any]]) -> float | None:
-    total = sum(n for n, _ in values)
-    return float(sum(n * float(v) for n, v in values) / total) if total else None
 
 
 def _maybe(value: Any) -> float | None:
