@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -112,17 +112,6 @@ class _Task:
     sent: float  # time.perf_counter()
 
 
-@dataclass
-class _Interval:
-    """What happened since the last server update; goes into that update's metrics line."""
-
-    started: float
-    dropped: list[dict[str, Any]] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    bytes_up: int = 0
-    bytes_down: int = 0
-
-
 class FedBuffServer:
     """The asynchronous loop: keep every site busy, step every K replies, report each step to `rounds`.
 
@@ -146,7 +135,10 @@ class FedBuffServer:
         self.buffer: list[BufferedReply] = []
         self.tasks = 0
         self.started = time.perf_counter()
-        self.interval = _Interval(self.started)
+        # What happens until the next server update goes into that update's round (metrics line);
+        # `dropped` is fedbuff's own field of it.
+        self.record = rounds.begin(self.version + 1)
+        self.dropped: list[dict[str, Any]] = []
 
     def run(self) -> Arrays:
         """Run until `num_updates` versions exist or the time budget is spent; return the model."""
@@ -163,7 +155,7 @@ class FedBuffServer:
             if not replies:
                 if not self.in_flight and self.resting:
                     raise FederationStalled(f"fedbuff: every site failed since server update {self.version}: "
-                                            + "; ".join(f"{s}: {r}" for s, r in sorted(self.interval.failed.items())))
+                                            + "; ".join(f"{s}: {r}" for s, r in sorted(self.record.failed.items())))
                 time.sleep(POLL_SECONDS)
         if self.in_flight:
             log(INFO, "fedbuff: done; %d task(s) still running are not waited for", len(self.in_flight))
@@ -177,8 +169,8 @@ class FedBuffServer:
             if now - job.sent > timeout:
                 del self.in_flight[message_id]
                 site = self.site_name.of_node(job.node)
-                self.interval.failed[site] = f"no reply within round-timeout {timeout:g}s; asked again"
-                log(WARNING, "fedbuff: %s", f"{site}: {self.interval.failed[site]}")
+                self.record.failed[site] = f"no reply within round-timeout {timeout:g}s; asked again"
+                log(WARNING, "fedbuff: %s", f"{site}: {self.record.failed[site]}")
         busy = {job.node for job in self.in_flight.values()}
         idle = [node for node in self.grid.get_node_ids() if node not in busy and node not in self.resting]
         if not idle:
@@ -200,23 +192,23 @@ class FedBuffServer:
             message_id = message_ids[index] if index < len(message_ids) else None
             if not message_id:
                 self.resting.add(node)
-                self.interval.failed[self.site_name.of_node(node)] = "the SuperLink did not accept its task"
+                self.record.failed[self.site_name.of_node(node)] = "the SuperLink did not accept its task"
                 continue
             self.in_flight[message_id] = _Task(node, self.version, now)
-            self.interval.bytes_down += payload_bytes(message)
+            self.record.bytes_down += payload_bytes(message)
 
     def _receive(self, reply: Message) -> None:
         job = self.in_flight.pop(reply.metadata.reply_to_message_id)
         site = self.site_name(reply)
-        self.interval.bytes_up += payload_bytes(reply)
+        self.record.bytes_up += payload_bytes(reply)
         if reply.has_error():
-            self.interval.failed[site] = reply.error.reason
+            self.record.failed[site] = reply.error.reason
             self.resting.add(job.node)
             log(WARNING, "fedbuff: %s failed: %s", site, reply.error.reason)
             return
         staleness = self.version - job.version
         if staleness > self.config.async_max_staleness:
-            self.interval.dropped.append({"site": site, "staleness": staleness})
+            self.dropped.append({"site": site, "staleness": staleness})
             return
         metrics = reply.content.metric_records[METRICS]
         loss = metrics.get("train-loss")
@@ -241,26 +233,24 @@ class FedBuffServer:
         self._report(scores)
         self.buffer = []
         self.resting.clear()
-        self.interval = _Interval(time.perf_counter())
+        self.dropped = []
+        self.record = self.rounds.begin(self.version + 1)
 
     def _report(self, scores: dict[str, float]) -> None:
         """The update as a round of `rounds`: its metrics line (with fedbuff's own fields) and checkpoint."""
-        record = self.rounds.begin(self.version)
-        record.started = self.interval.started
+        record = self.record
         per_site: dict[str, list[float]] = {}
         for index, reply in enumerate(self.buffer):
             per_site.setdefault(reply.site, []).append(scores[str(index)])
         record.sites = sorted(per_site)
-        record.failed = self.interval.failed
         record.aggregated = True
-        record.bytes_up, record.bytes_down = self.interval.bytes_up, self.interval.bytes_down
         record.contribution = {site: float(np.mean(values)) for site, values in per_site.items()}
         record.train_loss = weighted_mean([(r.examples, r.train_loss) for r in self.buffer if r.train_loss is not None])
         record.asynchronous = {
             "version": record.round,
             "replies": [{"site": r.site, "staleness": r.staleness, "weight": r.weight, "examples": r.examples,
                          "contribution": scores[str(i)]} for i, r in enumerate(self.buffer)],
-            "dropped": self.interval.dropped,
+            "dropped": self.dropped,
             "elapsed": round(time.perf_counter() - self.started, 4),
         }
         self.rounds.finish(self.model, strategy_state={})
