@@ -53,6 +53,8 @@ def test_an_unknown_key_is_named_with_the_allowed_ones():
         ({"num-server-rounds": True}, "run config num-server-rounds: True must be a int"),
         ({"round-timeout": 0.0}, "run config round-timeout: 0.0 must be > 0 seconds"),
         ({"trimmed-beta": 0.5}, r"run config trimmed-beta: 0.5 must be in \[0, 0.5\)"),
+        ({"server-beta-1": 1.0}, r"run config server-beta-1: 1.0 must be in \[0, 1\)"),
+        ({"server-beta-2": -0.1}, r"run config server-beta-2: -0.1 must be in \[0, 1\)"),
         ({"resume": "yes"}, "run config resume: 'yes' must be \"\" \\(a fresh run\\), \"latest\" or a run id"),
         ({"resume": True}, "run config resume: True must be a str"),
         ({"lr": 0}, "run config lr: 0.0 must be > 0"),

@@ -82,8 +82,10 @@ def test_fedyogi_follows_reddi_et_al_algorithm_2_by_hand(server_identity):
     #   m_t = b1 m_{t-1} + (1 - b1) Delta_t
     #   v_t = v_{t-1} - (1 - b2) Delta_t^2 sign(v_{t-1} - Delta_t^2)
     #   x_{t+1} = x_t + eta m_t / (sqrt(v_t) + tau)
-    # b1 = 0.9, b2 = 0.99 (Flower's defaults), eta = server-lr = 0.1, tau = server-tau = 0.001, m_0 = v_0 = 0.
-    strategy = build_strategy(settings(strategy="fedyogi", **{"server-lr": 0.1, "server-tau": 0.001}))
+    # b1 = 0.9, b2 = 0.99 (Flower's defaults; the run config's server-beta-1 default is 0),
+    # eta = server-lr = 0.1, tau = server-tau = 0.001, m_0 = v_0 = 0.
+    strategy = build_strategy(settings(strategy="fedyogi", **{"server-lr": 0.1, "server-tau": 0.001,
+                                                              "server-beta-1": 0.9, "server-beta-2": 0.99}))
     grid = grid_with(2)
     x0 = {"w": np.array([0.0, 1.0])}
     strategy.configure_train(1, to_record(x0), ConfigRecord(), grid)
@@ -111,6 +113,38 @@ def test_fedyogi_follows_reddi_et_al_algorithm_2_by_hand(server_identity):
     #     = [0.0987654 + 0.0952457, 0.9024390 - 0.1251116] = [0.1940111, 0.7773274]
     np.testing.assert_allclose(from_record(arrays)["w"], [0.1940111, 0.7773274], rtol=1e-6)
 
+
+
+def test_fedadam_with_the_run_configs_defaults_steps_without_server_momentum(server_identity):
+    # Reddi et al. 2021, Algorithm 2 (FedAdam), with Flower's bias correction of the step
+    # (flwr.serverapp.strategy.fedadam; it counts round t as t + 1):
+    #   m_t = b1 m_{t-1} + (1 - b1) Delta_t,  v_t = b2 v_{t-1} + (1 - b2) Delta_t^2
+    #   x_{t+1} = x_t + eta sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)) m_t / (sqrt(v_t) + tau)
+    # The defaults (training/pyproject.toml): eta = 0.01, tau = 0.001, b1 = 0 (no server
+    # momentum: m_t = Delta_t; bench/README.md), b2 = 0.99.
+    config = settings(strategy="fedadam")
+    assert (config.server_lr, config.server_tau, config.server_beta_1, config.server_beta_2) == (0.01, 0.001, 0.0, 0.99)
+    strategy = build_strategy(config)
+    grid = grid_with(2)
+    strategy.configure_train(1, to_record({"w": np.array([0.0, 1.0])}), ConfigRecord(), grid)
+    # FedAvg of [1.0, 1.0] and [0.6, 0.2] = [0.8, 0.6]: Delta_1 = [0.8, -0.4] = m_1.
+    arrays, _ = strategy.aggregate_train(1, [train_reply(1, {"w": [1.0, 1.0]}, 10),
+                                             train_reply(2, {"w": [0.6, 0.2]}, 10)])
+    np.testing.assert_allclose(strategy.m_t["w"], [0.8, -0.4], rtol=1e-9)  # type: ignore[attr-defined]
+    # v_1 = 0.01 * [0.64, 0.16] = [0.0064, 0.0016]; step 0.01 sqrt(1 - 0.99^2) = 0.0014106736
+    # x_1 = [0.0014106736 * 0.8 / 0.081, 1 - 0.0014106736 * 0.4 / 0.041] = [0.01393258, 0.98623733]
+    np.testing.assert_allclose(strategy.v_t["w"], [0.0064, 0.0016], rtol=1e-9)  # type: ignore[attr-defined]
+    x1 = from_record(arrays)["w"]
+    np.testing.assert_allclose(x1, [0.01393258, 0.98623733], rtol=1e-6)
+
+    strategy.configure_train(2, arrays, ConfigRecord(), grid)
+    y = x1 + np.array([0.05, -1.0])  # Delta_2 = [0.05, -1.0]: m_2 = Delta_2, the past round forgotten
+    arrays, _ = strategy.aggregate_train(2, [train_reply(1, {"w": y}, 10), train_reply(2, {"w": y}, 10)])
+    np.testing.assert_allclose(strategy.m_t["w"], [0.05, -1.0], rtol=1e-9)  # type: ignore[attr-defined]
+    # v_2 = 0.99 v_1 + 0.01 Delta_2^2 = [0.006361, 0.011584]; step 0.01 sqrt(1 - 0.99^3) = 0.0017233978
+    # x_2 = [0.01393258 + 0.0017233978 * 0.05 / 0.0807558, 0.98623733 - 0.0017233978 * 1.0 / 0.1086283]
+    #     = [0.01499962, 0.97037234]
+    np.testing.assert_allclose(from_record(arrays)["w"], [0.01499962, 0.97037234], rtol=1e-6)
 
 # --- SCAFFOLD (Karimireddy et al. 2020, Algorithm 1, option II) ---------------------------------
 

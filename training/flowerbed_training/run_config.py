@@ -84,6 +84,8 @@ class RunConfig:
     server_lr: float = _positive()
     scaffold_global_lr: float = _positive()
     server_tau: float = _positive()
+    server_beta_1: float = _rule("must be in [0, 1)", lambda v: 0 <= v < 1)
+    server_beta_2: float = _rule("must be in [0, 1)", lambda v: 0 <= v < 1)
     trimmed_beta: float = _rule("must be in [0, 0.5)", lambda v: 0 <= v < 0.5)
     krum_malicious: int = _at_least(0)
     # --- asynchronous aggregation (strategy fedbuff) ---

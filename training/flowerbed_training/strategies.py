@@ -49,6 +49,13 @@ class Registered:
         return self.build is None
 
 
+def _server_optimizer(c: RunConfig) -> dict[str, float]:
+    """FedOpt's keywords (Reddi et al. 2021, Algorithm 2; flwr.serverapp.strategy.fedopt):
+    server step eta, client lr eta_l, adaptivity tau, first- and second-moment decays."""
+    return {"eta": c.server_lr, "eta_l": c.lr, "tau": c.server_tau,
+            "beta_1": c.server_beta_1, "beta_2": c.server_beta_2}
+
+
 STRATEGIES: dict[str, Registered] = {
     "fedavg": Registered(lambda c, common: FedAvg(**common),
                          "Flower's FedAvg: the example-weighted mean of the sites' models", secagg=True),
@@ -59,11 +66,11 @@ STRATEGIES: dict[str, Registered] = {
         "SCAFFOLD (scaffold.py): control variates correct each site's drift",
         central_dp=False, central_dp_conflict="the wrappers would clip its control-variate record"),
     "fedadam": Registered(
-        lambda c, common: FedAdam(**common, eta=c.server_lr, eta_l=c.lr, tau=c.server_tau),
-        "Flower's FedAdam: Adam on the server, step `server-lr`, adaptivity `server-tau`"),
+        lambda c, common: FedAdam(**common, **_server_optimizer(c)),
+        "Flower's FedAdam: Adam on the server, step `server-lr`, adaptivity `server-tau`, moments `server-beta-1/2`"),
     "fedyogi": Registered(
-        lambda c, common: FedYogi(**common, eta=c.server_lr, eta_l=c.lr, tau=c.server_tau),
-        "Flower's FedYogi: Yogi on the server, step `server-lr`, adaptivity `server-tau`"),
+        lambda c, common: FedYogi(**common, **_server_optimizer(c)),
+        "Flower's FedYogi: Yogi on the server, step `server-lr`, adaptivity `server-tau`, moments `server-beta-1/2`"),
     "fedmedian": Registered(lambda c, common: FedMedian(**common),
                             "Flower's FedMedian: the coordinate-wise median (robust to outliers)"),
     "fedtrimmedavg": Registered(lambda c, common: FedTrimmedAvg(**common, beta=c.trimmed_beta),
