@@ -58,6 +58,8 @@ def plot(curves: Curves, path: Path) -> None:
             ax.set_xlabel("round")
             ax.set_ylim(max(0.0, ax.get_ylim()[0]), 1.0)
         axes[row][0].set_ylabel("test accuracy")
+        for ax in axes[row][len(labels):]:  # a dataset with fewer partitions than the widest row
+            ax.axis("off")
     axes[0][0].legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
