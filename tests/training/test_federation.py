@@ -130,6 +130,21 @@ def test_drift_correcting_strategies_learn(tmp_path, strategy):
         assert all(CLIENT_CONTROL in site.state.array_records for site in sites)
 
 
+
+def test_local_max_grad_norm_bounds_every_sites_scaffold_control_variate(tmp_path):
+    """The ClientApp clips its steps (run config `local-max-grad-norm`), so each c_i, the mean
+    of a site's clipped gradients, stays within the bound; unclipped, this run's exceed it."""
+    norms = {}
+    for run_id, bound in ((1, 0.0), (2, 0.05)):
+        sites = builtin_sites(3)
+        federate(tmp_path, sites, run_id=run_id, strategy="scaffold",
+                 **{"num-server-rounds": 2, "local-max-grad-norm": bound})
+        norms[bound] = [float(np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in
+                                          from_record(site.state.array_records[CLIENT_CONTROL]).values())))
+                        for site in sites]
+    assert max(norms[0.0]) > 0.05, norms
+    assert max(norms[0.05]) <= 0.05 * (1 + 1e-4), norms
+
 def write_study(root: Path, site: str, x: np.ndarray, y: np.ndarray) -> None:
     directory = root / site / "oncology" / "biopsies"
     directory.mkdir(parents=True)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from flowerbed_training import client_app, task
+from flowerbed_training.scaffold import client_control_update
 from flowerbed_training.data import DataError, Dataset, DataSpec
 from tests.inprocess import builtin_sites, config_with, run_config_with, run_federation
 
@@ -142,6 +143,49 @@ def test_scaffold_correction_is_an_extra_sgd_step_on_every_parameter():
     for key in before:
         np.testing.assert_allclose(after[key], before[key] - 0.1 * 0.25 * stats.steps, rtol=1e-5, atol=1e-6)
 
+
+
+def global_norm(arrays) -> float:
+    return float(np.sqrt(sum(np.sum(np.asarray(v, dtype=np.float64) ** 2) for v in arrays.values())))
+
+
+def test_local_max_grad_norm_scales_each_step_down_to_that_norm():
+    data = toy_data(32)
+    torch.manual_seed(0)
+    model = task.build_model("mlp", data.spec, hidden=8)
+    before = task.get_weights(model)
+    # The full-batch gradient at the start, by hand.
+    torch.nn.CrossEntropyLoss()(model(torch.from_numpy(data.x)), torch.from_numpy(data.y)).backward()
+    gradient = {k: p.grad.numpy().copy() for k, p in model.named_parameters()}
+    norm = global_norm(gradient)
+    assert norm > 0.2  # so that a 0.2 bound binds
+    model.zero_grad()
+    task.train(model, task.loader(data, 32, False), task.sgd(model, 0.1), 1, torch.device("cpu"), max_grad_norm=0.2)
+    after = task.get_weights(model)
+    # w1 = w0 - lr * g * min(1, G / ||g||): the step's norm is lr * G.
+    for key in before:
+        np.testing.assert_allclose(after[key], before[key] - 0.1 * gradient[key] * 0.2 / norm, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(global_norm({k: after[k] - before[k] for k in before}), 0.1 * 0.2, rtol=1e-4)
+
+
+def test_local_max_grad_norm_bounds_scaffolds_client_control_variate():
+    """Option II gives c_i+ = c_i - c + (x - y_i) / (K lr) = the mean of the K (clipped) data
+    gradients, whatever the correction c - c_i: so ||c_i+|| <= local-max-grad-norm."""
+    plain = toy_data(64)
+    data = Dataset(plain.x * 30, plain.y, plain.spec)  # large inputs: large, growing gradients at lr 0.5
+    trained = {}
+    for bound in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = task.build_model("mlp", data.spec, hidden=8)
+        x = task.get_weights(model)
+        c = {k: np.full_like(v, 0.1) for k, v in x.items()}  # the server's control variate; c_i = 0
+        correction = {k: torch.from_numpy(v) for k, v in c.items()}
+        stats = task.train(model, task.loader(data, 8, True), task.sgd(model, 0.5), 2, torch.device("cpu"),
+                           gradient_correction=correction, max_grad_norm=bound)
+        c_i = {k: np.zeros_like(v) for k, v in x.items()}
+        trained[bound] = client_control_update(c_i, c, x, task.get_weights(model), stats.steps, 0.5)
+    assert global_norm(trained[0.0]) > 0.5  # unclipped, the run's gradients are larger than the bound
+    assert global_norm(trained[0.5]) <= 0.5 * (1 + 1e-4)
 
 def test_device_is_cpu_without_a_gpu():
     assert task.device().type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -120,7 +120,8 @@ def train(message: Message, context: Context) -> Message:
     control = SiteControl.received(message.content, context.state)  # SCAFFOLD only
     stats = task.train(model, train_loader, optimizer, run.local_epochs, dev,
                        proximal_mu=proximal_mu, global_params=global_params,
-                       gradient_correction=control.correction(dev) if control else None, amp=run.amp)
+                       gradient_correction=control.correction(dev) if control else None,
+                       max_grad_norm=0.0 if private else run.local_max_grad_norm, amp=run.amp)
     trained = task.get_weights(model)
 
     metrics = MetricRecord({NUM_EXAMPLES: stats.examples, "train-loss": stats.loss})

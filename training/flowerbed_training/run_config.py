@@ -77,6 +77,7 @@ class RunConfig:
     local_epochs: int = _at_least(1)
     batch_size: int = _at_least(1)
     lr: float = _positive()
+    local_max_grad_norm: float = _rule("must be >= 0 (0: no clipping)", lambda v: v >= 0)
     amp: bool = _anything()
     # --- aggregation ---
     strategy: str = _one_of(*STRATEGIES)

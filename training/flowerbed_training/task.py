@@ -249,6 +249,7 @@ def train(
     proximal_mu: float = 0.0,
     global_params: Mapping[str, torch.Tensor] | None = None,
     gradient_correction: Mapping[str, torch.Tensor] | None = None,
+    max_grad_norm: float = 0.0,
     amp: bool = False,
 ) -> TrainStats:
     """Local SGD on the data loss, plus two data-independent drift terms applied as extra
@@ -256,7 +257,14 @@ def train(
 
     They are added to the parameters directly, not to `.grad`, so they work unchanged
     when Opacus' DP optimizer (which rebuilds `.grad` from clipped per-sample
-    gradients) does the step, and they cost no privacy budget."""
+    gradients) does the step, and they cost no privacy budget.
+
+    `max_grad_norm` > 0 scales each minibatch's data gradient down to at most that global
+    L2 norm (torch.nn.utils.clip_grad_norm_) before the step; the drift terms are not
+    clipped. Under SCAFFOLD's option II this bounds the control variates: with K plain-SGD
+    steps g_k + c - c_i, c_i+ = c_i - c + (x - y_i) / (K lr) = mean_k g_k, so every
+    ||c_i|| and ||c|| stays <= max_grad_norm. Meaningless under Opacus (its step
+    overwrites `.grad`): pass 0 there."""
     model.to(dev).train()
     criterion = nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler("cuda", enabled=amp and dev.type == "cuda")
@@ -271,6 +279,9 @@ def train(
             with _autocast(dev, amp):
                 loss = criterion(model(x), y)
             scaler.scale(loss).backward()
+            if max_grad_norm > 0:
+                scaler.unscale_(optimizer)  # type: ignore[arg-type]  # clip the true gradient, not the loss-scaled one
+                nn.utils.clip_grad_norm_(named.values(), max_grad_norm)
             drift = _drift(named, proximal_mu, global_params, gradient_correction)
             scaler.step(optimizer)
             scaler.update()
@@ -376,7 +387,7 @@ def centralized_baseline(config: RunConfig, sites: int | None = None) -> dict[st
     dev = device()
     epochs = config.num_server_rounds * config.local_epochs
     train(model, loader(train_set, config.batch_size, True, config.seed), sgd(model, config.lr),
-          epochs, dev, amp=config.amp)
+          epochs, dev, max_grad_norm=config.local_max_grad_norm, amp=config.amp)
     loss, accuracy = evaluate(model, loader(test_set, 256, False), dev)
     return {"accuracy": accuracy, "loss": loss, "seconds": time.perf_counter() - started,
             "epochs": float(epochs), "examples": float(len(train_set.y))}
