@@ -130,7 +130,6 @@ def test_drift_correcting_strategies_learn(tmp_path, strategy):
         assert all(CLIENT_CONTROL in site.state.array_records for site in sites)
 
 
-
 def test_local_max_grad_norm_bounds_every_sites_scaffold_control_variate(tmp_path):
     """The ClientApp clips its steps (run config `local-max-grad-norm`), so each c_i, the mean
     of a site's clipped gradients, stays within the bound; unclipped, this run's exceed it."""
@@ -144,6 +143,7 @@ def test_local_max_grad_norm_bounds_every_sites_scaffold_control_variate(tmp_pat
                         for site in sites]
     assert max(norms[0.0]) > 0.05, norms
     assert max(norms[0.05]) <= 0.05 * (1 + 1e-4), norms
+
 
 def write_study(root: Path, site: str, x: np.ndarray, y: np.ndarray) -> None:
     directory = root / site / "oncology" / "biopsies"

@@ -58,6 +58,7 @@ def test_an_unknown_key_is_named_with_the_allowed_ones():
         ({"resume": "yes"}, "run config resume: 'yes' must be \"\" \\(a fresh run\\), \"latest\" or a run id"),
         ({"resume": True}, "run config resume: True must be a str"),
         ({"lr": 0}, "run config lr: 0.0 must be > 0"),
+        ({"local-max-grad-norm": -1.0}, r"run config local-max-grad-norm: -1.0 must be >= 0 \(0: no clipping\)"),
         ({"local-epochs": 0}, "run config local-epochs: 0 must be >= 1"),
         ({"model": "resnet"}, "run config model: 'resnet' must be one of auto, mlp, cnn"),
         ({"partitioning": "skewed"}, "run config partitioning: 'skewed' must be one of iid, dirichlet, labels"),

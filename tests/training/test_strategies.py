@@ -114,7 +114,6 @@ def test_fedyogi_follows_reddi_et_al_algorithm_2_by_hand(server_identity):
     np.testing.assert_allclose(from_record(arrays)["w"], [0.1940111, 0.7773274], rtol=1e-6)
 
 
-
 def test_fedadam_with_the_run_configs_defaults_steps_without_server_momentum(server_identity):
     # Reddi et al. 2021, Algorithm 2 (FedAdam), with Flower's bias correction of the step
     # (flwr.serverapp.strategy.fedadam; it counts round t as t + 1):
@@ -145,6 +144,7 @@ def test_fedadam_with_the_run_configs_defaults_steps_without_server_momentum(ser
     # x_2 = [0.01393258 + 0.0017233978 * 0.05 / 0.0807558, 0.98623733 - 0.0017233978 * 1.0 / 0.1086283]
     #     = [0.01499962, 0.97037234]
     np.testing.assert_allclose(from_record(arrays)["w"], [0.01499962, 0.97037234], rtol=1e-6)
+
 
 # --- SCAFFOLD (Karimireddy et al. 2020, Algorithm 1, option II) ---------------------------------
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from flowerbed_training import client_app, task
-from flowerbed_training.scaffold import client_control_update
 from flowerbed_training.data import DataError, Dataset, DataSpec
+from flowerbed_training.scaffold import client_control_update
 from tests.inprocess import builtin_sites, config_with, run_config_with, run_federation
 
 
@@ -144,7 +144,6 @@ def test_scaffold_correction_is_an_extra_sgd_step_on_every_parameter():
         np.testing.assert_allclose(after[key], before[key] - 0.1 * 0.25 * stats.steps, rtol=1e-5, atol=1e-6)
 
 
-
 def global_norm(arrays) -> float:
     return float(np.sqrt(sum(np.sum(np.asarray(v, dtype=np.float64) ** 2) for v in arrays.values())))
 
@@ -186,6 +185,7 @@ def test_local_max_grad_norm_bounds_scaffolds_client_control_variate():
         trained[bound] = client_control_update(c_i, c, x, task.get_weights(model), stats.steps, 0.5)
     assert global_norm(trained[0.0]) > 0.5  # unclipped, the run's gradients are larger than the bound
     assert global_norm(trained[0.5]) <= 0.5 * (1 + 1e-4)
+
 
 def test_device_is_cpu_without_a_gpu():
     assert task.device().type == ("cuda" if torch.cuda.is_available() else "cpu")
