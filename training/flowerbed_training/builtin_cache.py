@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Mapping
 from functools import cache
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 from flwr.supercore import log
 
+from flowerbed_training.atomic_file import replacing
 from flowerbed_training import data as data_module
 from flowerbed_training.data import BuiltinShare, Dataset, DataSpec, Split, builtin_site_split
 
@@ -103,15 +103,7 @@ def _read(path: Path) -> Split:
 
 def _write(path: Path, split: Split) -> None:
     spec = split.train.spec
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own per writer: two tasks of one site may build the same entry at once.
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **{"train-x": split.train.x, "train-y": split.train.y,
-                              "test-x": split.test.x, "test-y": split.test.y,
-                              "spec": np.array([spec.num_features, spec.num_classes, *(spec.image_shape or ())])})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as file:  # two tasks of one site may build the same entry at once
+        np.savez(file, **{"train-x": split.train.x, "train-y": split.train.y,
+                          "test-x": split.test.x, "test-y": split.test.y,
+                          "spec": np.array([spec.num_features, spec.num_classes, *(spec.image_shape or ())])})

@@ -8,11 +8,12 @@ so that a server pod killed mid-write leaves the previous checkpoint usable.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from flowerbed_training.atomic_file import replacing
 
 _MODEL, _STRATEGY = "model/", "strategy/"
 
@@ -34,10 +35,10 @@ class CheckpointStore:
         path = self.directory / f"round-{checkpoint.round:04d}.npz"
         arrays = {_MODEL + k: v for k, v in checkpoint.model.items()}
         arrays |= {_STRATEGY + k: v for k, v in checkpoint.strategy_state.items()}
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        _write_json_atomically(self.directory / "latest.json", {"round": checkpoint.round, "file": path.name})
+        with replacing(path) as file:
+            np.savez(file, **arrays)
+        with replacing(self.directory / "latest.json") as file:
+            file.write(json.dumps({"round": checkpoint.round, "file": path.name}).encode())
         for old in sorted(self.directory.glob("round-*.npz"))[: -self.keep]:
             old.unlink()
         return path
@@ -53,15 +54,8 @@ class CheckpointStore:
         return Checkpoint(round=int(meta["round"]), model=model, strategy_state=state)
 
 
-def _write_json_atomically(path: Path, content: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content))
-    os.replace(tmp, path)
-
-
 def save_final_model(artifacts_dir: Path, model: dict[str, np.ndarray]) -> Path:
     path = artifacts_dir / "final_model.npz"
-    tmp = artifacts_dir / "final_model.tmp.npz"
-    np.savez(tmp, **model)
-    os.replace(tmp, path)
+    with replacing(path) as file:
+        np.savez(file, **model)
     return path

@@ -22,7 +22,6 @@ holds no ledger refuses too: it must not start a new budget.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=no-name-in-module
 
+from flowerbed_training.atomic_file import replacing
 from flowerbed_training.compression import RESIDUAL_RECORD
 from flowerbed_training.privacy import LOCAL_DP_STATE
 from flowerbed_training.protocol import CONFIG
@@ -74,10 +74,8 @@ def load(path: Path) -> RecordDict | None:
 def save(path: Path, state: RecordDict) -> None:
     """The PERSISTED records of `state`, written atomically (a killed pod leaves the previous file)."""
     kept = RecordDict({key: state[key] for key in PERSISTED if key in state})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(recorddict_to_proto(kept).SerializeToString())
-    os.replace(tmp, path)
+    with replacing(path) as file:
+        file.write(recorddict_to_proto(kept).SerializeToString())
 
 
 def site_state_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
