@@ -8,6 +8,7 @@ from flowerbed_training import client_app, task
 from flowerbed_training.data import DataError, Dataset, DataSpec
 from flowerbed_training.scaffold import client_control_update
 from tests.inprocess import builtin_sites, config_with, run_config_with, run_federation
+from tests.training.arrays import global_norm
 
 
 def toy_data(n: int = 64, features: int = 6, seed: int = 0) -> Dataset:
@@ -142,10 +143,6 @@ def test_scaffold_correction_is_an_extra_sgd_step_on_every_parameter():
     after = task.get_weights(model)
     for key in before:
         np.testing.assert_allclose(after[key], before[key] - 0.1 * 0.25 * stats.steps, rtol=1e-5, atol=1e-6)
-
-
-def global_norm(arrays) -> float:
-    return float(np.sqrt(sum(np.sum(np.asarray(v, dtype=np.float64) ** 2) for v in arrays.values())))
 
 
 def test_local_max_grad_norm_scales_each_step_down_to_that_norm():

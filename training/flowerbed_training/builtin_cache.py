@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 from flwr.supercore import log
 
-from flowerbed_training.atomic_file import replacing
 from flowerbed_training import data as data_module
+from flowerbed_training.atomic_file import replacing
 from flowerbed_training.data import BuiltinShare, Dataset, DataSpec, Split, builtin_site_split
 
 CACHE_DIR = ".builtin-data"  # under node config state-dir
