@@ -34,6 +34,8 @@ SUPERNODE_NAMESPACE_SUFFIX = "-supernode"
 # it: below half a minute, ordinary scheduling and pulls would be cut off.
 PENDING_TIMEOUT_DEFAULT = 600
 PENDING_TIMEOUT_MINIMUM = 30
+# Kubernetes' default --service-node-port-range.
+NODE_PORT_RANGE = (30000, 32767)
 # NodeLocal DNSCache's default listen address (the `__PILLAR__LOCAL__DNS__` of its manifest), on every node.
 NODE_LOCAL_DNS_ADDRESS = "169.254.20.10"
 
@@ -99,6 +101,8 @@ class ServerConfig:
     # LoadBalancer only: whether `up` waits (the provider's ~10 minutes at most) for the address.
     wait_for_address: bool
     public_port: int
+    # NodePort/LoadBalancer: the Fleet Service's node port; None lets Kubernetes pick one.
+    node_port: int | None
     # The addresses `endpoint` resolves to; client sites may dial only these.
     endpoint_cidrs: tuple[str, ...]
     state_storage: Storage
@@ -359,7 +363,7 @@ def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) ->
     field = "server"
     keys = ("cluster", "endpoint", "namespace", "serviceType", "loadBalancerIP", "serviceAnnotations",
             "publicPort", "endpointCidrs", "stateStorage", "artifactsStorage", "serverApp", "waitForAddress",
-            "pendingTimeout")
+            "pendingTimeout", "nodePort")
     server = _mapping(raw, field, keys, ("cluster", "endpoint"))
     service_type = _choice(server.get("serviceType", "LoadBalancer"), f"{field}.serviceType", SERVICE_TYPES)
     load_balancer_ip = server.get("loadBalancerIP")
@@ -372,6 +376,8 @@ def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) ->
             raise _fail(f"{field}.loadBalancerIP", load_balancer_ip, "an IP address") from None
     if "waitForAddress" in server and service_type != "LoadBalancer":
         raise ConfigError(f"{field}.waitForAddress: only allowed with serviceType LoadBalancer")
+    if "nodePort" in server and service_type == "ClusterIP":
+        raise ConfigError(f"{field}.nodePort: only allowed with serviceType NodePort or LoadBalancer")
     app = _mapping(server.get("serverApp", {}), f"{field}.serverApp", ("cpu", "memory", "gpus"))
     namespace, existing = _namespace(server.get("namespace"), f"{field}.namespace",
                                      f"{federation}{SERVER_NAMESPACE_SUFFIX}")
@@ -385,6 +391,8 @@ def _server(raw: Any, federation: str, clusters: Mapping[str, ClusterConfig]) ->
         service_annotations=_string_map(server.get("serviceAnnotations", {}), f"{field}.serviceAnnotations"),
         wait_for_address=_boolean(server.get("waitForAddress", True), f"{field}.waitForAddress"),
         public_port=_integer(server.get("publicPort", 443), f"{field}.publicPort", 1, 65535),
+        node_port=(_integer(server["nodePort"], f"{field}.nodePort", *NODE_PORT_RANGE)
+                   if "nodePort" in server else None),
         endpoint_cidrs=_cidrs(server.get("endpointCidrs", ["0.0.0.0/0"]), f"{field}.endpointCidrs"),
         state_storage=_storage(server.get("stateStorage", {}), f"{field}.stateStorage", "5Gi"),
         artifacts_storage=_storage(server.get("artifactsStorage", {}), f"{field}.artifactsStorage", "10Gi"),

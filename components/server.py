@@ -195,7 +195,7 @@ class ServerSite(pulumi.ComponentResource):
             naming.FLEET_SERVICE, SUPERLINK, annotations), spec=k8s.core.v1.ServiceSpecArgs(
             type=server.service_type, selector=self._superlink_pods(), load_balancer_ip=server.load_balancer_ip,
             ports=[k8s.core.v1.ServicePortArgs(name="fleet", port=server.public_port, target_port="fleet",
-                                               protocol="TCP")]), opts=self._in_ns)
+                                               node_port=server.node_port, protocol="TCP")]), opts=self._in_ns)
         self.fleet_address = pulumi.Output.all(fleet.spec, fleet.status).apply(
             lambda parts: fleet_address(server.service_type, *parts))
         return [k8s.core.v1.Service(f"{self._name}-{api}", metadata=self._meta(service, SUPERLINK),

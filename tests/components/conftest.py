@@ -37,7 +37,7 @@ def variant_raw_config() -> dict[str, Any]:
     raw["images"].update(pullPolicy="Always", pullSecrets=["regcred"])
     raw["server"].update(serviceType="LoadBalancer", loadBalancerIP="203.0.113.7", publicPort=8443,
                          serviceAnnotations={"example.org/lb": "internal"}, endpointCidrs=["203.0.113.7/32"],
-                         waitForAddress=False, pendingTimeout=120)
+                         waitForAddress=False, pendingTimeout=120, nodePort=31443)
     raw["sites"][2]["pendingTimeout"] = 45
     raw["dataSafety"] = {"retainOnDelete": False, "protect": True}
     # hub: NodeLocal DNSCache and a DNS server by address next to CoreDNS under its own labels.

@@ -199,6 +199,11 @@ def test_public_service_follows_type_port_annotations_and_ip(variant: Deployment
     assert spec.inputs["metadata"]["annotations"] == {"example.org/lb": "internal", "pulumi.com/skipAwait": "true"}
     assert spec.inputs["spec"]["loadBalancerIP"] == "203.0.113.7"
     assert spec.manifest()["spec"]["ports"][0]["port"] == 8443
+    assert spec.manifest()["spec"]["ports"][0]["nodePort"] == 31443
+
+
+def test_kubernetes_picks_the_node_port_unless_the_config_fixes_it(dev: Deployment) -> None:
+    assert "nodePort" not in dev.one("Service", "superlink-fleet", SERVER_NS).manifest()["spec"]["ports"][0]
 
 
 def test_a_load_balancer_is_awaited_by_default(dev: Deployment) -> None:
