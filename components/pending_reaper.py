@@ -9,9 +9,11 @@ mounted from a ConfigMap into the platform image; it imports only the standard l
     python pending_reaper.py --namespace NS --selector LABELS --timeout SECONDS
 
 Every `--interval` seconds it lists the pods matching LABELS in NS and deletes each one that is
-still not running `--timeout` seconds after its creation, recording a Warning Event on the pod
-(reason `TaskPodStuck`) and one log line. The executor then sees a free slot, and its own sweep
-deletes the task's orphaned credential Secret.
+still not running `--timeout` seconds after its creation, and at once each one with a container
+that cannot start (its image cannot be pulled, its config is broken: waiting fixes neither, as
+NVIDIA FLARE also fails image-pull errors at once), recording a Warning Event on the pod (reason
+`TaskPodStuck`) and one log line. The executor then sees a free slot, and its own sweep deletes
+the task's orphaned credential Secret.
 """
 
 from __future__ import annotations
@@ -40,19 +42,21 @@ def _explained(reason: str, message: str | None) -> str:
 def stuck(pod: Mapping[str, Any], now: datetime, timeout: float) -> str | None:
     """Why `pod` (the API's JSON) should be deleted at `now`, or None while it may still start.
 
-    A pod is stuck once it is older than `timeout` seconds and either still Pending or has a
-    container that cannot start; the answer names the most specific cause the status gives.
+    A pod is stuck at once when a container cannot start (FAILED_START), and once it is older
+    than `timeout` seconds while still Pending; the answer names the most specific cause the
+    status gives.
     """
     metadata, status = pod["metadata"], pod.get("status") or {}
     if metadata.get("deletionTimestamp"):
         return None
+    if status.get("phase") in (None, "Pending"):
+        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in FAILED_START:
+                return f"container {container['name']}: {_explained(waiting['reason'], waiting.get('message'))}"
     created = datetime.fromisoformat(metadata["creationTimestamp"].replace("Z", "+00:00"))
     if (now - created).total_seconds() <= timeout:
         return None
-    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in FAILED_START:
-            return f"container {container['name']}: {_explained(waiting['reason'], waiting.get('message'))}"
     if status.get("phase") != "Pending":
         return None
     for cond in status.get("conditions") or []:
@@ -101,7 +105,9 @@ def reap(api: Any, namespace: str, selector: str, timeout: float) -> None:
             if err.status in (404, 409):  # gone already, or a different pod by now
                 continue
             raise
-        message = f"deleted after {age(pod, now)} s, past its pendingTimeout of {timeout:g} s: {reason}"
+        waited = age(pod, now)
+        message = (f"deleted after {waited} s, past its pendingTimeout of {timeout:g} s: {reason}" if waited > timeout
+                   else f"deleted after {waited} s, not waiting for its pendingTimeout of {timeout:g} s: {reason}")
         print(f"pending-reaper: pod {namespace}/{name}: {message}", flush=True)
         try:
             api.create_namespaced_event(namespace, event(pod, message, now))

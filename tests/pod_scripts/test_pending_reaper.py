@@ -37,10 +37,11 @@ def test_an_old_unschedulable_pod_is_stuck_naming_the_schedulers_message() -> No
 
 
 @pytest.mark.parametrize("reason", FAILED_START)
-def test_an_old_pod_whose_container_cannot_start_is_stuck_naming_why(reason: str) -> None:
+@pytest.mark.parametrize("seconds", [5, 700], ids=["at once", "however old"])
+def test_a_pod_whose_container_cannot_start_is_stuck_at_once_naming_why(reason: str, seconds: int) -> None:
     scheduled = {"type": "PodScheduled", "status": "True"}
     waiting = {"reason": reason, "message": "registry.example.org/job:0.1.0: not found"}
-    assert stuck(pod(700, conditions=(scheduled,), waiting=waiting), NOW, TIMEOUT) == (
+    assert stuck(pod(seconds, conditions=(scheduled,), waiting=waiting), NOW, TIMEOUT) == (
         f"container flwr-clientapp: {reason}: registry.example.org/job:0.1.0: not found")
 
 
@@ -51,9 +52,9 @@ def test_an_old_pending_pod_without_a_known_cause_is_stuck_as_pending() -> None:
 
 @pytest.mark.parametrize("young", [
     pod(600, conditions=(UNSCHEDULABLE,)),
-    pod(30, waiting={"reason": "ImagePullBackOff"}),
+    pod(30, waiting={"reason": "ContainerCreating"}),  # pulling a large image, say
     pod(-5),  # a clock behind the API server's
-], ids=["at the timeout", "image pull failing", "created in the future"])
+], ids=["at the timeout", "still pulling", "created in the future"])
 def test_a_pod_within_its_timeout_is_left_alone(young: dict[str, Any]) -> None:
     assert stuck(young, NOW, TIMEOUT) is None
 
@@ -105,3 +106,15 @@ def test_a_pass_deletes_only_the_stuck_pod_by_uid_and_records_an_event_and_a_lin
                     event["message"]), event["message"]
     line = capsys.readouterr().out
     assert line.startswith("pending-reaper: pod demo-hospital-b/task-7: deleted after") and "Unschedulable" in line
+
+
+def test_a_pod_that_cannot_pull_its_image_goes_at_once_saying_it_did_not_wait(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    young = pod(0, waiting={"reason": "ErrImagePull", "message": "10.250.0.1:5000/flowerbed/job:gone: not found"})
+    young["metadata"]["creationTimestamp"] = (datetime.now(timezone.utc) - timedelta(seconds=12)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    api = FakeApi([young])
+    reap(api, "demo-hospital-b", "role=clientapp-task", TIMEOUT)
+    [(_, event)] = api.events
+    assert re.match(r"deleted after 1[23] s, not waiting for its pendingTimeout of 600 s: container flwr-clientapp: "
+                    r"ErrImagePull: 10.250.0.1:5000/flowerbed/job:gone: not found", event["message"]), event["message"]
