@@ -19,12 +19,9 @@ import pulumi_kubernetes as k8s
 
 from components.config import DnsConfig, Images
 
-# Flower's official images run as `app` (uid/gid 49999); flowerbed's images keep that uid.
-APP_UID = 49999
-ROLE_LABEL = "flowerbed.dev/role"
-FEDERATION_LABEL = "flowerbed.dev/federation"
-SITE_LABEL = "flowerbed.dev/site"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+from components.hardening import (  # noqa: F401  (kube.<name> is how the components use them)
+    APP_UID, FEDERATION_LABEL, MANAGED_BY_LABEL, ROLE_LABEL, SITE_LABEL, container_security_context, labels,
+    pod_security_context, selector)
 # Set by Kubernetes on every namespace (immutable): what a NetworkPolicy selects a namespace by.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 TMP_VOLUME = "tmp"
@@ -48,53 +45,10 @@ class Sizing:
         )
 
 
-def labels(federation: str, role: str, site: str | None = None) -> dict[str, str]:
-    """Labels of every object; `role` also selects pods (the Flower executor owns app.kubernetes.io/*)."""
-    result = {
-        "app.kubernetes.io/part-of": "flowerbed",
-        MANAGED_BY_LABEL: "pulumi",
-        FEDERATION_LABEL: federation,
-        ROLE_LABEL: role,
-    }
-    if site is not None:
-        result[SITE_LABEL] = site
-    return result
-
-
-def selector(federation: str, role: str) -> dict[str, str]:
-    return {FEDERATION_LABEL: federation, ROLE_LABEL: role}
-
-
 def metadata(name: str, namespace: str, object_labels: Mapping[str, str],
              annotations: Mapping[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
     return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=dict(object_labels),
                                       annotations=dict(annotations) if annotations else None)
-
-
-# --- security contexts: plain camelCase dicts, because the Flower Kubernetes executor takes them
-# verbatim in its YAML config for the pods it launches; Pulumi accepts the same dicts as inputs.
-
-
-def pod_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": APP_UID,
-        "runAsGroup": APP_UID,
-        "fsGroup": APP_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def container_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": APP_UID,
-        "runAsGroup": APP_UID,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def container(name: str, image: str, images: Images, *, args: Sequence[str], sizing: Sizing,
