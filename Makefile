@@ -25,9 +25,9 @@ venv-program:
 test: venv toolchain cluster-binaries
 	$(call pytest-both,)
 
-# Everything but the real Pulumi engine and the live control planes (no Go build needed).
+# Everything but the real Pulumi engine, the live control planes and the image builds (no Go build needed).
 test-fast: venv
-	$(call pytest-both,-m "not engine and not live")
+	$(call pytest-both,-m "not engine and not live and not images")
 
 # APP=DIR runs any Flower App directory instead of training/; ARGS passes more options.
 federate: venv

@@ -1,10 +1,14 @@
-"""tools/build-images (`make images`) against a stand-in `docker` that records its calls."""
+"""tools/build-images (`make images`) with Docker, against a stand-in `docker` that records its calls.
+
+The buildah path builds for real: tests/images/test_built_images.py.
+"""
 
 from __future__ import annotations
 
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +22,10 @@ echo "$*" >> "$DOCKER_CALLS"
 """
 
 
-def build_images(tmp_path: Path, *, engine: bool, cwd: Path | None = None,
+def build_images(tmp_path: Path, *, engine: bool, cwd: Path | None = None, only_docker_on_path: bool = False,
                  **settings: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """Runs tools/build-images with the stand-in docker first on PATH (with `only_docker_on_path`: and
+    nothing else but the shell, python3 and git, so no buildah either)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     docker = bin_dir / "docker"
@@ -27,8 +33,15 @@ def build_images(tmp_path: Path, *, engine: bool, cwd: Path | None = None,
     docker.chmod(0o755)
     calls = tmp_path / "calls"
     calls.write_text("")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_CALLS": str(calls),
-           "DOCKER_INFO_EXIT": "0" if engine else "1", **settings}
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    if only_docker_on_path:
+        tools = {name: Path(f"/usr/bin/{name}") for name in ("bash", "sh", "dirname", "git")}
+        for name, target in {**tools, "python3": Path(sys.base_prefix) / "bin" / "python3"}.items():
+            (bin_dir / name).unlink(missing_ok=True)
+            (bin_dir / name).symlink_to(target)
+        path = str(bin_dir)
+    env = {**os.environ, "PATH": path, "DOCKER_CALLS": str(calls), "DOCKER_INFO_EXIT": "0" if engine else "1",
+           **settings}
     result = subprocess.run([SCRIPT], env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
     return result, [shlex.split(line) for line in calls.read_text().splitlines()]
 
@@ -38,15 +51,23 @@ def _builds(calls: list[list[str]]) -> dict[str, list[str]]:
     return {call[call.index("--tag") + 1]: call for call in calls if call[0] == "build"}
 
 
-def test_without_an_engine_it_builds_nothing_and_fails(tmp_path):
-    result, calls = build_images(tmp_path, engine=False, TAG="t1")
+def test_without_an_engine_or_buildah_it_builds_nothing_and_fails(tmp_path):
+    result, calls = build_images(tmp_path, engine=False, only_docker_on_path=True, TAG="t1")
     assert result.returncode == 1
-    assert "no Docker engine answers" in result.stderr
+    assert "no Docker engine answers ('docker info' failed) and buildah is not installed" in result.stderr
     assert calls == [["info"]]
 
 
+def test_docker_asked_for_without_an_engine_builds_nothing_and_fails(tmp_path):
+    result, calls = build_images(tmp_path, engine=False, TAG="t1", BUILDER="docker")
+    assert result.returncode == 1
+    assert "BUILDER=docker, but no Docker engine answers" in result.stderr
+    assert all(call == ["info"] for call in calls)
+
+
 def test_builds_the_platform_image_and_both_job_variants(tmp_path):
-    result, calls = build_images(tmp_path, engine=True, REGISTRY="registry.example.org/flowerbed", TAG="0.1.0")
+    result, calls = build_images(tmp_path, engine=True, REGISTRY="registry.example.org/flowerbed", TAG="0.1.0",
+                                 JOB_VARIANTS="cuda cpu")
     assert result.returncode == 0, result.stderr
     builds = _builds(calls)
     assert sorted(builds) == ["registry.example.org/flowerbed/job:0.1.0",
@@ -65,11 +86,17 @@ def test_builds_the_platform_image_and_both_job_variants(tmp_path):
     assert "job: registry.example.org/flowerbed/job:0.1.0" in result.stdout
 
 
+def test_the_cuda_job_image_is_the_default_variant(tmp_path):
+    result, calls = build_images(tmp_path, engine=True, REGISTRY="r.example/f", TAG="v1")
+    assert result.returncode == 0, result.stderr
+    assert sorted(_builds(calls)) == ["r.example/f/job:v1", "r.example/f/platform:v1"]
+
+
 def test_push_comes_after_every_build(tmp_path):
     result, calls = build_images(tmp_path, engine=True, REGISTRY="r.example/f", TAG="v2", JOB_VARIANTS="cuda",
                                  PUSH="1")
     assert result.returncode == 0, result.stderr
-    assert [c[0] for c in calls[1:]] == ["build", "build", "push", "push"]
+    assert [c[0] for c in calls if c[0] != "info"] == ["build", "build", "push", "push"]
     assert {c[1] for c in calls if c[0] == "push"} == {"r.example/f/platform:v2", "r.example/f/job:v2"}
 
 
@@ -87,6 +114,7 @@ def test_default_tag_is_the_commit(tmp_path):
     ("REGISTRY", "Registry.Example.org/flowerbed", "REGISTRY: 'Registry.Example.org/flowerbed' is not"),
     ("JOB_VARIANTS", "cuda rocm", "JOB_VARIANTS: 'rocm' is not a job image variant (allowed: cuda, cpu)"),
     ("PUSH", "yes", "PUSH: 'yes' is not 0 or 1"),
+    ("BUILDER", "kaniko", "BUILDER: 'kaniko' is not one of auto, docker, buildah"),
 ])
 def test_bad_setting_names_the_field_before_touching_docker(tmp_path, setting, value, message):
     result, calls = build_images(tmp_path, engine=True, **{"TAG": "t1", setting: value})
@@ -103,7 +131,8 @@ def _flower_app(directory: Path) -> Path:
 
 def test_an_app_gets_its_own_job_image_from_the_named_context(tmp_path):
     app = _flower_app(tmp_path / "My_App")
-    result, calls = build_images(tmp_path, engine=True, REGISTRY="r.example/f", TAG="v3", APP=str(app))
+    result, calls = build_images(tmp_path, engine=True, REGISTRY="r.example/f", TAG="v3", APP=str(app),
+                                 JOB_VARIANTS="cuda cpu")
     assert result.returncode == 0, result.stderr
     builds = _builds(calls)
     assert sorted(builds) == ["r.example/f/job-my_app:v3", "r.example/f/job-my_app:v3-cpu"]  # no platform image

@@ -131,16 +131,21 @@ def test_the_app_is_a_stage_a_named_build_context_replaces(dockerfiles):
     # Every later use of the app goes through the stage, never the repository's training/ directly.
     later = [v for s in job.stages[job.stages.index(app) + 1:] for v in s.values("COPY") + s.values("RUN")]
     assert [v for v in later if "training/" in v] == []
-    assert any("--mount=type=bind,from=app," in v and "flwr build" in v for v in later)
+    fab = job.stage("fab")
+    assert "--from=app / /tmp/app-source/" in fab.values("COPY")
+    assert any("flwr build --app /tmp/app-source" in v for v in fab.values("RUN"))
 
 
 def test_the_flower_check_comes_before_the_apps_dependencies(dockerfiles):
-    venv = dockerfiles["job"].stage("venv")
-    [run] = [v for v in venv.values("RUN") if "pip install" in v]
-    commands = [c.strip() for c in run.split("&&")]
-    assert commands[0].startswith("python /tmp/check_flower.py /tmp/app/pyproject.toml /tmp/requirements.lock")
-    assert dockerfiles["job"].copied_from(venv, "/tmp/check_flower.py") == REPO / "images" / "job" / "check_flower.py"
-    [install] = [i for i in dockerfiles["job"].pip_installs() if i.stage == venv]
+    job = dockerfiles["job"]
+    fab = job.stage("fab")
+    assert fab.values("RUN")[0] == "python /tmp/check_flower.py /tmp/app/pyproject.toml /tmp/requirements.lock"
+    assert job.copied_from(fab, "/tmp/check_flower.py") == REPO / "images" / "job" / "check_flower.py"
+    # The final stage reads the app's pyproject.toml from the checked stage, so it installs nothing
+    # for an app whose Flower the check refused.
+    assert "--from=fab /tmp/app/pyproject.toml /tmp/app/pyproject.toml" in job.final.values("COPY")
+    [install] = [i for i in job.pip_installs() if i.stage == job.final]
+    assert install.requirement_files == ("/tmp/app/pyproject.toml",)
     assert "flwr" in install.packages  # the task commands are Flower's, whatever the app lists
 
 
@@ -165,14 +170,15 @@ def test_cuda_base_is_the_cuda_torch_is_built_for(dockerfiles, lock):
 def test_each_variant_selects_stages_of_the_file(variant):
     dockerfile = parse_dockerfile(DOCKERFILES["job"], {"VARIANT": variant})
     names = {s.name for s in dockerfile.stages}
-    assert dockerfile.stage("venv").base == f"venv-{variant}" and f"venv-{variant}" in names
     assert dockerfile.final.base == f"runtime-{variant}" and f"runtime-{variant}" in names
 
 
 def test_cpu_variant_takes_torch_from_the_cpu_index_on_the_same_ubuntu(dockerfiles):
     job = dockerfiles["job"]
-    assert "UV_TORCH_BACKEND=cpu" in job.stage("venv-cpu").values("ENV")
-    assert not job.stage("venv-cuda").values("ENV"), "the cuda variant takes PyPI's torch, as the tests do"
+    [install] = [v for v in job.final.values("RUN") if "uv pip install" in v]
+    # Only the cpu variant switches uv to the CPU index; the cuda variant takes PyPI's torch, as the tests do.
+    assert 'if [ "${VARIANT}" = cpu ]; then export UV_TORCH_BACKEND=cpu; fi' in install
+    assert "UV_TORCH_BACKEND" not in " ".join(v for s in job.stages for v in s.values("ENV"))
     cpu = parse_dockerfile(DOCKERFILES["job"], {"VARIANT": "cpu"})
     assert cpu.image_base(cpu.final) == f"ubuntu:{job.global_args['UBUNTU_VERSION']}"
 
@@ -201,9 +207,13 @@ def test_runtime_bases_are_small(dockerfiles):
     # "base": CUDA's driver-facing setup only; the CUDA libraries come from the lock's wheels.
     job = parse_dockerfile(DOCKERFILES["job"], {"VARIANT": "cuda"})
     assert "-base-" in job.image_base(job.final)
-    for image in IMAGES:
-        runtime = dockerfiles[image].final
-        assert any("--from=venv" in c for c in runtime.values("COPY")), f"{image}: not multi-stage"
+    # No build tool in a runtime image: the platform copies its venv from a build stage; the job
+    # image installs its several-GB venv in place (written once, not copied between stages) with
+    # uv mounted from the build stage for that step only.
+    assert any("--from=venv" in c for c in dockerfiles["platform"].final.values("COPY")), "platform: not multi-stage"
+    [install] = [v for v in dockerfiles["job"].final.values("RUN") if "uv pip install" in v]
+    assert install.startswith("--mount=type=bind,from=builder,source=/usr/local/bin/uv,target=/usr/local/bin/uv ")
+    assert not [v for v in dockerfiles["job"].final.values("RUN") if "pip install uv" in v]
 
 
 # --- the L7 filter's nginx -----------------------------------------------------------------
