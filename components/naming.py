@@ -16,6 +16,8 @@ SUPERNODE_RUNTIME_PORT = 9094
 # Plain-text gRPC health service of SuperExec (`--health-server-address`), for kubelet probes.
 SUPEREXEC_HEALTH_PORT = 8081
 
+# The SuperLink Deployment's name and its pods' role (server.py; the same-cluster SuperNodes' egress).
+SUPERLINK = "superlink"
 FLEET_SERVICE = "superlink-fleet"
 RUNTIME_SERVICE = "superlink-runtime"
 CONTROL_SERVICE = "superlink-control"

@@ -16,7 +16,7 @@ from components.pki_resources import CertificateAuthority, ServerCertificate
 
 TYPE = "flowerbed:index:ServerSite"
 
-SUPERLINK = "superlink"
+SUPERLINK = naming.SUPERLINK
 EXECUTOR = "serverapp-executor"
 TASK = "serverapp-task"
 TLS_SECRET = "superlink-tls"

@@ -113,6 +113,20 @@ def declare(prefix: str, *, config: FederationConfig, site: SiteConfig, ca: Cert
                            kube.baseline_scope(config.federation, False), in_ns)
     kube.network_policy(f"{prefix}-supernode-policy", meta(SUPERNODE), pods, ingress=[
         kube.Flow(ports=(naming.SUPERNODE_RUNTIME_PORT,), pods=kube.selector(config.federation, role),
-                  namespace=site.namespace) for role in clients],
-        egress=[kube.Flow(ports=(config.server.public_port,), cidrs=config.server.endpoint_cidrs)], opts=in_ns)
+                  namespace=site.namespace) for role in clients], egress=fleet_flows(config, site), opts=in_ns)
     return [*secrets, service]
+
+
+def fleet_flows(config: FederationConfig, site: SiteConfig) -> list[kube.Flow]:
+    """Where a SuperNode may connect: the server endpoint (its addresses, the public port).
+
+    On the server's own cluster kube-proxy rewrites a connection to the endpoint's node port or
+    load-balancer address into one to the SuperLink pod's fleet listener before any policy sees it
+    (NetworkPolicies apply to pod addresses, after Service translation), so there the SuperLink pods'
+    fleet port is admitted too; kube-router refused the connection without it (tests/pods).
+    """
+    flows = [kube.Flow(ports=(config.server.public_port,), cidrs=config.server.endpoint_cidrs)]
+    if site.cluster == config.server.cluster:
+        flows.append(kube.Flow(ports=(naming.FLEET_PORT,), pods=kube.selector(config.federation, naming.SUPERLINK),
+                               namespace=config.server.namespace))
+    return flows

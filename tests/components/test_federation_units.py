@@ -643,9 +643,14 @@ def test_dns_admits_node_local_dns_cache_and_the_configured_dns_service(variant:
 
 
 def test_endpoint_cidrs_and_port_restrict_supernode_egress(variant: Deployment) -> None:
-    spec = policies(variant, NODE_NS["lab-c"])["supernode"]
-    assert spec["egress"] == [{"to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}],
-                               "ports": [{"port": 8443, "protocol": "TCP"}]}]
+    endpoint = {"to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}], "ports": [{"port": 8443, "protocol": "TCP"}]}
+    assert policies(variant, NODE_NS["hospital-a"])["supernode"]["egress"] == [endpoint]
+    # On the server's own cluster kube-proxy turns the endpoint into the SuperLink pod before the policy
+    # sees it: the SuperLink pods' fleet listener is admitted too (found on real nodes, tests/pods).
+    assert policies(variant, NODE_NS["lab-c"])["supernode"]["egress"] == [endpoint, {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": SERVER_NS}},
+                "podSelector": {"matchLabels": {"flowerbed.dev/federation": "demo", "flowerbed.dev/role": "superlink"}}}],
+        "ports": [{"port": naming.FLEET_PORT, "protocol": "TCP"}]}]
 
 
 # --- outputs --------------------------------------------------------------------------------
