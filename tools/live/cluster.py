@@ -2,6 +2,12 @@
 
     tools/cluster up|down|status <stack>
 
+A stack whose file says `localCluster:nodes: real` (a key of this tool's, which the Pulumi program
+never reads) gets a real node per cluster instead of kwok's fake ones: each cluster its own
+network namespace on a private bridge (tools/live/network.py), a node that runs containers
+(tools/live/node.py), the stack's images built (`make images`) and served to the nodes from a
+registry on the bridge (tools/live/registry.py), and `flowerbed:images` set to them.
+
 `up` builds the binaries once (tools/live/build.py), starts a plane per cluster of
 `Pulumi.<stack>.yaml` on free loopback ports, gives each a kwok node (plus a GPU node
 with `nvidia.com/gpu` and the labels and taints the GPU sites of that cluster select),
@@ -19,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +36,15 @@ from components.config import ConfigError, FederationConfig, SiteConfig, parse
 from tools.engine.offline import REPO, Pulumi
 from tools.engine.stack import shown
 from tools.live import build
+from tools.live.network import Network
+from tools.live.node import RealNode
 from tools.live.plane import ControlPlane, PlaneError
+from tools.live.registry import Registry
 
 PREFIX = "flowerbed:"
+# This tool's own key in a stack file: `real` for real nodes, `kwok` (the default) for fake ones.
+NODES_KEY = "localCluster:nodes"
+NODE_KINDS = ("kwok", "real")
 STORAGE_CLASS = "local"
 GPUS_PER_NODE = 8
 # The placeholder kubeconfig lets the stack's config be validated before the planes exist.
@@ -65,12 +78,29 @@ class LocalStack:
         live = self.out / "live"
         return sorted(p.name for p in live.iterdir() if p.is_dir()) if live.exists() else []
 
-    def raw_config(self) -> dict[str, Any]:
+    @property
+    def node_network_dir(self) -> Path:
+        """Real nodes: the stack's bridge plan (network.json) and its registry's files."""
+        return self.out / "node-network"
+
+    def _document(self) -> dict[str, Any]:
         if not self.stack_file.exists():
             raise ClusterError(f"no stack file {self.stack_file.name} in {self.project}")
-        document = yaml.safe_load(self.stack_file.read_text()) or {}
-        return {key[len(PREFIX):]: value for key, value in (document.get("config") or {}).items()
+        return yaml.safe_load(self.stack_file.read_text()) or {}
+
+    def raw_config(self) -> dict[str, Any]:
+        return {key[len(PREFIX):]: value for key, value in (self._document().get("config") or {}).items()
                 if key.startswith(PREFIX)}
+
+    def real_nodes(self) -> bool:
+        kind = (self._document().get("config") or {}).get(NODES_KEY, "kwok")
+        if kind not in NODE_KINDS:
+            raise ClusterError(f"{self.stack_file.name}: {NODES_KEY}: {kind!r} is not one of {', '.join(NODE_KINDS)}")
+        return kind == "real"
+
+    def network(self) -> Network | None:
+        path = self.node_network_dir / "network.json"
+        return Network.load(path) if path.exists() else None
 
     def config(self) -> FederationConfig:
         """The stack's validated config, with the kubeconfigs that `up` will set taken as given."""
@@ -83,6 +113,8 @@ class LocalStack:
             raise ClusterError(f"stack {self.stack}: cluster {rendered[0]} is in render mode (renderDir); make cluster "
                                f"starts live control planes for clusters without renderDir (see Pulumi.local.yaml)")
         raw["clusters"] = {name: {**(entry or {}), "kubeconfig": _PENDING} for name, entry in clusters.items()}
+        if self.real_nodes() and isinstance(raw.get("images"), Mapping):
+            raw["images"] = {"platform": _PENDING, "job": _PENDING, **raw["images"]}
         try:
             return parse(raw)
         except ConfigError as err:
@@ -146,12 +178,14 @@ def claims_for(config: FederationConfig, cluster: str) -> list[tuple[str, str]]:
     return claims
 
 
-def storage_for(config: FederationConfig, cluster: str, plane: ControlPlane) -> list[dict]:
-    """A default StorageClass (and any class the stack names) and two hostPath PVs per claim.
+def storage_for(config: FederationConfig, cluster: str, plane: ControlPlane, node: str | None = None) -> list[dict]:
+    """A default StorageClass (and any class the stack names) and two PVs per claim.
 
     Two, so a claim that is deleted and made again (its first PV stays Released) still binds.
     Binding needs the classes to bind at once: the pinned provider waits forever on a
-    WaitForFirstConsumer claim (pulumi-kubernetes fixed that in 4.27).
+    WaitForFirstConsumer claim (pulumi-kubernetes fixed that in 4.27). With a real `node`, the
+    PVs are `local` volumes on it (a directory each, which keeps its data across pod restarts; the
+    kubelet gives it the pods' fsGroup); with kwok, hostPath PVs that nothing ever writes.
     """
     claims = claims_for(config, cluster)
     classes = sorted({STORAGE_CLASS, *(storage_class for storage_class, _ in claims)})
@@ -163,84 +197,186 @@ def storage_for(config: FederationConfig, cluster: str, plane: ControlPlane) -> 
         "allowVolumeExpansion": True, "reclaimPolicy": "Retain",
     } for name in classes]
     for index, (storage_class, size) in enumerate(claims * 2):
+        path = plane.root / "volumes" / f"pv-{index}"
+        if node is None:
+            # Never written: kwok runs no container. The path only has to be absolute.
+            source: dict[str, Any] = {"hostPath": {"path": str(path)}}
+        else:
+            # World-writable, as Rancher's local-path provisioner makes its volumes: the kubelet gives a
+            # `local` volume the pods' fsGroup only at its first mount, and that may be a read-only one.
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)
+            source = {"local": {"path": str(path)}, "nodeAffinity": {"required": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}
         objects.append({
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": f"local-{cluster}-{index}", "labels": {"flowerbed.dev/local-cluster": cluster}},
             "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
-                     "storageClassName": storage_class, "persistentVolumeReclaimPolicy": "Retain",
-                     # Never written: kwok runs no container. The path only has to be absolute.
-                     "hostPath": {"path": str(plane.root / "volumes" / f"pv-{index}")}},
+                     "storageClassName": storage_class, "persistentVolumeReclaimPolicy": "Retain", **source},
         })
     return objects
 
 
-def set_kubeconfig(stack: LocalStack, cluster: str, kubeconfig: str | None) -> None:
-    """Writes (or, with None, removes) `clusters.<cluster>.kubeconfig` as a secret in the stack config."""
+def set_config(stack: LocalStack, key: str, value: str | None, *, secret: bool = False) -> None:
+    """Writes (or, with None, removes) `flowerbed:<key>` (a --path) in the stack config."""
     pulumi = stack.pulumi()
     pulumi.select_or_init()
-    key = f"{PREFIX}clusters.{cluster}.kubeconfig"
-    if kubeconfig is None:
+    key = f"{PREFIX}{key}"
+    if value is None:
         pulumi.run(["config", "rm", "--path", key], capture=True, check=False)
         return
     current = pulumi.run(["config", "get", "--path", key], capture=True, check=False)
-    if current.returncode == 0 and current.stdout.rstrip("\n") == kubeconfig.rstrip("\n"):
+    if current.returncode == 0 and current.stdout.rstrip("\n") == value.rstrip("\n"):
         return  # unchanged: leave the stack file alone
-    # The value is YAML starting with "apiVersion", never with a dash, so no "--" is needed (and `run`
-    # appends --stack after the arguments, which a "--" would turn into values).
-    pulumi.run(["config", "set", "--secret", "--path", key, kubeconfig], capture=True)
+    # The values never start with a dash, so no "--" is needed (and `run` appends --stack after the
+    # arguments, which a "--" would turn into values).
+    pulumi.run(["config", "set", *(["--secret"] if secret else []), "--path", key, value], capture=True)
+
+
+def set_kubeconfig(stack: LocalStack, cluster: str, kubeconfig: str | None) -> None:
+    """Writes (or, with None, removes) `clusters.<cluster>.kubeconfig` as a secret in the stack config."""
+    set_config(stack, f"clusters.{cluster}.kubeconfig", kubeconfig, secret=True)
 
 
 def up(stack: LocalStack) -> dict[str, ControlPlane]:
     """Starts (or finds running) one plane per cluster of the stack; returns them by cluster name."""
     config = stack.config()
-    if shutil.which("go") is None and build.missing():
-        raise ClusterError("make cluster builds etcd, kube-apiserver and kwok from Go modules: install Go "
-                           "(1.25 or newer) and put it on PATH")
+    real = stack.real_nodes()
+    if shutil.which("go") is None and (build.missing() or (real and build.missing(build.NODE_ENTRIES))):
+        raise ClusterError("make cluster builds etcd, kube-apiserver and kwok (and for real nodes kubelet, "
+                           "kube-proxy, CoreDNS, kube-router) from Go modules: install Go (1.25 or newer) and put it on PATH")
     binaries = build.ensure()
+    if real:
+        return up_real(stack, config, binaries)
     planes = {}
     for cluster in config.clusters:
         plane = stack.plane(cluster, binaries)
         if plane.ready():
-            print(f"cluster {cluster}: already running (API server https://127.0.0.1:{plane.ports().api_server})")
+            print(f"cluster {cluster}: already running (API server {plane.api_url})")
         else:
             plane.stop()  # a half-started or crashed plane: clear its processes and data first
             shutil.rmtree(plane.root, ignore_errors=True)
             started = time.monotonic()
             plane.start(nodes_for(config, cluster), storage_for(config, cluster, plane))
-            print(f"cluster {cluster}: started in {time.monotonic() - started:.1f} s "
-                  f"(API server https://127.0.0.1:{plane.ports().api_server})")
-        kubeconfig = plane.kubeconfig.read_text()
-        set_kubeconfig(stack, cluster, kubeconfig)
-        copy = stack.out / f"{cluster}.kubeconfig"
-        copy.write_text(kubeconfig)
-        copy.chmod(0o600)
-        print(f"  kubectl --kubeconfig {shown(copy)} get nodes")
-        print(f"  logs: {shown(plane.root)}/*.log")
+            print(f"cluster {cluster}: started in {time.monotonic() - started:.1f} s (API server {plane.api_url})")
+        _hand_over(stack, cluster, plane)
         planes[cluster] = plane
     print(f"clusters.<name>.kubeconfig set as secrets in {stack.stack_file.name}; next: make up STACK={stack.stack}")
     return planes
 
 
+def _hand_over(stack: LocalStack, cluster: str, plane: ControlPlane) -> None:
+    """The plane's kubeconfig into the stack config (a secret) and out/<stack>/<cluster>.kubeconfig."""
+    kubeconfig = plane.kubeconfig.read_text()
+    set_kubeconfig(stack, cluster, kubeconfig)
+    copy = stack.out / f"{cluster}.kubeconfig"
+    copy.write_text(kubeconfig)
+    copy.chmod(0o600)
+    print(f"  kubectl --kubeconfig {shown(copy)} get nodes")
+    print(f"  logs: {shown(plane.root)}/*.log")
+
+
+def up_real(stack: LocalStack, config: FederationConfig, binaries: build.Binaries) -> dict[str, ControlPlane]:
+    """Planes with a real node each, on the stack's own bridge, running the stack's images."""
+    gpu_sites = [f"sites[{i}].gpus" for i, site in enumerate(config.sites) if site.gpus > 0]
+    if config.server.server_app.gpus > 0:
+        gpu_sites.append("server.serverApp.gpus")
+    if gpu_sites:
+        raise ClusterError(f"{stack.stack_file.name}: {gpu_sites[0]}: the real nodes of make cluster have no GPU; "
+                           "set it to 0 (GPU scheduling is tested on kwok stacks)")
+    node_binaries = build.ensure_node()
+    from tools.images import build as image_build  # the image builder only where real nodes need it
+    from tools.images.settings import Settings
+    built = image_build.build_with_buildah(Settings("localhost/flowerbed", "local", ("cuda",), None, False, "buildah"))
+    network = stack.network()
+    if network is None:
+        taken = {n.slot for n in _running_networks(stack.project)}
+        network = Network.plan(list(config.clusters), taken)
+        stack.node_network_dir.mkdir(parents=True, exist_ok=True)
+        network.save(stack.node_network_dir / "network.json")
+    network.create_bridge()
+    registry = Registry(network, stack.node_network_dir)
+    registry.start()
+    started = time.monotonic()
+    images = {"platform": registry.publish(built.platform, "flowerbed/platform"),
+              "job": registry.publish(built.jobs[0], "flowerbed/job")}
+    infra = registry.infra_images(node_binaries)
+    print(f"images: {images['platform']}, {images['job']} in the registry on {network.registry} "
+          f"({time.monotonic() - started:.0f} s)")
+    public_names = {config.server.endpoint: network.cluster(config.server.cluster).node}
+    planes = {}
+    nodes: list[RealNode] = []
+    for cluster in config.clusters:
+        addresses = network.cluster(cluster)
+        plane = ControlPlane(cluster, stack.out / "live" / cluster, binaries, api_address=addresses.api_server)
+        node = RealNode(plane, network, node_binaries)
+        if plane.ready() and node.ready():
+            print(f"cluster {cluster}: already running (API server {plane.api_url}, node {addresses.node})")
+        else:
+            node.stop()
+            plane.stop()
+            shutil.rmtree(plane.root, ignore_errors=True)
+            started = time.monotonic()
+            network.create_node_netns(addresses)
+            plane.start([], storage_for(config, cluster, plane, node.name))
+            node.start(infra, public_names)
+            print(f"cluster {cluster}: started in {time.monotonic() - started:.1f} s (API server {plane.api_url}, "
+                  f"node {node.name} at {addresses.node})")
+        _hand_over(stack, cluster, plane)
+        planes[cluster] = plane
+        nodes.append(node)
+    # Flower hands a task back when its pod has not started within about 30 s, and the executor
+    # launches another: the several-GB job image must be on the node before the first task.
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        list(pool.map(lambda node: node.pull(list(images.values())), nodes))
+    print(f"images pulled by every node in {time.monotonic() - started:.0f} s")
+    for role, image in images.items():
+        set_config(stack, f"images.{role}", image)
+    print(f"clusters.<name>.kubeconfig and images set in {stack.stack_file.name}; next: make up STACK={stack.stack}")
+    return planes
+
+
+def _running_networks(project: Path) -> list[Network]:
+    """The node networks of this project's stacks (to give a new one another address block)."""
+    return [Network.load(path) for path in (project / "out").glob("*/node-network/network.json")]
+
+
 def down(stack: LocalStack) -> None:
-    """Stops the planes `up` started, removes their data and the kubeconfigs it set."""
+    """Stops the planes (and real nodes) `up` started, removes their data and the config it set."""
     clusters = stack.started_clusters()
+    network = stack.network()
     for cluster in clusters:
         plane = stack.plane(cluster)
-        stopped = plane.stop()
+        stopped = RealNode(plane, network).stop() if network is not None else []
+        stopped += plane.stop()
         shutil.rmtree(plane.root)
         (stack.out / f"{cluster}.kubeconfig").unlink(missing_ok=True)
         set_kubeconfig(stack, cluster, None)
         print(f"cluster {cluster}: stopped {', '.join(stopped) or 'nothing (no process was running)'}; data removed")
-    if not clusters:
+    if network is not None:
+        Registry(network, stack.node_network_dir).stop()
+        removed = network.remove()
+        shutil.rmtree(stack.node_network_dir)
+        for role in ("platform", "job"):
+            set_config(stack, f"images.{role}", None)
+        print(f"node network: removed {', '.join(removed) or 'nothing'} and the registry")
+    if not clusters and network is None:
         print(f"stack {stack.stack}: no local control planes under {shown(stack.out / 'live')}")
 
 
 def status(stack: LocalStack) -> bool:
+    network = stack.network()
+
+    def running(cluster: str) -> bool:
+        plane = stack.plane(cluster)
+        return plane.ready() and (network is None or RealNode(plane, network).ready())
+
     clusters = stack.started_clusters()
     for cluster in clusters:
-        plane = stack.plane(cluster)
-        print(f"cluster {cluster}: {'running' if plane.ready() else 'NOT running'} ({shown(plane.root)})")
-    return bool(clusters) and all(stack.plane(c).ready() for c in clusters)
+        print(f"cluster {cluster}: {'running' if running(cluster) else 'NOT running'} "
+              f"({shown(stack.plane(cluster).root)})")
+    return bool(clusters) and all(running(c) for c in clusters)
 
 
 def main(argv: list[str]) -> int:

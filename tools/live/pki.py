@@ -1,5 +1,6 @@
 """A throwaway PKI for one local control plane: its CA, the API server's certificate, an admin
-client certificate (group `system:masters`) and the ServiceAccount token signing key.
+client certificate (group `system:masters`), the API server's client certificate for kubelets
+and the ServiceAccount token signing key.
 
 The CA and serving certificate come from the federation's own `components.pki` (one place for
 X.509 building); only the client certificate, which the federation never needs, is built here.
@@ -23,6 +24,10 @@ API_SERVER_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes
                     "kubernetes.default.svc.cluster.local")
 API_SERVER_IPS = ("127.0.0.1", "10.96.0.1")  # 10.96.0.1: first address of --service-cluster-ip-range
 VALID_DAYS = 30
+# kube-apiserver's port where real nodes reach it (on its own address of their bridge).
+REAL_NODE_API_PORT = 6443
+# The user kube-apiserver calls kubelets as (logs, exec, port-forward); bound to system:kubelet-api-admin.
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
 
 
 @dataclass(frozen=True)
@@ -38,11 +43,17 @@ class PlanePki:
     admin_key: Path
     service_account_key: Path
     service_account_public: Path
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
 
     @classmethod
     def at(cls, root: Path) -> PlanePki:
         return cls(root, root / "ca.crt", root / "ca.key", root / "apiserver.crt", root / "apiserver.key",
-                   root / "admin.crt", root / "admin.key", root / "sa.key", root / "sa.pub")
+                   root / "admin.crt", root / "admin.key", root / "sa.key", root / "sa.pub",
+                   root / "apiserver-kubelet-client.crt", root / "apiserver-kubelet-client.key")
+
+    def ca(self) -> pki.CertifiedKey:
+        return pki.CertifiedKey(self.ca_cert.read_text(), self.ca_key.read_text())
 
 
 def client_certificate(ca: pki.CertifiedKey, common_name: str, groups: tuple[str, ...]) -> pki.CertifiedKey:
@@ -70,19 +81,22 @@ def client_certificate(ca: pki.CertifiedKey, common_name: str, groups: tuple[str
     return pki.CertifiedKey(cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem)
 
 
-def create(files: PlanePki, cluster: str) -> None:
-    """Writes a fresh PKI into `files` (private keys 0600) unless one is already there."""
+def create(files: PlanePki, cluster: str, extra_ips: tuple[str, ...] = ()) -> None:
+    """Writes a fresh PKI into `files` (private keys 0600) unless one is already there; the API
+    server's certificate also names `extra_ips` (its address on the real nodes' bridge)."""
     if files.service_account_public.exists():
         return
     files.root.mkdir(parents=True, exist_ok=True)
     ca = pki.new_ca(f"flowerbed local cluster {cluster} CA", VALID_DAYS)
-    server = pki.new_server_certificate(ca, API_SERVER_NAMES, API_SERVER_IPS, VALID_DAYS)
+    server = pki.new_server_certificate(ca, API_SERVER_NAMES, (*API_SERVER_IPS, *extra_ips), VALID_DAYS)
     admin = client_certificate(ca, "flowerbed-admin", ("system:masters",))
+    kubelet_client = client_certificate(ca, KUBELET_CLIENT_USER, ())
     signing = ec.generate_private_key(ec.SECP256R1())
     written = {
         files.ca_cert: ca.cert_pem, files.ca_key: ca.key_pem,
         files.server_cert: server.cert_pem, files.server_key: server.key_pem,
         files.admin_cert: admin.cert_pem, files.admin_key: admin.key_pem,
+        files.kubelet_client_cert: kubelet_client.cert_pem, files.kubelet_client_key: kubelet_client.key_pem,
         files.service_account_key: signing.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode(),
         files.service_account_public: signing.public_key().public_bytes(

@@ -1,6 +1,10 @@
 """One local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok on 127.0.0.1, started as background processes with PID files.
 
+For real nodes (tools/live/node.py) the API server listens on its cluster's address on the
+nodes' bridge instead (port 6443, reached by kubelets and pods), reaches kubelets by their
+address (never by name: no lookup leaves the machine) with a client certificate, and no kwok runs.
+
 What is real: the API server (validation, RBAC, Pod Security admission, server-side
 apply), the controllers (Deployments, ReplicaSets, Jobs, garbage collection, namespace
 deletion, PV binding, ServiceAccounts) and the scheduler. kwok's fake nodes mark
@@ -51,26 +55,32 @@ class Ports:
     controller_manager: int
     scheduler: int
     kwok: int
+    # Where kube-apiserver listens: loopback (kwok planes), or its address on the nodes' bridge.
+    api_address: str = "127.0.0.1"
 
     @classmethod
-    def free(cls) -> Ports:
-        """Six loopback ports the kernel has just handed out (all held open until all are chosen)."""
+    def free(cls, api_address: str = "127.0.0.1", api_port: int | None = None) -> Ports:
+        """Loopback ports the kernel has just handed out (all held open until all are chosen); the API
+        server's is `api_port` on `api_address` when given."""
         sockets = []
         try:
             for _ in range(6):
                 s = socket.socket()
                 s.bind(("127.0.0.1", 0))
                 sockets.append(s)
-            return cls(*(s.getsockname()[1] for s in sockets))
+            ports = [s.getsockname()[1] for s in sockets]
+            if api_port is not None:
+                ports[2] = api_port
+            return cls(*ports, api_address=api_address)
         finally:
             for s in sockets:
                 s.close()
 
 
-def port_taken(port: int) -> bool:
+def port_taken(port: int, address: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((address, port))
         except OSError:
             return True
     return False
@@ -102,11 +112,31 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.2)
 class ControlPlane:
     """The control plane of one cluster of a stack, living in `root` (data, PKI, logs, PID files)."""
 
-    def __init__(self, cluster: str, root: Path, binaries: Binaries | None = None) -> None:
+    def __init__(self, cluster: str, root: Path, binaries: Binaries | None = None,
+                 api_address: str | None = None) -> None:
+        """`api_address`: for real nodes, the API server's address on their bridge (port 6443); None:
+        loopback on a free port, with kwok's fake nodes. A plane found running keeps what it started with."""
         self.cluster = cluster
         self.root = root
         self.binaries = binaries
         self.pki = pki.PlanePki.at(root / "pki")
+        self._api_address = api_address
+
+    @property
+    def real_nodes(self) -> bool:
+        """Whether this plane serves real nodes (no kwok) rather than kwok's fake ones."""
+        if self.ports_file.exists():
+            return self.ports().api_address != "127.0.0.1"
+        return self._api_address is not None
+
+    @property
+    def processes(self) -> tuple[str, ...]:
+        return tuple(p for p in PROCESSES if p != "kwok" or not self.real_nodes)
+
+    @property
+    def api_url(self) -> str:
+        ports = self.ports()
+        return f"https://{ports.api_address}:{ports.api_server}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -138,7 +168,7 @@ class ControlPlane:
     def ready(self) -> bool:
         """Every process of this plane alive and the API server answering /readyz."""
         pids = self.pids()
-        if set(pids) != set(PROCESSES) or not all(pid_alive(pid) for pid in pids.values()):
+        if set(pids) != set(self.processes) or not all(pid_alive(pid) for pid in pids.values()):
             return False
         return self.client().answers("/readyz")
 
@@ -152,10 +182,11 @@ class ControlPlane:
         if self.binaries is None:
             raise ValueError("starting a plane needs its binaries")
         self.root.mkdir(parents=True, exist_ok=True)
-        ports = Ports.free()
+        real = self._api_address is not None
+        ports = Ports.free(self._api_address, pki.REAL_NODE_API_PORT) if real else Ports.free()
         self.ports_file.write_text(json.dumps(asdict(ports)))
-        pki.create(self.pki, self.cluster)
-        self._write_kubeconfig(ports.api_server)
+        pki.create(self.pki, self.cluster, extra_ips=(ports.api_address,) if real else ())
+        self._write_kubeconfig()
         started = time.monotonic()
 
         def left() -> float:
@@ -170,9 +201,20 @@ class ControlPlane:
             "--initial-cluster", f"etcd=http://127.0.0.1:{ports.etcd_peer}",
             "--listen-metrics-urls", "", "--unsafe-no-fsync",  # throwaway test data: durability buys nothing
         ], (ports.etcd_client, ports.etcd_peer))
+        if real:
+            # Kubelets by address, never by name (a name would be looked up beyond this machine), with
+            # a client certificate their webhook authorizer accepts; the `kubernetes` Service's endpoint
+            # is the advertised address, which pods reach.
+            node_flags = ["--kubelet-preferred-address-types=InternalIP",
+                          f"--kubelet-client-certificate={self.pki.kubelet_client_cert}",
+                          f"--kubelet-client-key={self.pki.kubelet_client_key}"]
+        else:
+            # A loopback advertise address cannot go into the `kubernetes` Endpoints.
+            node_flags = ["--endpoint-reconciler-type=none"]
         self._spawn("kube-apiserver", [
             str(self.binaries.kube_apiserver), f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports.api_server}",
+            f"--bind-address={ports.api_address}", f"--advertise-address={ports.api_address}",
+            f"--secure-port={ports.api_server}",
             f"--tls-cert-file={self.pki.server_cert}", f"--tls-private-key-file={self.pki.server_key}",
             f"--client-ca-file={self.pki.ca_cert}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -181,9 +223,8 @@ class ControlPlane:
             "--service-cluster-ip-range=10.96.0.0/16", "--authorization-mode=Node,RBAC",
             # Privileged pods are allowed cluster-wide, so only Pod Security admission can refuse them.
             "--allow-privileged=true",
-            # A loopback advertise address cannot go into the `kubernetes` Endpoints.
-            "--endpoint-reconciler-type=none", f"--cert-dir={self.root / 'apiserver-certs'}",
-        ], (ports.api_server,))
+            *node_flags, f"--cert-dir={self.root / 'apiserver-certs'}",
+        ], (ports.api_server,), address=ports.api_address)
         client = self.client()
         self._await("kube-apiserver", lambda: client.answers("/readyz"), left())
         kubeconfig = str(self.kubeconfig)
@@ -199,14 +240,8 @@ class ControlPlane:
         self._spawn("kube-scheduler", [
             str(self.binaries.kube_scheduler), *common, f"--secure-port={ports.scheduler}",
         ], (ports.scheduler,))
-        self._spawn("kwok", [
-            str(self.binaries.kwok), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--manage-nodes-with-label-selector=",
-            "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
-            "--disregard-status-with-label-selector=", "--cidr=10.244.0.1/16", "--node-ip=10.244.0.1",
-            f"--server-address=127.0.0.1:{ports.kwok}", f"--config={KWOK_STAGES}",
-        ], (ports.kwok,), env={"KUBE_FEATURE_WatchListClient": "false"})
+        if not real:
+            self._spawn_kwok(ports)
         for obj in [*nodes, *objects]:
             client.create(obj)
         # The ServiceAccount controller has run once the default namespace has its ServiceAccount.
@@ -216,15 +251,26 @@ class ControlPlane:
             name = node["metadata"]["name"]
             self._await("kwok", lambda name=name: client.node_ready(name), left())
 
-    def _spawn(self, process: str, argv: list[str], ports: Sequence[int], env: dict[str, str] | None = None) -> None:
+    def _spawn_kwok(self, ports: Ports) -> None:
+        self._spawn("kwok", [
+            str(self.binaries.kwok), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--manage-nodes-with-label-selector=",
+            "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
+            "--disregard-status-with-label-selector=", "--cidr=10.244.0.1/16", "--node-ip=10.244.0.1",
+            f"--server-address=127.0.0.1:{ports.kwok}", f"--config={KWOK_STAGES}",
+        ], (ports.kwok,), env={"KUBE_FEATURE_WatchListClient": "false"})
+
+    def _spawn(self, process: str, argv: list[str], ports: Sequence[int], env: dict[str, str] | None = None,
+               address: str = "127.0.0.1") -> None:
         """Starts `argv` detached (its own session, a child of init, not of this Python) with its PID file.
 
         Detached because the plane outlives `make cluster`; the shell writes its own PID and then
         becomes the process (`exec`), so the PID file names exactly the server.
         """
         for port in ports:
-            if port_taken(port):
-                raise PlaneError(f"cluster {self.cluster}: port {port} on 127.0.0.1 is taken (needed by {process}); "
+            if port_taken(port, address):
+                raise PlaneError(f"cluster {self.cluster}: port {port} on {address} is taken (needed by {process}); "
                                  "free it or run `make cluster` again for other ports")
         pid_file = self.pid_file(process)
         pid_file.unlink(missing_ok=True)
@@ -245,7 +291,7 @@ class ControlPlane:
         raise PlaneError(f"cluster {self.cluster}: {process} {state}; last lines of {self.log(process)}:\n"
                          + "\n".join(f"  {line}" for line in tail))
 
-    def _write_kubeconfig(self, port: int) -> None:
+    def _write_kubeconfig(self) -> None:
         def b64(path: Path) -> str:
             return base64.b64encode(path.read_bytes()).decode()
 
@@ -253,7 +299,7 @@ class ControlPlane:
         self.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": context,
             "clusters": [{"name": context, "cluster": {
-                "server": f"https://127.0.0.1:{port}", "certificate-authority-data": b64(self.pki.ca_cert)}}],
+                "server": self.api_url, "certificate-authority-data": b64(self.pki.ca_cert)}}],
             "users": [{"name": f"{context}-admin", "user": {
                 "client-certificate-data": b64(self.pki.admin_cert), "client-key-data": b64(self.pki.admin_key)}}],
             "contexts": [{"name": context, "context": {"cluster": context, "user": f"{context}-admin"}}],
@@ -261,7 +307,7 @@ class ControlPlane:
         self.kubeconfig.chmod(0o600)
 
     def client(self) -> ApiClient:
-        return ApiClient(self.ports().api_server, self.pki)
+        return ApiClient(self.api_url, self.pki)
 
     # --- stop ------------------------------------------------------------------------------------------
 
@@ -291,8 +337,8 @@ def _is_ours(pid: int, root: Path) -> bool:
 class ApiClient:
     """The few admin calls the tool makes, over the plane's own TLS (no kubeconfig parsing, no kubectl)."""
 
-    def __init__(self, port: int, files: pki.PlanePki) -> None:
-        self.base = f"https://127.0.0.1:{port}"
+    def __init__(self, url: str, files: pki.PlanePki) -> None:
+        self.base = url
         self.context = ssl.create_default_context(cafile=str(files.ca_cert))
         self.context.load_cert_chain(str(files.admin_cert), str(files.admin_key))
 
