@@ -11,7 +11,7 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images bench bench-learning bench-program bench-rounds clean bench-stragglers
+.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images data run bench bench-learning bench-program bench-rounds clean bench-stragglers
 
 venv:
 	@tools/ensure-venv
@@ -58,6 +58,15 @@ destroy: venv-program toolchain
 
 images:
 	@tools/build-images
+
+# Study data onto a site's study-data volume of a live stack, through the Kubernetes API (tools/ops/data.py).
+data: venv-program toolchain
+	@$(PROGRAM_PY) -m tools.ops.data $(STACK) $(if $(SITE),--site $(SITE)) $(if $(DATASET),--dataset $(DATASET)) \
+	  $(if $(FROM),--from $(abspath $(FROM))) $(if $(REPLACE),--replace)
+
+# Submit the training app (or APP=DIR) to a deployed stack, a line per round, results to out/<stack>/runs/ (tools/ops/run.py).
+run: venv toolchain
+	@$(PY) -m tools.ops.run $(STACK) $(if $(APP),--app $(abspath $(APP))) $(ARGS)
 
 bench: venv
 	PYTHONPATH=training $(PY) -m bench $(ARGS)
