@@ -26,9 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DYNAMIC_PREFIX = "pulumi-python:dynamic/flowerbed:"
 
 
-def stack_raw_config(stack: str) -> dict[str, Any]:
+# The consortium example's stack files (make consortium): a hub and two hospital site stacks.
+EXAMPLE = ROOT / "examples" / "consortium"
+
+
+def stack_raw_config(stack: str, directory: Path = ROOT) -> dict[str, Any]:
     """A stack file's `flowerbed:*` values, as `pulumi.Config` would hand them to `parse`."""
-    config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    config = yaml.safe_load((directory / f"Pulumi.{stack}.yaml").read_text())["config"]
     return {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("flowerbed:")}
 
 
