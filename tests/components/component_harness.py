@@ -193,13 +193,15 @@ def run(program: Callable[[], Any], *, preview: bool = False, into: Deployment |
 
 
 def deploy(config: FederationConfig) -> Deployment:
-    """Declare the whole Federation for `config`; capture its resources and outputs."""
-    from components.federation import Federation, FederationArgs
+    """Declare the whole stack for `config` (its role's shape, as __main__.py does); capture its resources and
+    outputs."""
+    from components.consortium import SHAPES
+    from components.federation import FederationArgs
 
     outputs: dict[str, Any] = {}
 
     def program() -> Any:
-        federation = Federation(config.federation, FederationArgs(config=config))
+        federation = SHAPES[config.role](config.federation, FederationArgs(config=config))
         keys = sorted(federation.outputs)
         return pulumi.Output.all(*[federation.outputs[k] for k in keys]).apply(
             lambda values: outputs.update(dict(zip(keys, values))))
