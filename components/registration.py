@@ -50,7 +50,7 @@ def command(control_address: str) -> list[str]:
 # stack's registration Job, which is named by its text.
 _UNREGISTER_ALL = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
                    "from supernode_registry import synchronize; "
-                   "print(*synchronize(sys.argv[2], Path(sys.argv[3]), {}), sep=chr(10))")
+                   "sys.stdout.writelines(line + chr(10) for line in synchronize(sys.argv[2], Path(sys.argv[3]), {}))")
 
 
 def unregister_all_command(control_address: str) -> list[str]:

@@ -312,3 +312,15 @@ def test_the_bundle_round_trips_through_yaml_exactly() -> None:
     document = yaml.safe_load(exchange.join_bundle(FEDERATION, FLEET, CA.cert_pem))
     assert document == {"federation": FEDERATION, "endpoint": FLEET.host, "publicPort": 8443,
                         "endpointCidrs": ["203.0.113.7/32"], "caCertificate": CA.cert_pem}
+
+
+def test_a_hub_refuses_more_keys_than_its_registration_config_map_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = hub_project(tmp_path, {f"site-{i}.yaml": request(f"site-{i}") for i in range(3)})
+    one = len("site-0.pub") + len(members(project)[0].public_key)
+    monkeypatch.setattr(exchange, "CONFIG_MAP_BYTES", 3 * one)
+    assert len(members(project)) == 3
+    monkeypatch.setattr(exchange, "CONFIG_MAP_BYTES", 3 * one - 1)
+    with pytest.raises(ConfigError, match=rf"^members: 3 join files hold {3 * one:,} bytes of public keys; the "
+                                          r"registration ConfigMap holds at most"):
+        members(project)
