@@ -67,6 +67,23 @@ def test_a_named_storage_class_is_created_beside_the_default(tmp_path: Path) -> 
                                for o in objects if o["kind"] == "PersistentVolume"}
 
 
+def test_a_consortiums_hub_and_site_stacks_get_their_own_nodes_and_volumes(tmp_path: Path) -> None:
+    """One plane per party: the hub's holds the server's claims, a site stack's (no server) its site's."""
+    example = REPO / "examples" / "consortium"
+    configs = {}
+    for party in ("hub", "hospital-a"):
+        document = yaml.safe_load((example / f"Pulumi.{party}.yaml").read_text())
+        document["config"]["flowerbed:clusters"] = {name: {} for name in document["config"]["flowerbed:clusters"]}
+        (tmp_path / f"Pulumi.{party}.yaml").write_text(yaml.safe_dump(document))
+        configs[party] = cluster.LocalStack(tmp_path, party).config()
+    assert configs["hospital-a"].server is None
+    assert sorted(cluster.claims_for(configs["hub"], "coordinator")) == [("local", "10Gi"), ("local", "5Gi")]
+    assert cluster.claims_for(configs["hospital-a"], "hospital-a") == [("local", "20Gi")]
+    assert [n["metadata"]["name"] for n in cluster.nodes_for(configs["hub"], "coordinator")] == ["kwok-coordinator-0"]
+    assert [n["metadata"]["name"] for n in cluster.nodes_for(configs["hospital-a"], "hospital-a")] == [
+        "kwok-hospital-a-0", "kwok-hospital-a-gpu-0"]
+
+
 def test_a_render_mode_stack_is_refused_naming_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     assert cluster.main(["up", "dev"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

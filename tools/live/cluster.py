@@ -84,7 +84,8 @@ class LocalStack:
                                f"starts live control planes for clusters without renderDir (see Pulumi.local.yaml)")
         raw["clusters"] = {name: {**(entry or {}), "kubeconfig": _PENDING} for name, entry in clusters.items()}
         try:
-            return parse(raw)
+            # Only this stack's own config: a consortium site stack's join bundle is not needed to start its planes.
+            return parse(raw, self.project)
         except ConfigError as err:
             raise ClusterError(f"invalid stack configuration in {self.stack_file.name}: {err}") from None
 
@@ -128,7 +129,8 @@ def nodes_for(config: FederationConfig, cluster: str) -> list[dict]:
     for site in gpu_sites:
         labels.update(site.node_selector)
         taints.update({(t["key"], t["effect"]): t for t in taints_tolerated(site)})
-    server_gpus = config.server.cluster == cluster and config.server.server_app.gpus > 0
+    server = config.server  # None in a consortium's site stack
+    server_gpus = server is not None and server.cluster == cluster and server.server_app.gpus > 0
     if gpu_sites or server_gpus:
         nodes.append(kwok_node(f"kwok-{cluster}-gpu-0", labels, list(taints.values()), GPUS_PER_NODE))
     return nodes
@@ -138,7 +140,7 @@ def claims_for(config: FederationConfig, cluster: str) -> list[tuple[str, str]]:
     """(storage class, size) of every PersistentVolumeClaim the program makes in this cluster."""
     claims = []
     server = config.server
-    if server.cluster == cluster:
+    if server is not None and server.cluster == cluster:
         claims += [(s.storage_class or STORAGE_CLASS, s.size) for s in (server.state_storage, server.artifacts_storage)]
     for site in config.sites:
         if site.cluster == cluster:
