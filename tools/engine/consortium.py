@@ -31,6 +31,7 @@ from typing import Any
 
 from tools.engine.offline import REPO, Pulumi, ToolchainMissing, check_toolchain, copy_program
 from tools.engine.stack import human_diff, parse_urn, shown, up
+from tools.engine.stack import state as deployment
 
 EXAMPLE = REPO / "examples" / "consortium"
 HUB = "hub"
@@ -60,8 +61,7 @@ class Party:
 
     def state(self) -> dict[str, Any]:
         """The stack's deployment with every secret decrypted."""
-        exported = self.pulumi.run(["stack", "export", "--show-secrets"], capture=True).stdout
-        return json.loads(exported).get("deployment") or {}
+        return deployment(self.pulumi, secrets=True)
 
 
 def party(workdir: Path, name: str, prepare: Callable[[Party], None] | None = None) -> Party:

@@ -98,9 +98,11 @@ def write_exchange(render_root: Path, outputs: dict) -> list[str]:
     return written
 
 
-def state(pulumi: Pulumi) -> dict:
-    """The stack's deployment (`pulumi stack export`): what Pulumi manages right now."""
-    return json.loads(pulumi.run(["stack", "export"], capture=True).stdout).get("deployment") or {}
+def state(pulumi: Pulumi, *, secrets: bool = False) -> dict:
+    """The stack's deployment (`pulumi stack export`, `--show-secrets` with `secrets`): what Pulumi manages
+    right now."""
+    exported = pulumi.run(["stack", "export", *(["--show-secrets"] if secrets else [])], capture=True).stdout
+    return json.loads(exported).get("deployment") or {}
 
 
 def print_released(before: dict, after: dict, render_root: Path) -> None:
