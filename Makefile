@@ -11,7 +11,7 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy images data run bench bench-learning bench-program bench-rounds clean bench-stragglers
+.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy consortium images data run bench bench-learning bench-program bench-rounds clean bench-stragglers
 
 venv:
 	@tools/ensure-venv
@@ -55,6 +55,11 @@ preview: venv-program toolchain
 
 destroy: venv-program toolchain
 	@tools/stack destroy $(STACK)
+
+# A coordinator's hub stack and two hospitals' site stacks (examples/consortium), each in its own project
+# copy and backend under out/consortium/, exchanging only public files; lists the private keys in each state.
+consortium: venv-program toolchain
+	@$(PROGRAM_PY) -m tools.engine.consortium
 
 images:
 	@tools/build-images

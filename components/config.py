@@ -1,9 +1,17 @@
 """The stack configuration: the ONLY reader of `pulumi.Config`, typed and validated.
 
-`parse` is pure (plain dicts in, frozen dataclasses out) and checks the whole
-configuration before anything is declared, so a config that cannot work fails
-`pulumi preview` with one message naming the field and what is allowed.
+`parse` checks the whole configuration before anything is declared, so a config
+that cannot work fails `pulumi preview` with one message naming the field and what is
+allowed. It is pure (plain dicts in, frozen dataclasses out) but for the site files a
+`sitesDir` names, which are this stack's own config split into files.
 `load` reads the stack's `flowerbed:*` values and calls `parse`.
+
+Three shapes of stack, chosen by `role` (components/README.md, "A consortium"):
+`federation` (the default) deploys the server and every site; a consortium's `hub`
+deploys the server and admits member sites by their join files; each member's `site`
+stack deploys its own sites and trusts the federation through the hub's join bundle.
+What crosses between the stacks (join requests, the bundle) is read by
+components/exchange.py into the `AdmittedSite` and `JoinBundle` types below.
 """
 
 from __future__ import annotations
@@ -13,7 +21,11 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
@@ -21,6 +33,7 @@ _DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
+ROLES = ("federation", "hub", "site")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
 DATA_MODES = ("ro", "rw")
@@ -89,6 +102,19 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class FleetEndpoint:
+    """Where SuperNodes dial SuperLink's Fleet API, and the addresses `host` resolves to (their only egress)."""
+
+    host: str
+    port: int
+    cidrs: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     cluster: str
     endpoint: str
@@ -109,6 +135,10 @@ class ServerConfig:
     artifacts_storage: Storage
     server_app: Resources
     pending_timeout: int
+
+    @property
+    def fleet(self) -> FleetEndpoint:
+        return FleetEndpoint(self.endpoint, self.public_port, self.endpoint_cidrs)
 
 
 @dataclass(frozen=True)
@@ -141,6 +171,11 @@ class SiteConfig:
     scratch_size: str
     state_storage: Storage  # the ClientApp pods' state volume (naming.STATE_CLAIM at naming.STATE_DIR)
     pending_timeout: int
+    # Raising it makes a new SuperNode key pair (rotation); the old key is refused once the
+    # server registers the new one (components/pki_resources.SupernodeKey).
+    key_version: int = 1
+    # Who to call about the site; a consortium member's site stack puts it in its join request.
+    contact: Mapping[str, str] = dataclass_field(default_factory=dict)
 
     @property
     def supernode_namespace(self) -> str:
@@ -172,14 +207,62 @@ class DataSafety:
 
 
 @dataclass(frozen=True)
+class AdmittedSite:
+    """A site a hub admits: its name and SuperNode public key, from its join file (components/exchange.py)."""
+
+    name: str
+    public_key: str  # one-line OpenSSH EC public key, as Flower registers it
+    contact: Mapping[str, str]
+    source: str  # the join file it was read from, for messages
+
+
+@dataclass(frozen=True)
+class JoinBundle:
+    """What a site stack trusts the federation by: the hub's public material (components/exchange.py)."""
+
+    federation: str
+    fleet: FleetEndpoint
+    ca_certificate: str  # PEM of the federation CA (its certificate only)
+    source: str
+
+
+@dataclass(frozen=True)
+class BundleSource:
+    """Where a site stack reads its join bundle: a file of its project, or another stack's output."""
+
+    file: str | None
+    stack: str | None
+
+    @property
+    def config_key(self) -> str:
+        return "bundle.file" if self.file is not None else "bundle.stack"
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     federation: str
     images: Images
     clusters: Mapping[str, ClusterConfig]
-    server: ServerConfig
-    sites: tuple[SiteConfig, ...]
+    server: ServerConfig | None  # None in a site stack: the hub runs the server
+    sites: tuple[SiteConfig, ...]  # () in a hub: its members deploy their own
     pki: PkiConfig
     data_safety: DataSafety
+    role: str = "federation"
+    # hub: the directory of join files, read by components/exchange.read_members into `members`
+    members_dir: str | None = None
+    members: tuple[AdmittedSite, ...] = ()
+    # site: where the join bundle is, read by components/exchange.read_bundle into `bundle`
+    bundle_source: BundleSource | None = None
+    bundle: JoinBundle | None = None
+
+    @property
+    def fleet(self) -> FleetEndpoint:
+        """Where this stack's SuperNodes dial: its own server's endpoint, or a site stack's join bundle's."""
+        if self.server is not None:
+            return self.server.fleet
+        if self.bundle is None:
+            raise ValueError("the join bundle has not been read (components/exchange.read_bundle)")
+        return self.bundle.fleet
 
 
 # --- small typed readers: each raises ConfigError naming the field ----------------------
@@ -427,10 +510,9 @@ def _tolerations(raw: Any, field: str) -> tuple[Mapping[str, Any], ...]:
     return tuple(dict(_mapping(t, f"{field}[{i}]", TOLERATION_KEYS)) for i, t in enumerate(_list(raw, field)))
 
 
-def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterConfig]) -> SiteConfig:
-    field = f"sites[{index}]"
+def _site(raw: Any, field: str, federation: str, clusters: Mapping[str, ClusterConfig]) -> SiteConfig:
     keys = ("name", "cluster", "namespace", "gpus", "cpu", "memory", "maxConcurrentTasks", "nodeSelector",
-            "tolerations", "studyData", "scratchSize", "stateStorage", "pendingTimeout")
+            "tolerations", "studyData", "scratchSize", "stateStorage", "pendingTimeout", "keyVersion", "contact")
     site = _mapping(raw, field, keys, ("name", "cluster"))
     name = _dns_label(site["name"], f"{field}.name")
     study_data = tuple(
@@ -463,25 +545,43 @@ def _site(raw: Any, index: int, federation: str, clusters: Mapping[str, ClusterC
         scratch_size=_quantity(site.get("scratchSize", "10Gi"), f"{field}.scratchSize"),
         state_storage=_storage(site.get("stateStorage", {}), f"{field}.stateStorage", "1Gi"),
         pending_timeout=_pending_timeout(site, field),
+        key_version=_integer(site.get("keyVersion", 1), f"{field}.keyVersion", 1),
+        contact=_string_map(site.get("contact", {}), f"{field}.contact"),
     )
 
 
-def _sites(raw: Any, federation: str, server: ServerConfig,
+def _site_entries(raw: Mapping[str, Any], project: Path) -> list[tuple[str, Any]]:
+    """(field, raw entry) of every site: `sites[i]` inline, then one per `*.yaml` file of `sitesDir`
+    (in name order), each file one entry of the same shape, named by its path in messages."""
+    entries: list[tuple[str, Any]] = []
+    if raw.get("sites") is not None:
+        entries += [(f"sites[{i}]", entry) for i, entry in enumerate(_list(raw["sites"], "sites"))]
+    if raw.get("sitesDir") is not None:
+        directory, label = project_directory(raw["sitesDir"], "sitesDir", project)
+        entries += [(f"{label}/{path.name}", yaml_file(path, f"{label}/{path.name}"))
+                    for path in sorted(directory.glob("*.yaml"))]
+    if not entries:
+        where = f"; sitesDir {raw['sitesDir']!r} holds no *.yaml file" if raw.get("sitesDir") is not None else ""
+        raise ConfigError(f"sites: missing; it is required (a non-empty list, or sitesDir: a directory of one "
+                          f"file per site){where}")
+    return entries
+
+
+def _sites(entries: Sequence[tuple[str, Any]], federation: str, server: ServerConfig | None,
            clusters: Mapping[str, ClusterConfig]) -> tuple[SiteConfig, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise _fail("sites", raw, "a non-empty list of sites")
-    sites = tuple(_site(entry, i, federation, clusters) for i, entry in enumerate(raw))
-    names: set[str] = set()
-    namespaces = {(server.cluster, server.namespace): "server.namespace"}
-    for i, site in enumerate(sites):
+    sites = tuple(_site(entry, field, federation, clusters) for field, entry in entries)
+    names: dict[str, str] = {}
+    namespaces = {(server.cluster, server.namespace): "server.namespace"} if server is not None else {}
+    for (field, _), site in zip(entries, sites):
         if site.name in names:
-            raise ConfigError(f"sites[{i}].name: {site.name!r} is used by another site; site names must be unique")
-        names.add(site.name)
-        for namespace, role in ((site.namespace, f"sites[{i}].namespace"),
-                                (site.supernode_namespace, f"sites[{i}].namespace (its SuperNode's)")):
+            raise ConfigError(f"{field}.name: {site.name!r} is used by another site ({names[site.name]}); "
+                              "site names must be unique")
+        names[site.name] = field
+        for namespace, role in ((site.namespace, f"{field}.namespace"),
+                                (site.supernode_namespace, f"{field}.namespace (its SuperNode's)")):
             owner = namespaces.setdefault((site.cluster, namespace), role)
             if owner != role:
-                raise ConfigError(f"sites[{i}].namespace: {namespace!r} on cluster {site.cluster!r} is already "
+                raise ConfigError(f"{field}.namespace: {namespace!r} on cluster {site.cluster!r} is already "
                                   f"used by {owner}; every site needs its own namespaces")
     return sites
 
@@ -508,39 +608,101 @@ def _data_safety(raw: Any) -> DataSafety:
     )
 
 
-TOP_LEVEL_KEYS = ("federation", "images", "clusters", "server", "sites", "pki", "dataSafety")
+def _bundle_source(raw: Any) -> BundleSource:
+    field = "bundle"
+    entry = _mapping(raw, field, ("file", "stack"))
+    if ("file" in entry) == ("stack" in entry):
+        raise ConfigError(f"{field}: set exactly one of file (the hub's join bundle, a file of this project) or "
+                          "stack (the hub stack's name in this backend, whose joinBundle output it reads)")
+    return BundleSource(file=_optional_string(entry.get("file"), f"{field}.file"),
+                        stack=_optional_string(entry.get("stack"), f"{field}.stack"))
 
 
-def parse(raw: Mapping[str, Any]) -> FederationConfig:
-    """Validate the stack's `flowerbed:*` values (without the prefix) as a whole."""
+def project_directory(value: Any, field: str, project: Path) -> tuple[Path, str]:
+    """(the directory, its name as given) of a path relative to the project directory; it must exist."""
+    directory = project / _string(value, field)
+    if not directory.is_dir():
+        raise ConfigError(f"{field}: {value!r} is not a directory (paths are relative to the project directory, "
+                          "where Pulumi.yaml is)")
+    return directory, value.rstrip("/")
+
+
+def yaml_file(path: Path, field: str) -> Any:
+    """A YAML document read from `path`; a file that is not YAML fails naming it as `field`."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{field}: cannot be read as YAML ({problem})") from None
+
+
+TOP_LEVEL_KEYS = ("role", "federation", "images", "clusters", "server", "sites", "sitesDir", "members", "bundle",
+                  "pki", "dataSafety")
+# Per role: the keys it must have besides federation, images and clusters (sites: or sitesDir) ...
+_ROLE_REQUIRED = {"federation": ("server", "sites"), "hub": ("server", "members"), "site": ("bundle", "sites")}
+# ... and the keys it refuses, each with the reason.
+_ROLE_REFUSED = {
+    "federation": {
+        "members": "only a consortium's hub stack (role: hub) admits members by their join files",
+        "bundle": "only a consortium's site stack (role: site) reads a join bundle",
+    },
+    "hub": {
+        "sites": "a hub deploys no site: each member deploys its own with a site stack (role: site), and the hub "
+                 "admits it by its join file in members",
+        "sitesDir": "a hub deploys no site: each member deploys its own with a site stack (role: site), and the "
+                    "hub admits it by its join file in members",
+        "bundle": "a hub makes the join bundle (its joinBundle output); it reads none",
+    },
+    "site": {
+        "server": "a site stack runs no server: the coordinator's hub stack does, and this stack dials the "
+                  "endpoint of its join bundle (bundle)",
+        "members": "only the coordinator's hub stack (role: hub) admits members",
+    },
+}
+
+
+def parse(raw: Mapping[str, Any], project: Path = Path(".")) -> FederationConfig:
+    """Validate the stack's `flowerbed:*` values (without the prefix) as a whole; `sitesDir` is read
+    relative to `project`. A hub's members and a site's bundle are named here and read by
+    components/exchange.py."""
     unknown = sorted(k for k, v in raw.items() if k not in TOP_LEVEL_KEYS and v is not None)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key; allowed keys are {', '.join(TOP_LEVEL_KEYS)}")
-    for key in ("federation", "images", "clusters", "server", "sites"):
+    role = _choice("federation" if raw.get("role") is None else raw["role"], "role", ROLES)
+    for key, reason in _ROLE_REFUSED[role].items():
+        if raw.get(key) is not None:
+            raise ConfigError(f"{key}: not allowed in a {role} stack (role: {role}); {reason}")
+    for key in ("federation", "images", "clusters", *_ROLE_REQUIRED[role]):
+        if key == "sites" and raw.get("sitesDir") is not None:
+            continue  # _site_entries checks that there is at least one site
         if raw.get(key) in (None, "", [], {}):
             raise ConfigError(f"{key}: missing; it is required")
     federation = _dns_label(raw["federation"], "federation")
     clusters = _clusters(raw["clusters"])
-    server = _server(raw["server"], federation, clusters)
+    server = _server(raw["server"], federation, clusters) if role != "site" else None
     return FederationConfig(
         federation=federation,
         images=_images(raw["images"]),
         clusters=clusters,
         server=server,
-        sites=_sites(raw["sites"], federation, server, clusters),
+        sites=_sites(_site_entries(raw, project), federation, server, clusters) if role != "hub" else (),
         pki=_pki(raw.get("pki") or {}),
         data_safety=_data_safety(raw.get("dataSafety") or {}),
+        role=role,
+        members_dir=_string(raw["members"], "members") if role == "hub" else None,
+        bundle_source=_bundle_source(raw["bundle"]) if role == "site" else None,
     )
 
 
 def load() -> FederationConfig:
-    """Read the current stack's `flowerbed:*` configuration and validate it."""
+    """Read the current stack's `flowerbed:*` configuration and validate it (the program runs in the
+    project directory, so `sitesDir` is read from there)."""
     import pulumi  # only here: parse() stays importable without the Pulumi engine
 
     config = pulumi.Config("flowerbed")
     # Every key the stack sets, not only the known ones: a misspelt key must reach parse() and fail.
     keys = {*TOP_LEVEL_KEYS, *_stack_keys(config.name)}
-    return parse({key: _decode(config.get(key)) for key in sorted(keys)})
+    return parse({key: _decode(config.get(key)) for key in sorted(keys)}, Path.cwd())
 
 
 def _stack_keys(namespace: str) -> set[str]:

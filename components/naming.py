@@ -28,6 +28,9 @@ TLS_DIR = "/etc/flowerbed/tls"
 CA_DIR = "/etc/flowerbed/ca"
 # The Secret holding the federation CA certificate, under this name in every namespace.
 CA_SECRET = "federation-ca"
+# In a consortium member's site namespaces instead: the certificate of the site stack's own CA, which
+# signs its SuperNodes' Runtime API certificates (components/supernode.SiteTrust).
+RUNTIME_CA_SECRET = "site-runtime-ca"
 DATA_ROOT = "/data"
 ARTIFACTS_DIR = "/artifacts"
 SCRATCH_DIR = "/scratch"

@@ -7,12 +7,15 @@ like the material a cluster gets.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -138,6 +141,45 @@ def new_supernode_key() -> SupernodeKey:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
     return SupernodeKey(private, public)
+
+
+def supernode_public_key(text: str) -> str:
+    """`text` as the one-line OpenSSH public key SuperLink registers, its comment dropped.
+
+    Flower accepts EC keys on NIST curves only (flwr 1.41, `flwr.cli.supernode.register.try_load_public_key`);
+    OpenSSH encodes P-256, P-384 and P-521. Raises ValueError saying what the text is instead.
+    """
+    try:
+        key = serialization.load_ssh_public_key(text.strip().encode())
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError("not an OpenSSH public key (expected one line: ecdsa-sha2-nistp384 AAAA...)") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"not an EC key ({type(key).__name__.replace('PublicKey', '')}); SuperNodes "
+                         "authenticate with EC keys (ecdsa-sha2-nistp256/384/521)")
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def ca_certificate(text: str) -> str:
+    """`text` if it is exactly one PEM certificate of a CA and nothing else (a join bundle must never
+    carry a key); ValueError saying what it is instead."""
+    if "PRIVATE KEY" in text:
+        raise ValueError("holds a private key; a join bundle carries the CA's certificate only")
+    if text.count("-----BEGIN CERTIFICATE-----") != 1:
+        raise ValueError("not one PEM certificate (expected -----BEGIN CERTIFICATE----- ... once)")
+    try:
+        cert = x509.load_pem_x509_certificate(text.encode())
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (ValueError, x509.ExtensionNotFound):
+        raise ValueError("not a CA certificate (PEM, with basicConstraints CA:TRUE)") from None
+    if not is_ca:
+        raise ValueError("not a CA certificate (basicConstraints CA:FALSE)")
+    return text
+
+
+def fingerprint(public_openssh: str) -> str:
+    """`SHA256:<base64>` of an OpenSSH public key, as `ssh-keygen -l` prints it (to compare keys by phone)."""
+    blob = base64.b64decode(public_openssh.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def not_after(cert_pem: str) -> dt.datetime:

@@ -74,7 +74,7 @@ class _ServerCertificateProvider(_IssuingProvider):
 
 
 class _SupernodeKeyProvider(_IssuingProvider):
-    identity = ("site",)
+    identity = ("site", "version")
 
     def issue(self, props: dict[str, Any]) -> dict[str, Any]:
         key = pki.new_supernode_key()
@@ -116,12 +116,18 @@ class ServerCertificate(Resource, module="flowerbed", name="ServerCertificate"):
 
 
 class SupernodeKey(Resource, module="flowerbed", name="SupernodeKey"):
-    """One site's SuperNode authentication key pair (OpenSSH EC); the public half is registered."""
+    """One site's SuperNode authentication key pair (OpenSSH EC); the public half is registered.
+
+    A new `version` makes a new pair (rotation). Version 1 is not an input at all, so the keys made
+    before versions existed stay as they are.
+    """
 
     private_openssh: pulumi.Output[str]
     public_openssh: pulumi.Output[str]
 
-    def __init__(self, name: str, *, site: str, opts: pulumi.ResourceOptions | None = None) -> None:
-        props = {"site": site, "private_openssh": None, "public_openssh": None}
+    def __init__(self, name: str, *, site: str, version: int = 1, opts: pulumi.ResourceOptions | None = None) -> None:
+        props: dict[str, Any] = {"site": site, "private_openssh": None, "public_openssh": None}
+        if version != 1:
+            props["version"] = version
         super().__init__(_SupernodeKeyProvider(), name, props, _secret_outputs(opts))
         self.private_openssh = pulumi.Output.secret(self.private_openssh)

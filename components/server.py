@@ -38,6 +38,8 @@ class ServerSiteArgs:
     ca: CertificateAuthority
     # site name -> its SuperNode's OpenSSH public key, registered with SuperLink by a Job
     supernode_public_keys: Mapping[str, pulumi.Input[str]]
+    # A consortium's hub: every key in one ConfigMap (registration.py)
+    one_key_config_map: bool = False
 
 
 def executor_config(config: FederationConfig) -> dict[str, Any]:
@@ -91,7 +93,7 @@ class ServerSite(pulumi.ComponentResource):
         superlink = self._superlink(depends_on=[tls_secret, state])
         internal_services = self._services()
         self._executor(depends_on=[ca_secret, artifacts])
-        self._registration(args.supernode_public_keys, depends_on=[ca_secret, superlink, *internal_services])
+        self._registration(args, depends_on=[ca_secret, superlink, *internal_services])
         self._network_policies()
 
         self.endpoint = pulumi.Output.from_input(f"{server.endpoint}:{server.public_port}")
@@ -216,14 +218,14 @@ class ServerSite(pulumi.ComponentResource):
             pending_timeout=config.server.pending_timeout, contents=self._contents, opts=self._in_ns,
             depends_on=depends_on)
 
-    def _registration(self, public_keys: Mapping[str, pulumi.Input[str]],
-                      depends_on: Sequence[pulumi.Resource]) -> None:
+    def _registration(self, args: ServerSiteArgs, depends_on: Sequence[pulumi.Resource]) -> None:
         """The Job keeping SuperLink's registered keys equal to the sites (components/registration.py)."""
         registration.declare(
             self._name, meta=lambda obj_name: self._meta(obj_name, registration.ROLE),
             labels=self._labels(registration.ROLE), namespace=self._ns, images=self._config.images,
-            public_keys=public_keys, control_address=naming.service_address(
-                naming.CONTROL_SERVICE, self._ns, naming.CONTROL_PORT), opts=self._in_ns, depends_on=depends_on)
+            public_keys=args.supernode_public_keys, control_address=naming.service_address(
+                naming.CONTROL_SERVICE, self._ns, naming.CONTROL_PORT), opts=self._in_ns, depends_on=depends_on,
+            one_config_map=args.one_key_config_map)
 
     def _network_policies(self) -> None:
         """Deny everything in the namespace, then allow exactly the flows above."""

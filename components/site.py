@@ -14,7 +14,8 @@ import pulumi_kubernetes as k8s
 
 from components import kube, naming, superexec, supernode
 from components.config import FederationConfig, SiteConfig
-from components.pki_resources import CertificateAuthority, SupernodeKey
+from components.pki_resources import SupernodeKey
+from components.supernode import SiteTrust
 
 TYPE = "flowerbed:index:ClientSite"
 
@@ -26,7 +27,7 @@ TASK = "clientapp-task"
 class ClientSiteArgs:
     config: FederationConfig
     site: SiteConfig
-    ca: CertificateAuthority
+    trust: SiteTrust
     supernode_key: SupernodeKey
 
 
@@ -81,9 +82,10 @@ class ClientSite(pulumi.ComponentResource):
                 managed_claims=True, existing_claims=any(d.existing_claim is not None for d in site.study_data)),
             parent=self)
 
-        ca_secret = self._ca(args.ca)
+        self._trust = args.trust
+        ca_secret = self._ca()
         claims = [*self._study_data(), self._state()]
-        node = supernode.declare(name, config=self._config, site=site, ca=args.ca, key=args.supernode_key,
+        node = supernode.declare(name, config=self._config, site=site, trust=args.trust, key=args.supernode_key,
                                  clients=(EXECUTOR, TASK), parent=self)
         self._executor(depends_on=[ca_secret, *node, *claims])
         self._network_policies()
@@ -97,11 +99,12 @@ class ClientSite(pulumi.ComponentResource):
     def _meta(self, obj_name: str, role: str) -> k8s.meta.v1.ObjectMetaArgs:
         return kube.metadata(obj_name, self._ns, self._labels(role))
 
-    def _ca(self, ca: CertificateAuthority) -> k8s.core.v1.Secret:
-        """The CA, for the executor to trust the SuperNode's Runtime API."""
-        data = {"ca.crt": ca.cert_pem}
-        self._contents[kube.content_key("Secret", naming.CA_SECRET)] = data
-        return k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(naming.CA_SECRET, "site"),
+    def _ca(self) -> k8s.core.v1.Secret:
+        """The CA that signed the SuperNode's Runtime API certificate, for the executor and task pods to trust."""
+        data = {"ca.crt": self._trust.runtime_ca.cert_pem}
+        secret = self._trust.runtime_ca_secret
+        self._contents[kube.content_key("Secret", secret)] = data
+        return k8s.core.v1.Secret(f"{self._name}-ca", metadata=self._meta(secret, "site"),
                                   string_data=data, opts=self._in_ns)
 
     def _claim_options(self) -> pulumi.ResourceOptions:
@@ -134,7 +137,7 @@ class ClientSite(pulumi.ComponentResource):
             self._name, meta=lambda role: self._meta(role, role), federation=config.federation, namespace=self._ns,
             images=config.images, executor_role=EXECUTOR, task_role=TASK, config=executor_config(config, self._site),
             runtime_address=supernode.runtime_address(self._site), pending_timeout=self._site.pending_timeout,
-            contents=self._contents, opts=self._in_ns, depends_on=depends_on)
+            contents=self._contents, opts=self._in_ns, depends_on=depends_on, ca_secret=self._trust.runtime_ca_secret)
 
     def _network_policies(self) -> None:
         """Nothing in; out only to the SuperNode's Runtime API (and the executor to the Kubernetes API, DNS)."""

@@ -74,9 +74,9 @@ def reaper_command(config: Mapping[str, Any], pending_timeout: int) -> list[str]
 
 
 def deployment_spec(*, federation: str, role: str, images: Images, runtime_address: str, reaper: Sequence[str],
-                    contents: kube.Contents) -> k8s.apps.v1.DeploymentSpecArgs:
-    """SuperExec dialling `runtime_address` over TLS, and the reaper running `reaper`; their
-    ServiceAccount and SuperExec's config are named `role`.
+                    contents: kube.Contents, ca_secret: str = naming.CA_SECRET) -> k8s.apps.v1.DeploymentSpecArgs:
+    """SuperExec dialling `runtime_address` over TLS (trusting the CA in Secret `ca_secret`), and the
+    reaper running `reaper`; their ServiceAccount and SuperExec's config are named `role`.
 
     SuperExec reads its executor config and the CA once at start, Python the reaper's script, so
     the pod template carries their digest (`contents` holds them): a changed config (a site's GPUs,
@@ -101,19 +101,19 @@ def deployment_spec(*, federation: str, role: str, images: Images, runtime_addre
         selector=k8s.meta.v1.LabelSelectorArgs(match_labels=kube.selector(federation, role)),
         template=kube.pod_template(kube.labels(federation, role), kube.pod_spec(images, [
             container, reaper_container], [
-            kube.secret_volume("ca", naming.CA_SECRET), kube.config_volume("executor", role),
+            kube.secret_volume("ca", ca_secret), kube.config_volume("executor", role),
             kube.config_volume("reaper", REAPER_CONFIG)], service_account=role), contents))
 
 
 def declare(prefix: str, *, meta: Callable[[str], k8s.meta.v1.ObjectMetaArgs], federation: str,
             namespace: str, images: Images, executor_role: str, task_role: str, config: Mapping[str, Any],
             runtime_address: str, pending_timeout: int, contents: kube.Contents, opts: pulumi.ResourceOptions,
-            depends_on: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
+            depends_on: Sequence[pulumi.Resource], ca_secret: str = naming.CA_SECRET) -> k8s.apps.v1.Deployment:
     """A SuperExec with what it needs: its and its task pods' ServiceAccounts, RBAC, executor config,
     and the reaper of its task pods that do not start within `pending_timeout` seconds.
 
     `meta(role)` gives the metadata of the object named `role` (each site labels its own objects);
-    `contents` the data of the namespace's Secrets (the CA) the SuperExec mounts.
+    `contents` the data of the namespace's Secrets (the CA, named `ca_secret`) the SuperExec mounts.
     """
     executor_sa = kube.service_account(f"{prefix}-executor-sa", meta(executor_role), images,
                                        automount=True, opts=opts)
@@ -129,6 +129,6 @@ def declare(prefix: str, *, meta: Callable[[str], k8s.meta.v1.ObjectMetaArgs], f
         depends_on=[*depends_on, executor_sa, task_sa, *rbac, config_map, reaper_map]))
     return k8s.apps.v1.Deployment(f"{prefix}-executor", metadata=meta(executor_role), spec=deployment_spec(
         federation=federation, role=executor_role, images=images, runtime_address=runtime_address,
-        reaper=reaper_command(config, pending_timeout),
+        reaper=reaper_command(config, pending_timeout), ca_secret=ca_secret,
         contents={**contents, kube.content_key("ConfigMap", executor_role): config_data,
                   kube.content_key("ConfigMap", REAPER_CONFIG): reaper_data}), opts=after)

@@ -11,6 +11,7 @@ This namespace holds no data: removing the site deletes it, and the key with it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -28,10 +29,25 @@ _FLWR_HOME = "/var/lib/flowerbed/flwr-home"
 _SIZING = kube.Sizing("100m", "256Mi", "1", "1Gi")
 
 
+@dataclass(frozen=True)
+class SiteTrust:
+    """The two CAs a site works with.
+
+    In one stack both are the federation CA. A consortium member's site stack has the federation
+    CA's certificate only (from the join bundle), not its key, so a CA of its own, in its own state,
+    signs its SuperNodes' Runtime API certificates; its executor and task pods trust that CA,
+    from the Secret `runtime_ca_secret` of the site's namespace.
+    """
+
+    federation_ca: pulumi.Input[str]  # PEM: the SuperNode verifies SuperLink's certificate with it
+    runtime_ca: CertificateAuthority  # signs the SuperNode's Runtime API certificate
+    runtime_ca_secret: str = naming.CA_SECRET
+
+
 def supernode_args(config: FederationConfig, site: SiteConfig) -> list[str]:
     tls = naming.TLS_DIR
     return [
-        "--superlink", f"{config.server.endpoint}:{config.server.public_port}",
+        "--superlink", config.fleet.address,
         "--root-certificates", f"{naming.CA_DIR}/ca.crt",
         "--auth-supernode-private-key", f"{_AUTH_DIR}/supernode.key",
         "--isolation", "process",
@@ -50,7 +66,7 @@ def runtime_address(site: SiteConfig) -> str:
     return naming.service_address(naming.SUPERNODE_SERVICE, site.supernode_namespace, naming.SUPERNODE_RUNTIME_PORT)
 
 
-def declare(prefix: str, *, config: FederationConfig, site: SiteConfig, ca: CertificateAuthority,
+def declare(prefix: str, *, config: FederationConfig, site: SiteConfig, trust: SiteTrust,
             key: SupernodeKey, clients: Sequence[str], parent: pulumi.Resource) -> list[pulumi.Resource]:
     """The SuperNode's namespace, Secrets, Deployment, Runtime API Service and NetworkPolicies.
 
@@ -69,13 +85,14 @@ def declare(prefix: str, *, config: FederationConfig, site: SiteConfig, ca: Cert
                               keep=(False, False), parent=parent)
     pki = config.pki
     runtime_cert = ServerCertificate(
-        f"{prefix}-runtime-certificate", ca=ca, dns_names=naming.supernode_runtime_names(namespace),
+        f"{prefix}-runtime-certificate", ca=trust.runtime_ca, dns_names=naming.supernode_runtime_names(namespace),
         validity_days=pki.validity_days, renew_before_days=pki.renew_before_days,
         opts=pulumi.ResourceOptions(parent=parent))
     data: dict[str, Mapping[str, pulumi.Input[str]]] = {
-        naming.CA_SECRET: {"ca.crt": ca.cert_pem},
+        naming.CA_SECRET: {"ca.crt": trust.federation_ca},
         AUTH_SECRET: {"supernode.key": key.private_openssh},
-        RUNTIME_TLS_SECRET: {"tls.crt": runtime_cert.cert_pem, "tls.key": runtime_cert.key_pem, "ca.crt": ca.cert_pem},
+        RUNTIME_TLS_SECRET: {"tls.crt": runtime_cert.cert_pem, "tls.key": runtime_cert.key_pem,
+                             "ca.crt": trust.runtime_ca.cert_pem},
     }
     secrets = [k8s.core.v1.Secret(f"{prefix}-{resource}", metadata=meta(name), string_data=data[name],
                                   type="kubernetes.io/tls" if name == RUNTIME_TLS_SECRET else None, opts=in_ns)
@@ -118,15 +135,15 @@ def declare(prefix: str, *, config: FederationConfig, site: SiteConfig, ca: Cert
 
 
 def fleet_flows(config: FederationConfig, site: SiteConfig) -> list[kube.Flow]:
-    """Where a SuperNode may connect: the server endpoint (its addresses, the public port).
+    """Where a SuperNode may connect: the fleet endpoint (its addresses, the public port).
 
-    On the server's own cluster kube-proxy rewrites a connection to the endpoint's node port or
+    On the server's own cluster (one-stack shape) kube-proxy rewrites a connection to the endpoint's node port or
     load-balancer address into one to the SuperLink pod's fleet listener before any policy sees it
     (NetworkPolicies apply to pod addresses, after Service translation), so there the SuperLink pods'
     fleet port is admitted too; kube-router refused the connection without it (tests/pods).
     """
-    flows = [kube.Flow(ports=(config.server.public_port,), cidrs=config.server.endpoint_cidrs)]
-    if site.cluster == config.server.cluster:
+    flows = [kube.Flow(ports=(config.fleet.port,), cidrs=config.fleet.cidrs)]
+    if config.server is not None and site.cluster == config.server.cluster:
         flows.append(kube.Flow(ports=(naming.FLEET_PORT,), pods=kube.selector(config.federation, naming.SUPERLINK),
                                namespace=config.server.namespace))
     return flows

@@ -28,6 +28,16 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 BIN = PYTHON.parent
 
 
+def relocate(args: Sequence[str], moves: dict[str, str]) -> list[str]:
+    """A pod's arguments for a local process: each `old` text in them (a path, an address, a port) becomes `new`."""
+    out = []
+    for arg in args:
+        for old, new in moves.items():
+            arg = arg.replace(old, new)
+        out.append(arg)
+    return out
+
+
 def _launched_pods(requests: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
     from flwr.supercore.constant import TaskType
     from flwr.supercore.superexec.executor.factory import _kubernetes_executor_config_from_mapping

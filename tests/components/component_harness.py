@@ -26,9 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DYNAMIC_PREFIX = "pulumi-python:dynamic/flowerbed:"
 
 
-def stack_raw_config(stack: str) -> dict[str, Any]:
+# The consortium example's stack files (make consortium): a hub and two hospital site stacks.
+EXAMPLE = ROOT / "examples" / "consortium"
+
+
+def stack_raw_config(stack: str, directory: Path = ROOT) -> dict[str, Any]:
     """A stack file's `flowerbed:*` values, as `pulumi.Config` would hand them to `parse`."""
-    config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    config = yaml.safe_load((directory / f"Pulumi.{stack}.yaml").read_text())["config"]
     return {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("flowerbed:")}
 
 
@@ -189,13 +193,15 @@ def run(program: Callable[[], Any], *, preview: bool = False, into: Deployment |
 
 
 def deploy(config: FederationConfig) -> Deployment:
-    """Declare the whole Federation for `config`; capture its resources and outputs."""
-    from components.federation import Federation, FederationArgs
+    """Declare the whole stack for `config` (its role's shape, as __main__.py does); capture its resources and
+    outputs."""
+    from components.consortium import SHAPES
+    from components.federation import FederationArgs
 
     outputs: dict[str, Any] = {}
 
     def program() -> Any:
-        federation = Federation(config.federation, FederationArgs(config=config))
+        federation = SHAPES[config.role](config.federation, FederationArgs(config=config))
         keys = sorted(federation.outputs)
         return pulumi.Output.all(*[federation.outputs[k] for k in keys]).apply(
             lambda values: outputs.update(dict(zip(keys, values))))

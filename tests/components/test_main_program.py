@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import runpy
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -12,7 +13,8 @@ import pytest
 from pulumi.runtime.config import set_all_config
 from pulumi.runtime.settings import get_root_resource
 
-from component_harness import ROOT, Deployment, dev_raw_config, run
+from component_harness import EXAMPLE, ROOT, Deployment, dev_raw_config, run, stack_raw_config
+from components import exchange, pki
 
 
 @pytest.fixture
@@ -65,5 +67,30 @@ def test_a_misspelt_top_level_key_stops_the_program_naming_it(stack_config: Any)
     declared = Deployment()
     with pytest.raises(pulumi.RunError,
                        match=r"^invalid stack configuration: dataSafty: unknown key; allowed keys are "):
+        run_main(into=declared)
+    assert declared.resources == []
+
+
+def test_a_hub_reads_its_members_from_the_project_directory_it_runs_in(
+        stack_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sites").mkdir()
+    key = pki.new_supernode_key().public_openssh
+    (tmp_path / "sites" / "hospital-a.yaml").write_text(exchange.join_request("consortium", "hospital-a", key, {}))
+    monkeypatch.chdir(tmp_path)  # the engine runs the program in the project directory
+    stack_config(stack_raw_config("hub", EXAMPLE))
+    declared, exported = run_main()
+    assert set(exported["members"]) == {"hospital-a"}
+    assert "federation: consortium" in exported["joinBundle"]
+    assert declared.one("ConfigMap", "supernode-public-keys", "consortium-server").inputs["data"] == {
+        "hospital-a.pub": key}
+
+
+def test_a_site_stack_given_a_server_stops_with_one_line_naming_the_field(stack_config: Any) -> None:
+    raw = stack_raw_config("hospital-a", EXAMPLE)
+    raw["server"] = {"cluster": "hospital-a", "endpoint": "fl.hospital-a.example.org"}
+    stack_config(raw)
+    declared = Deployment()
+    with pytest.raises(pulumi.RunError, match=r"^invalid stack configuration: server: not allowed in a site stack "
+                                              r"\(role: site\); [^\n]*$"):
         run_main(into=declared)
     assert declared.resources == []

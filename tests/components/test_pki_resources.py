@@ -91,6 +91,16 @@ def test_a_supernode_key_is_never_reissued_for_the_same_site() -> None:
     assert provider.diff("id", olds, {"site": "hospital-a", "__provider": "x"}).changes is False
 
 
+def test_a_new_key_version_rotates_the_key_and_version_1_is_the_key_made_before_versions() -> None:
+    provider = _SupernodeKeyProvider()
+    made_before_versions = provider.create({"site": "hospital-a"}).outs
+    assert provider.diff("id", made_before_versions, {"site": "hospital-a"}).replaces == []
+    assert provider.diff("id", made_before_versions, {"site": "hospital-a", "version": 2}).replaces == ["version"]
+    rotated = provider.create({"site": "hospital-a", "version": 2}).outs
+    assert rotated["public_openssh"] != made_before_versions["public_openssh"]
+    assert provider.diff("id", rotated, {"site": "hospital-a", "version": 2}).changes is False
+
+
 def test_output_placeholders_do_not_count_as_changes() -> None:
     provider = _SupernodeKeyProvider()
     olds = provider.create({"site": "hospital-a"}).outs

@@ -24,7 +24,7 @@ from components.config import parse
 from components.fleet_filter import nginx_conf
 from components.server import superlink_args
 from components.supernode import supernode_args
-from tests.flower import BIN, PYTHON
+from tests.flower import BIN, PYTHON, relocate
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
@@ -50,15 +50,6 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout:
                 break
             time.sleep(0.2)
     raise RuntimeError(f"port {port} never opened:\n{log.read_text()}")
-
-
-def _relocate(args: list[str], moves: dict[str, str]) -> list[str]:
-    out = []
-    for arg in args:
-        for old, new in moves.items():
-            arg = arg.replace(old, new)
-        out.append(arg)
-    return out
 
 
 @dataclass
@@ -103,7 +94,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
     running = Server(tmp, ports["fleet"], ports["control"], keys, [])
     try:
-        args = _relocate(superlink_args(), {
+        args = relocate(superlink_args(), {
             naming.TLS_DIR: str(tmp / "tls"), "/var/lib/flowerbed": str(tmp / "state"), "0.0.0.0": "127.0.0.1",
             str(naming.SUPERLINK_PORT): str(ports["superlink"])})
         superlink, log = running.start("superlink", [str(BIN / "flower-superlink"), *args],
@@ -122,10 +113,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 proc.wait()
 
 
-def _register(server: Server) -> subprocess.CompletedProcess[str]:
-    """The registration Job's command, relocated: this checkout's script, keys and CA, the control listener."""
-    argv = _relocate(registration.command(f"localhost:{server.control_port}"), {
-        "/etc/flowerbed/registry/": f"{registration.SCRIPT.parent}/", f"{naming.CA_DIR}/": f"{server.tmp}/tls/",
+def _register(server: Server, command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The registration Job's command (by default the one with keys), relocated: this checkout's script,
+    keys and CA, the control listener."""
+    argv = relocate(command or registration.command(f"localhost:{server.control_port}"), {
+        "/etc/flowerbed/registry": str(registration.SCRIPT.parent), f"{naming.CA_DIR}/": f"{server.tmp}/tls/",
         "/etc/flowerbed/supernode-keys": str(server.tmp / "keys")})
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "FLWR_HOME": str(server.tmp / "job-home")}
     done = subprocess.run([str(PYTHON), *argv[1:]], capture_output=True, text=True, env=env, timeout=120)
@@ -164,7 +156,7 @@ def test_a_registered_supernode_joins_through_the_fleet_listener(
     for name, text in (("ca.crt", runtime_ca.cert_pem), ("tls.crt", runtime.cert_pem), ("tls.key", runtime.key_pem)):
         (server.tmp / "rt" / name).write_text(text)
     endpoint = f"{config.server.endpoint}:{config.server.public_port}"
-    args = _relocate(supernode_args(config, site), {
+    args = relocate(supernode_args(config, site), {
         endpoint: f"localhost:{server.fleet_port}", f"{naming.CA_DIR}/": f"{server.tmp}/tls/",
         "/etc/flowerbed/auth/supernode.key": str(server.tmp / "lab-c.key"), f"{naming.TLS_DIR}/": f"{server.tmp}/rt/",
         "0.0.0.0": "127.0.0.1", str(naming.SUPERNODE_RUNTIME_PORT): str(_free_port())})
@@ -175,3 +167,16 @@ def test_a_registered_supernode_joins_through_the_fleet_listener(
         time.sleep(0.5)
     assert "SuperNode ID" in log.read_text(), log.read_text()
     assert "POST /v1/fleet/activate-node HTTP/1.1\" 200" in (server.tmp / "nginx.log").read_text()
+
+
+def test_the_job_of_a_hub_that_admits_nobody_unregisters_every_key(
+        server: Server, registrations: tuple[subprocess.CompletedProcess[str], ...]) -> None:
+    """Last in this module: it leaves no key registered."""
+    assert registrations[0].returncode == 0, registrations[0].stderr
+    nobody = registration.unregister_all_command(f"localhost:{server.control_port}")
+    done = _register(server, nobody)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(": ")[0] for line in done.stdout.splitlines()] == ["hospital-a", "lab-c"]
+    assert all(": unregistered node " in line for line in done.stdout.splitlines()), done.stdout
+    again = _register(server, nobody)
+    assert (again.returncode, again.stdout) == (0, ""), again.stderr

@@ -8,7 +8,6 @@ repository; the CLI and plugins come from the repository's .toolchain/bin.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,22 +16,14 @@ from typing import Any
 
 import yaml
 
-from tools.engine.offline import PROGRAM_VENV, REPO, Pulumi
+from tools.engine.offline import REPO, Pulumi, copy_program
 from tools.engine.stack import parse_urn
 
 STACK = "dev"
-PROGRAM_FILES = ("Pulumi.yaml", "__main__.py")
-PROGRAM_DIRS = ("components",)
 
 
 def copy_project(target: Path, stack: str = STACK) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    for name in (*PROGRAM_FILES, f"Pulumi.{stack}.yaml"):
-        shutil.copy2(REPO / name, target / name)
-    for name in PROGRAM_DIRS:
-        shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (target / PROGRAM_VENV).symlink_to((REPO / PROGRAM_VENV).resolve())
-    return target
+    return copy_program(target, [REPO / f"Pulumi.{stack}.yaml"])
 
 
 @dataclass(frozen=True)

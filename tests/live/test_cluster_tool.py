@@ -44,14 +44,16 @@ def test_gpu_sites_get_a_gpu_node_with_their_labels_and_taints_others_do_not() -
 
 def test_every_claim_the_program_makes_gets_two_volumes_of_its_class_and_size(tmp_path: Path) -> None:
     config = local_config()
-    assert sorted(cluster.claims_for(config, "hub")) == [("local", "10Gi"), ("local", "5Gi")]
-    assert cluster.claims_for(config, "hospitals") == [("local", "20Gi"), ("local", "20Gi")]
+    # The server's state and artifacts, and each site's study data and its ClientApp pods' state volume.
+    assert sorted(cluster.claims_for(config, "hub")) == [("local", "10Gi"), ("local", "1Gi"), ("local", "5Gi")]
+    assert cluster.claims_for(config, "hospitals") == [("local", "20Gi"), ("local", "1Gi"), ("local", "20Gi"),
+                                                       ("local", "1Gi")]
     objects = cluster.storage_for(config, "hub", ControlPlane("hub", tmp_path))
     classes = [o for o in objects if o["kind"] == "StorageClass"]
     assert [(c["metadata"]["name"], c["volumeBindingMode"]) for c in classes] == [("local", "Immediate")]
     assert classes[0]["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
     volumes = sorted(o["spec"]["capacity"]["storage"] for o in objects if o["kind"] == "PersistentVolume")
-    assert volumes == ["10Gi", "10Gi", "5Gi", "5Gi"]
+    assert volumes == ["10Gi", "10Gi", "1Gi", "1Gi", "5Gi", "5Gi"]
 
 
 def test_a_named_storage_class_is_created_beside_the_default(tmp_path: Path) -> None:
@@ -65,6 +67,23 @@ def test_a_named_storage_class_is_created_beside_the_default(tmp_path: Path) -> 
     assert sorted(o["metadata"]["name"] for o in objects if o["kind"] == "StorageClass") == ["fast", "local"]
     assert ("fast", "1Gi") in {(o["spec"]["storageClassName"], o["spec"]["capacity"]["storage"])
                                for o in objects if o["kind"] == "PersistentVolume"}
+
+
+def test_a_consortiums_hub_and_site_stacks_get_their_own_nodes_and_volumes(tmp_path: Path) -> None:
+    """One plane per party: the hub's holds the server's claims, a site stack's (no server) its site's."""
+    example = REPO / "examples" / "consortium"
+    configs = {}
+    for party in ("hub", "hospital-a"):
+        document = yaml.safe_load((example / f"Pulumi.{party}.yaml").read_text())
+        document["config"]["flowerbed:clusters"] = {name: {} for name in document["config"]["flowerbed:clusters"]}
+        (tmp_path / f"Pulumi.{party}.yaml").write_text(yaml.safe_dump(document))
+        configs[party] = cluster.LocalStack(tmp_path, party).config()
+    assert configs["hospital-a"].server is None
+    assert sorted(cluster.claims_for(configs["hub"], "coordinator")) == [("local", "10Gi"), ("local", "5Gi")]
+    assert cluster.claims_for(configs["hospital-a"], "hospital-a") == [("local", "20Gi"), ("local", "1Gi")]
+    assert [n["metadata"]["name"] for n in cluster.nodes_for(configs["hub"], "coordinator")] == ["kwok-coordinator-0"]
+    assert [n["metadata"]["name"] for n in cluster.nodes_for(configs["hospital-a"], "hospital-a")] == [
+        "kwok-hospital-a-0", "kwok-hospital-a-gpu-0"]
 
 
 def test_a_render_mode_stack_is_refused_naming_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:

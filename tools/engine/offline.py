@@ -7,6 +7,7 @@ throwaway copies of the project against the repository's .toolchain/bin.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,25 @@ REQUIRED_BINARIES = (
     "pulumi-resource-pulumi-python",
     "pulumi-resource-kubernetes",
 )
+
+
+# What a copy of the project needs to run the program: the project file, the program, its components.
+PROGRAM_FILES = ("Pulumi.yaml", "__main__.py")
+PROGRAM_DIRS = ("components",)
+
+
+def copy_program(target: Path, stack_files: Sequence[Path]) -> Path:
+    """A runnable copy of the program in `target` with these `Pulumi.<stack>.yaml` files, using this
+    checkout's program environment; its state stays in `target` (offline_env)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in (*(REPO / name for name in PROGRAM_FILES), *stack_files):
+        shutil.copy2(path, target / path.name)
+    for name in PROGRAM_DIRS:
+        shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    venv = target / PROGRAM_VENV
+    if not venv.exists():
+        venv.symlink_to((REPO / PROGRAM_VENV).resolve())
+    return target
 
 
 class ToolchainMissing(RuntimeError):

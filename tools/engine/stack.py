@@ -3,7 +3,9 @@
     tools/stack up|preview|destroy|diff <stack>
 
 `up` selects (or creates) the stack, runs `pulumi up --yes`, prints the stack
-outputs and a summary of what was rendered. `preview` runs the program once
+outputs and a summary of what was rendered; a consortium's stacks also leave the
+public files for the other parties in out/<stack>/ (the hub's join-bundle.yaml, a
+site stack's join/<site>.yaml). `preview` runs the program once
 (`pulumi preview --json`), saves that machine form to out/<stack>/preview.json and
 prints the human diff read from it (every step; changed properties with old and new
 values; diagnostics; the change summary).
@@ -30,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from components.exchange import BUNDLE_OUTPUT, REQUESTS_OUTPUT
 from tools.engine.kept import released, report
 from tools.engine.offline import REPO, Pulumi, ToolchainMissing, check_toolchain
 
@@ -49,9 +52,12 @@ def shown(path: Path) -> Path:
 
 
 def summary(render_root: Path, outputs: dict) -> str:
-    sites = outputs.get("sites", {})
-    lines = ["sites: " + ", ".join(f"{name} (cluster {site['cluster']}, namespace {site['namespace']})"
-                                   for name, site in sorted(sites.items()))]
+    if "members" in outputs:  # a consortium's hub: it deploys no site
+        lines = ["members admitted: " + (", ".join(f"{name} ({member['publicKeyFingerprint']}, {member['joinFile']})"
+                                                   for name, member in sorted(outputs["members"].items())) or "none")]
+    else:
+        lines = ["sites: " + ", ".join(f"{name} (cluster {site['cluster']}, namespace {site['namespace']})"
+                                       for name, site in sorted(outputs.get("sites", {}).items()))]
     manifests = rendered_manifests(render_root)
     kubeconfigs = sorted(render_root.glob("*.kubeconfig"))  # written by make cluster for a live stack
     if not manifests and kubeconfigs:
@@ -73,9 +79,30 @@ def summary(render_root: Path, outputs: dict) -> str:
     return "\n".join(lines)
 
 
-def state(pulumi: Pulumi) -> dict:
-    """The stack's deployment (`pulumi stack export`): what Pulumi manages right now."""
-    return json.loads(pulumi.run(["stack", "export"], capture=True).stdout).get("deployment") or {}
+def write_exchange(render_root: Path, outputs: dict) -> list[str]:
+    """A consortium stack's public files for the other parties, written under `render_root`: the hub's
+    join bundle, a site stack's join requests (components/exchange.py). One line per file written."""
+    written = []
+    if BUNDLE_OUTPUT in outputs:
+        path = render_root / "join-bundle.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(outputs[BUNDLE_OUTPUT])
+        written.append(f"join bundle: {shown(path)} (public: hand it to every member; its site stack reads it "
+                       "as flowerbed:bundle.file)")
+    for site, text in sorted(outputs.get(REQUESTS_OUTPUT, {}).items()):
+        path = render_root / "join" / f"{site}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(f"join request of {site}: {shown(path)} (public: the coordinator commits it into the "
+                       "hub's members directory)")
+    return written
+
+
+def state(pulumi: Pulumi, *, secrets: bool = False) -> dict:
+    """The stack's deployment (`pulumi stack export`, `--show-secrets` with `secrets`): what Pulumi manages
+    right now."""
+    exported = pulumi.run(["stack", "export", *(["--show-secrets"] if secrets else [])], capture=True).stdout
+    return json.loads(exported).get("deployment") or {}
 
 
 def print_released(before: dict, after: dict, render_root: Path) -> None:
@@ -96,7 +123,7 @@ def up(pulumi: Pulumi, render_root: Path) -> None:
     print("\nstack outputs:")
     print(json.dumps(outputs, indent=2, sort_keys=True))
     print()
-    print(summary(render_root, outputs))
+    print("\n".join([summary(render_root, outputs), *write_exchange(render_root, outputs)]))
 
 
 OP_SYMBOLS = {"create": "+", "update": "~", "delete": "-", "replace": "+-", "create-replacement": "++",

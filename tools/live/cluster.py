@@ -116,7 +116,8 @@ class LocalStack:
         if self.real_nodes() and isinstance(raw.get("images"), Mapping):
             raw["images"] = {"platform": _PENDING, "job": _PENDING, **raw["images"]}
         try:
-            return parse(raw)
+            # Only this stack's own config: a consortium site stack's join bundle is not needed to start its planes.
+            return parse(raw, self.project)
         except ConfigError as err:
             raise ClusterError(f"invalid stack configuration in {self.stack_file.name}: {err}") from None
 
@@ -160,7 +161,8 @@ def nodes_for(config: FederationConfig, cluster: str) -> list[dict]:
     for site in gpu_sites:
         labels.update(site.node_selector)
         taints.update({(t["key"], t["effect"]): t for t in taints_tolerated(site)})
-    server_gpus = config.server.cluster == cluster and config.server.server_app.gpus > 0
+    server = config.server  # None in a consortium's site stack
+    server_gpus = server is not None and server.cluster == cluster and server.server_app.gpus > 0
     if gpu_sites or server_gpus:
         nodes.append(kwok_node(f"kwok-{cluster}-gpu-0", labels, list(taints.values()), GPUS_PER_NODE))
     return nodes
@@ -170,11 +172,12 @@ def claims_for(config: FederationConfig, cluster: str) -> list[tuple[str, str]]:
     """(storage class, size) of every PersistentVolumeClaim the program makes in this cluster."""
     claims = []
     server = config.server
-    if server.cluster == cluster:
+    if server is not None and server.cluster == cluster:
         claims += [(s.storage_class or STORAGE_CLASS, s.size) for s in (server.state_storage, server.artifacts_storage)]
     for site in config.sites:
         if site.cluster == cluster:
             claims += [(d.storage_class or STORAGE_CLASS, d.size) for d in site.study_data if d.existing_claim is None]
+            claims.append((site.state_storage.storage_class or STORAGE_CLASS, site.state_storage.size))
     return claims
 
 
@@ -278,6 +281,9 @@ def _hand_over(stack: LocalStack, cluster: str, plane: ControlPlane) -> None:
 
 def up_real(stack: LocalStack, config: FederationConfig, binaries: build.Binaries) -> dict[str, ControlPlane]:
     """Planes with a real node each, on the stack's own bridge, running the stack's images."""
+    if config.server is None:
+        raise ClusterError(f"{stack.stack_file.name}: real nodes serve one-stack federations (role: federation); "
+                           "a consortium's hub and site stacks run on kwok planes (make consortium, tests/live)")
     gpu_sites = [f"sites[{i}].gpus" for i, site in enumerate(config.sites) if site.gpus > 0]
     if config.server.server_app.gpus > 0:
         gpu_sites.append("server.serverApp.gpus")
