@@ -11,7 +11,7 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy consortium images data run bench bench-learning bench-program bench-rounds clean bench-stragglers
+.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy consortium images data run bench bench-learning bench-program bench-rounds bench-pods clean bench-stragglers
 
 venv:
 	@tools/ensure-venv
@@ -25,9 +25,9 @@ venv-program:
 test: venv toolchain cluster-binaries
 	$(call pytest-both,)
 
-# Everything but the real Pulumi engine, the live control planes and the image builds (no Go build needed).
+# Everything but the real Pulumi engine, the live control planes, the image builds and real nodes (no Go build).
 test-fast: venv
-	$(call pytest-both,-m "not engine and not live and not images")
+	$(call pytest-both,-m "not engine and not live and not images and not pods")
 
 # APP=DIR runs any Flower App directory instead of training/; ARGS passes more options.
 federate: venv
@@ -42,7 +42,7 @@ cluster-binaries: venv
 
 # Local Kubernetes control planes (etcd, kube-apiserver, controllers, kwok) for STACK's clusters.
 cluster: venv toolchain
-	@tools/cluster up $(STACK)
+	@tools/cluster up $(STACK) $(if $(APP),--app $(abspath $(APP)))
 
 cluster-down: venv toolchain
 	@tools/cluster down $(STACK)
@@ -89,6 +89,10 @@ bench-program: venv-program toolchain
 bench-rounds: venv
 	@tools/ensure-venv bench-simulation
 	$(PY) -m bench.rounds $(ARGS)
+
+# The federation in real pods (make cluster STACK=pods) vs make federate, the same run config (bench/README.md).
+bench-pods: venv toolchain cluster-binaries
+	$(PY) -m bench.pods $(ARGS)
 
 # One slow site (k = 1, 4, 16): sync FedAvg waiting for all, with a round timeout, and FedBuff.
 bench-stragglers: venv

@@ -35,6 +35,8 @@ import yaml
 from components.config import ConfigError, FederationConfig, SiteConfig, parse
 from tools.engine.offline import REPO, Pulumi
 from tools.engine.stack import shown
+from tools.images import build as image_build
+from tools.images.settings import SettingError, Settings, flower_app
 from tools.live import build
 from tools.live.network import Network
 from tools.live.node import RealNode
@@ -241,8 +243,10 @@ def set_kubeconfig(stack: LocalStack, cluster: str, kubeconfig: str | None) -> N
     set_config(stack, f"clusters.{cluster}.kubeconfig", kubeconfig, secret=True)
 
 
-def up(stack: LocalStack) -> dict[str, ControlPlane]:
-    """Starts (or finds running) one plane per cluster of the stack; returns them by cluster name."""
+def up(stack: LocalStack, app: Path | None = None) -> dict[str, ControlPlane]:
+    """Starts (or finds running) one plane per cluster of the stack; returns them by cluster name.
+
+    `app`: real nodes only; the job image of this Flower App instead of the training app's."""
     config = stack.config()
     real = stack.real_nodes()
     if shutil.which("go") is None and (build.missing() or (real and build.missing(build.NODE_ENTRIES))):
@@ -250,7 +254,9 @@ def up(stack: LocalStack) -> dict[str, ControlPlane]:
                            "kube-proxy, CoreDNS, kube-router) from Go modules: install Go (1.25 or newer) and put it on PATH")
     binaries = build.ensure()
     if real:
-        return up_real(stack, config, binaries)
+        return up_real(stack, config, binaries, app)
+    if app is not None:
+        raise ClusterError(f"APP: kwok's nodes run no image; give APP to a stack with real nodes ({NODES_KEY}: real)")
     planes = {}
     for cluster in config.clusters:
         plane = stack.plane(cluster, binaries)
@@ -279,8 +285,10 @@ def _hand_over(stack: LocalStack, cluster: str, plane: ControlPlane) -> None:
     print(f"  logs: {shown(plane.root)}/*.log")
 
 
-def up_real(stack: LocalStack, config: FederationConfig, binaries: build.Binaries) -> dict[str, ControlPlane]:
-    """Planes with a real node each, on the stack's own bridge, running the stack's images."""
+def up_real(stack: LocalStack, config: FederationConfig, binaries: build.Binaries,
+            app: Path | None = None) -> dict[str, ControlPlane]:
+    """Planes with a real node each, on the stack's own bridge, running the stack's images (the job
+    image of `app`, if given, else of training/): built, served by a registry on the bridge, pulled."""
     if config.server is None:
         raise ClusterError(f"{stack.stack_file.name}: real nodes serve one-stack federations (role: federation); "
                            "a consortium's hub and site stacks run on kwok planes (make consortium, tests/live)")
@@ -291,9 +299,8 @@ def up_real(stack: LocalStack, config: FederationConfig, binaries: build.Binarie
         raise ClusterError(f"{stack.stack_file.name}: {gpu_sites[0]}: the real nodes of make cluster have no GPU; "
                            "set it to 0 (GPU scheduling is tested on kwok stacks)")
     node_binaries = build.ensure_node()
-    from tools.images import build as image_build  # the image builder only where real nodes need it
-    from tools.images.settings import Settings
-    built = image_build.build_with_buildah(Settings("localhost/flowerbed", "local", ("cuda",), None, False, "buildah"))
+    platform = image_build.build_with_buildah(Settings("localhost/flowerbed", "local", (), None, False, "buildah"))
+    job = image_build.build_with_buildah(Settings("localhost/flowerbed", "local", ("cuda",), app, False, "buildah"))
     network = stack.network()
     if network is None:
         taken = {n.slot for n in _running_networks(stack.project)}
@@ -304,8 +311,9 @@ def up_real(stack: LocalStack, config: FederationConfig, binaries: build.Binarie
     registry = Registry(network, stack.node_network_dir)
     registry.start()
     started = time.monotonic()
-    images = {"platform": registry.publish(built.platform, "flowerbed/platform"),
-              "job": registry.publish(built.jobs[0], "flowerbed/job")}
+    job_repository = job.jobs[0].rsplit("/", 1)[1].split(":")[0]  # job, or job-<app>
+    images = {"platform": registry.publish(platform.platform, "flowerbed/platform"),
+              "job": registry.publish(job.jobs[0], f"flowerbed/{job_repository}")}
     infra = registry.infra_images(node_binaries)
     print(f"images: {images['platform']}, {images['job']} in the registry on {network.registry} "
           f"({time.monotonic() - started:.0f} s)")
@@ -386,18 +394,20 @@ def status(stack: LocalStack) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    app = Path(argv.pop(argv.index("--app") + 1)).resolve() if "--app" in argv[:-1] else None
+    argv = [a for a in argv if a != "--app"]
     if len(argv) != 2 or argv[0] not in ("up", "down", "status"):
-        print("usage: tools/cluster up|down|status <stack>", file=sys.stderr)
+        print("usage: tools/cluster up|down|status <stack> [--app DIR]", file=sys.stderr)
         return 2
     stack = LocalStack(REPO, argv[1])
     try:
         if argv[0] == "up":
-            up(stack)
+            up(stack, flower_app(app) if app is not None else None)
         elif argv[0] == "down":
             down(stack)
         else:
             return 0 if status(stack) else 1
-    except (ClusterError, PlaneError) as err:
+    except (ClusterError, PlaneError, SettingError) as err:
         print(f"make cluster: {err}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as err:

@@ -24,16 +24,16 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from components import naming
-from federate.app import PER_RUN_ROOT_KEY, FlowerApp
-from federate.flwr_cli import FlwrCli
-from federate.job import RunFailed, follow, submit
-from federate.processes import Supervisor
+from federate.app import PER_RUN_ROOT_KEY, SHARED_DIR_KEY, FlowerApp
+from federate.flwr_cli import FlwrCli, FlwrCommandFailed
+from federate.job import COMPLETED, run_status, submit
+from federate.processes import without_colours
 from federate.progress import Progress
 from tools.engine.offline import REPO
 from tools.ops.deployment import Deployment, Kubectl, OpsError, require_real_nodes, volume_pod
@@ -48,25 +48,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortForward:
+    """`kubectl port-forward svc/superlink-control <port>:9093` on a fixed free local port, started again
+    whenever it has died: a port-forward ends with the pod it chose, e.g. when SuperLink restarts."""
+
+    def __init__(self, kubectl: Kubectl, namespace: str, log: Path) -> None:
+        self.kubectl, self.namespace, self.log = kubectl, namespace, log
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def ensure(self, timeout: float = 60) -> None:
+        """The forward is listening (started, or started again); OpsError if it cannot be within `timeout`."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log, "wb") as out:
+                self.process = subprocess.Popen(
+                    self.kubectl.argv("-n", self.namespace, "port-forward", f"svc/{naming.CONTROL_SERVICE}",
+                                      f"{self.port}:{naming.CONTROL_PORT}", "--address", "127.0.0.1"),
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            while self.process.poll() is None and b"Forwarding from" not in self.log.read_bytes():
+                time.sleep(0.1)
+            if self.process.poll() is None:
+                return
+            if time.monotonic() > deadline:  # e.g. no SuperLink pod running for a minute
+                raise OpsError(f"kubectl port-forward to {self.namespace}/{naming.CONTROL_SERVICE} failed: "
+                               f"{self.log.read_text(errors='replace').strip()[-300:]}")
+            time.sleep(2)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
 @contextmanager
-def port_forward(kubectl: Kubectl, namespace: str, log: Path) -> Iterator[int]:
-    """`kubectl port-forward svc/superlink-control <free port>:9093`; yields the local port."""
-    port = free_port()
-    with open(log, "wb") as out:
-        process = subprocess.Popen(kubectl.argv("-n", namespace, "port-forward", f"svc/{naming.CONTROL_SERVICE}",
-                                                f"{port}:{naming.CONTROL_PORT}", "--address", "127.0.0.1"),
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+def port_forward(kubectl: Kubectl, namespace: str, log: Path) -> Iterator[PortForward]:
+    forward = PortForward(kubectl, namespace, log)
+    forward.ensure()
     try:
-        deadline = time.monotonic() + 30
-        while b"Forwarding from" not in log.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise OpsError(f"kubectl port-forward to {namespace}/{naming.CONTROL_SERVICE} failed: "
-                               f"{log.read_text(errors='replace').strip()[-300:]}")
-            time.sleep(0.1)
-        yield port
+        yield forward
     finally:
-        process.terminate()
-        process.wait(10)
+        forward.close()
 
 
 class ArtifactsReader:
@@ -77,6 +101,9 @@ class ArtifactsReader:
 
     def _exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.kubectl.run("exec", self.pod, "-n", self.namespace, "--", *argv, check=check)
+
+    def make_directory(self, relative: str) -> None:
+        self._exec("mkdir", "-p", f"/volume/{relative}")
 
     def read(self, relative: str) -> str:
         result = self._exec("cat", f"/volume/{relative}", check=False)
@@ -105,37 +132,78 @@ def run(deployment: Deployment, app_dir: Path, overrides: dict[str, Any], timeou
     require_real_nodes(kubectl, config.server.cluster, "no ServerApp or ClientApp pod can run there")
     outputs = deployment.outputs()
     app = FlowerApp.load(app_dir)
+    if app.artifacts_key == SHARED_DIR_KEY and SHARED_DIR_KEY not in overrides:
+        # An app writing to one `artifacts-dir`: a directory of its own on the ServerApp pod's artifacts volume.
+        overrides = {**overrides, SHARED_DIR_KEY: f"{naming.ARTIFACTS_DIR}/{app.name}-{time.strftime('%Y%m%d-%H%M%S')}"}
+    # Such an app expects its directory to exist (as `make federate` makes it): made here, by the reader pod.
+    shared_dir = _under_artifacts(overrides.get(SHARED_DIR_KEY)) if app.artifacts_key == SHARED_DIR_KEY else None
     rounds = int({**app.run_config, **overrides}.get("num-server-rounds", 0))
     progress = Progress(rounds, [s.name for s in config.sites], sys.stdout)
     namespace = config.server.namespace
     with tempfile.TemporaryDirectory(prefix="flowerbed-run-") as tmp, \
-            Supervisor(Path(tmp) / "logs") as supervisor, \
-            port_forward(kubectl, namespace, Path(tmp) / "port-forward.log") as port, \
+            port_forward(kubectl, namespace, Path(tmp) / "port-forward.log") as forward, \
             volume_pod(kubectl, namespace, ARTIFACTS_CLAIM, config.images.platform, config.images.pull_secrets,
-                       read_only=True, role="artifacts-reader") as pod:
+                       read_only=shared_dir is None, role="artifacts-reader") as pod:
         ca = Path(tmp) / "ca.crt"
         ca.write_text(outputs["caCertificate"])
-        cli = FlwrCli.configure(Path(tmp) / "flwr-home", config.federation, f"localhost:{port}", ca)
-        progress.say(f"Control API of stack {stack} through kubectl port-forward on localhost:{port}; "
+        cli = FlwrCli.configure(Path(tmp) / "flwr-home", config.federation, f"localhost:{forward.port}", ca)
+        progress.say(f"Control API of stack {stack} through kubectl port-forward on localhost:{forward.port}; "
                      f"submitting {app.name}/ to {len(config.sites)} sites: {', '.join(s.name for s in config.sites)}")
+        reader = ArtifactsReader(kubectl, namespace, pod)
+        if shared_dir is not None:
+            reader.make_directory(shared_dir)
         run_id = submit(cli, app.directory, overrides, Path(tmp))
         results = out_root / stack / "runs" / run_id
         results.mkdir(parents=True, exist_ok=True)
-        reader = ArtifactsReader(kubectl, namespace, pod)
-        relative = run_id if app.artifacts_key == PER_RUN_ROOT_KEY else None
+        relative = run_id if app.artifacts_key == PER_RUN_ROOT_KEY else shared_dir
         progress.say(f"Run {run_id} submitted; results will be copied to {results}")
         report = _round_reporter(reader, relative, progress, rounds)
         try:
-            status = follow(cli, run_id, supervisor, report, timeout)
-        except RunFailed as err:
+            status = follow(cli, forward, run_id, report, timeout)
+        except OpsError as err:
             _fetch(reader, relative, results, progress)
-            raise OpsError(str(err)) from None
+            if (results / "checkpoints" / "latest.json").exists() and "resume" in app.run_config:
+                raise OpsError(f"{err}\nIts checkpoints are in {results / 'checkpoints'}; continue it with "
+                               f"make run STACK={stack} ARGS='-c resume={run_id}'") from None
+            raise
         copied = _fetch(reader, relative, results, progress)
     summary = results / "summary.json"
     final = json.loads(summary.read_text()) if summary.exists() else {}
     progress.say(f"Run {run_id}: {status['status']}; {', '.join(copied) or 'no artifacts'} in {results}"
                  + (f"; final accuracy {final['final_accuracy']:.4f}" if final.get("final_accuracy") is not None else ""))
     return run_id, results
+
+
+def follow(cli: FlwrCli, forward: PortForward, run_id: str, report: Callable[[], None],
+           timeout: float) -> dict[str, Any]:
+    """Waits until the run has finished, calling `report` as it goes; returns its status.
+
+    Asks the Control API for the run's status every few seconds rather than following a log stream:
+    a SuperLink restart ends every stream and port-forward (both are made again here), and the
+    run itself goes on (Flower 1.41: the ServerApp reconnects, the run's state is on the SuperLink's
+    volume). OpsError when the run ends other than completed, with the ServerApp's last log lines.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        report()
+        try:
+            forward.ensure()
+            status = run_status(cli, run_id)
+        except FlwrCommandFailed:
+            status = {"status": "unknown"}  # SuperLink restarting: ask again
+        if status["status"].startswith("finished"):
+            break
+        if time.monotonic() > deadline:
+            raise OpsError(f"run {run_id} did not finish within {timeout:.0f} s (its status: {status['status']})")
+        time.sleep(3)
+    report()
+    if status["status"] != COMPLETED:
+        logs = subprocess.run(cli.argv("log", run_id, cli.connection), env=cli.env(), capture_output=True, text=True,
+                              timeout=60).stdout
+        tail = "\n".join("    " + line for line in without_colours(logs).splitlines()[-30:])
+        raise OpsError(f"run {run_id} ended as {status['status']} ({status.get('status-details') or 'no details'}); "
+                       f"last ServerApp log lines:\n{tail}")
+    return status
 
 
 def _round_reporter(reader: ArtifactsReader, relative: str | None, progress: Progress, rounds: int):
@@ -156,10 +224,16 @@ def _round_reporter(reader: ArtifactsReader, relative: str | None, progress: Pro
     return report
 
 
+def _under_artifacts(directory: Any) -> str | None:
+    """`directory` relative to the artifacts volume, if it is on it."""
+    prefix = f"{naming.ARTIFACTS_DIR}/"
+    return directory[len(prefix):] if isinstance(directory, str) and directory.startswith(prefix) else None
+
+
 def _fetch(reader: ArtifactsReader, relative: str | None, results: Path, progress: Progress) -> list[str]:
     if relative is None:
-        progress.say("The app keeps no per-run artifacts directory (no `artifacts-root` in its run config): "
-                     "nothing to copy")
+        progress.say(f"The app keeps no artifacts on the volume at {naming.ARTIFACTS_DIR} (neither `artifacts-root` "
+                     "nor `artifacts-dir` in its run config): nothing to copy")
         return []
     return reader.copy(relative, results)
 
