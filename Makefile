@@ -11,7 +11,7 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy consortium images data run bench bench-learning bench-program bench-rounds bench-pods clean bench-stragglers
+.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy consortium images data run bench bench-learning bench-program bench-rounds bench-pods clean bench-stragglers test-images
 
 venv:
 	@tools/ensure-venv
@@ -20,10 +20,16 @@ venv:
 venv-program:
 	@tools/ensure-venv program
 
-# The whole suite. Engine tests need the Pulumi CLI and plugins, live tests the control-plane
-# binaries, so both are built (once, cached) first.
-test: venv toolchain cluster-binaries
-	$(call pytest-both,)
+# The whole suite. Engine tests need the Pulumi CLI and plugins, live and pods tests the control-plane
+# and node binaries, the image and pods tests the images: all built (once, cached) first, side by
+# side; then three pytest runs side by side (tools/test-suites).
+test: venv
+	@$(MAKE) --no-print-directory -j3 toolchain cluster-binaries test-images
+	@tools/test-suites
+
+# The images as the tests and make cluster use them (buildah; reused when unchanged).
+test-images:
+	@BUILDER=buildah REGISTRY=localhost/flowerbed TAG=local tools/build-images
 
 # Everything but the real Pulumi engine, the live control planes, the image builds and real nodes (no Go build).
 test-fast: venv
