@@ -1,4 +1,4 @@
-"""components/config.py: the dev stack parses; each config that cannot work names its field."""
+"""components/config/: the dev stack parses; each config that cannot work names its field."""
 
 from __future__ import annotations
 
