@@ -15,13 +15,13 @@ snake_case (`sites[].maxConcurrentTasks` is `SiteConfig.max_concurrent_tasks`, i
 | `sections.py` | `images`, `clusters` (and their `dns`), storage, `pki`, `dataSafety`, a site stack's `bundle` |
 | `fields.py` | the value types: DNS names, quantities, bounded integers, CIDRs, label maps |
 | `wording.py` | the one-line messages (`ConfigError`), and `Section`, the base of every model |
-| `files.py` | the project's files the config names |
+| `files.py` | stack files and the project's files the config names |
 
 What crosses between a consortium's stacks (join requests, the bundle) is read by
 components/exchange.py, whose models are built the same way.
 """
 
-from components.config.files import project_directory, yaml_file
+from components.config.files import flowerbed_values, project_directory, stack_file, yaml_file
 from components.config.sections import (BundleSource, ClusterConfig, DataSafety, DnsConfig, Images, PkiConfig,
                                         Resources, Storage)
 from components.config.sites import FleetEndpoint, NamespaceRef, ServerConfig, SiteConfig, StudyData
@@ -30,4 +30,5 @@ from components.config.wording import ConfigError
 
 __all__ = ["BundleSource", "ClusterConfig", "ConfigError", "DataSafety", "DnsConfig", "FederationConfig",
            "FleetEndpoint", "Images", "NamespaceRef", "PkiConfig", "Resources", "ServerConfig", "SiteConfig",
-           "Storage", "StudyData", "load", "parse", "project_directory", "yaml_file"]
+           "Storage", "StudyData", "flowerbed_values", "load", "parse", "project_directory", "stack_file",
+           "yaml_file"]
