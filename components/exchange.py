@@ -15,26 +15,26 @@ certificate (the hub stack's `joinBundle` output; `make up` writes out/<stack>/j
 which a site stack reads from a file of its project or from the hub stack (`bundle: {stack: ...}`,
 when both stacks share a backend).
 
-Reading is validation: every file is checked the way the stack config is (components/config.py),
+Reading is validation: every file is a model built the way the stack config's are (components/config/),
 and a bad one stops `preview` with one line naming the file and the field.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (AfterValidator, PrivateAttr, TypeAdapter, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from components import pki
-from components.config import (AdmittedSite, BundleSource, ConfigError, FederationConfig, FleetEndpoint, JoinBundle,
-                               _cidrs, _dns_label, _dns_name, _fail, _integer, _mapping, _string, _string_map,
-                               project_directory, yaml_file)
+from components.config import ConfigError, FederationConfig, FleetEndpoint, project_directory, yaml_file
+from components.config.fields import Cidrs, DnsLabel, DnsName, Integer, StringMap, Text, not_a_dns_label
+from components.config.wording import Invalid, Section, one_line, refused
 
-JOIN_REQUEST_KEYS = ("federation", "name", "publicKey", "contact")
-BUNDLE_KEYS = ("federation", "endpoint", "publicPort", "endpointCidrs", "caCertificate")
 # The output a hub stack publishes its bundle as, and the one a site stack publishes its requests as.
 BUNDLE_OUTPUT = "joinBundle"
 REQUESTS_OUTPUT = "joinRequests"
@@ -71,18 +71,90 @@ def join_bundle(federation: str, fleet: FleetEndpoint, ca_certificate: str) -> s
             + yaml.dump(document, Dumper=_Dumper, sort_keys=False))
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What a join file is read against (the validation context): this stack's federation, the file (or
+    stack output) it comes from, and the config key that names it (`bundle.file`; none for a join request)."""
+
+    federation: str
+    source: str
+    config_key: str = ""
+
+
+class AdmittedSite(Section):
+    """A site a hub admits: a join request as the site stack wrote it (`join_request`), from the file `source`."""
+
+    federation: Any  # the hub's own; checked below
+    name: Any  # a DNS label, checked after the key: a file whose key is not one says that first
+    public_key: Annotated[Text, AfterValidator(pki.supernode_public_key)]  # one line, as Flower registers it
+    contact: StringMap = {}
+    _source: str = PrivateAttr("")
+
+    @field_validator("federation")
+    @classmethod
+    def _this_federation(cls, federation: Any, info: ValidationInfo) -> str:
+        hub = info.context.federation
+        if federation != hub:
+            raise refused(federation, f"{hub} (this hub's federation): the site asked to join another federation")
+        return hub
+
+    @model_validator(mode="after")
+    def _named(self, info: ValidationInfo) -> AdmittedSite:
+        try:
+            _DNS_LABEL.validate_python(self.name)
+        except ValidationError:
+            raise Invalid(not_a_dns_label(self.name), at="name") from None
+        self._source = info.context.source
+        return self
+
+    @property
+    def source(self) -> str:
+        """The join file it was read from, for messages and the hub's `members` output."""
+        return self._source
+
+
+_DNS_LABEL = TypeAdapter(DnsLabel)
+
+
+class JoinBundle(Section):
+    """What a site stack trusts the federation by: the hub's public material (`join_bundle`), from `source`."""
+
+    federation: DnsLabel
+    endpoint: DnsName
+    public_port: Integer(1, 65535) = 443
+    endpoint_cidrs: Cidrs = ("0.0.0.0/0",)
+    ca_certificate: Annotated[Text, AfterValidator(pki.ca_certificate)]  # PEM of the federation CA, no key
+    _source: str = PrivateAttr("")
+
+    @field_validator("federation")
+    @classmethod
+    def _this_federation(cls, bundled: str, info: ValidationInfo) -> str:
+        reading: Reading = info.context
+        if bundled != reading.federation:
+            raise ConfigError(f"{reading.config_key}: {reading.source} is the join bundle of federation {bundled!r}; "
+                              f"this site stack's federation is {reading.federation!r} (flowerbed:federation)")
+        return bundled
+
+    @model_validator(mode="after")
+    def _from(self, info: ValidationInfo) -> JoinBundle:
+        self._source = info.context.source
+        return self
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def fleet(self) -> FleetEndpoint:
+        return FleetEndpoint(self.endpoint, self.public_port, self.endpoint_cidrs)
+
+
 def admitted_site(document: Any, source: str, federation: str) -> AdmittedSite:
     """One join request, validated; `source` names the file in messages."""
-    entry = _mapping(document, source, JOIN_REQUEST_KEYS, ("federation", "name", "publicKey"))
-    if entry["federation"] != federation:
-        raise _fail(f"{source}.federation", entry["federation"],
-                    f"{federation} (this hub's federation): the site asked to join another federation")
     try:
-        public_key = pki.supernode_public_key(_string(entry["publicKey"], f"{source}.publicKey"))
-    except ValueError as err:
-        raise ConfigError(f"{source}.publicKey: {err}") from None
-    return AdmittedSite(name=_dns_label(entry["name"], f"{source}.name"), public_key=public_key,
-                        contact=_string_map(entry.get("contact", {}), f"{source}.contact"), source=source)
+        return AdmittedSite.model_validate(document, context=Reading(federation, source))
+    except ValidationError as err:
+        raise one_line(err, source) from None
 
 
 def read_members(config: FederationConfig, project: Path) -> tuple[AdmittedSite, ...]:
@@ -110,20 +182,10 @@ def read_members(config: FederationConfig, project: Path) -> tuple[AdmittedSite,
 
 def bundle(document: Any, source: str, field: str, federation: str) -> JoinBundle:
     """A join bundle, validated: `source` names where it came from, `field` the config key that named it."""
-    entry = _mapping(document, source, BUNDLE_KEYS, ("federation", "endpoint", "caCertificate"))
-    bundled = _dns_label(entry["federation"], f"{source}.federation")
-    if bundled != federation:
-        raise ConfigError(f"{field}: {source} is the join bundle of federation {bundled!r}; this site stack's "
-                          f"federation is {federation!r} (flowerbed:federation)")
     try:
-        ca_certificate = pki.ca_certificate(_string(entry["caCertificate"], f"{source}.caCertificate"))
-    except ValueError as err:
-        raise ConfigError(f"{source}.caCertificate: {err}") from None
-    fleet = FleetEndpoint(
-        host=_dns_name(entry["endpoint"], f"{source}.endpoint"),
-        port=_integer(entry.get("publicPort", 443), f"{source}.publicPort", 1, 65535),
-        cidrs=_cidrs(entry.get("endpointCidrs", ["0.0.0.0/0"]), f"{source}.endpointCidrs"))
-    return JoinBundle(federation=bundled, fleet=fleet, ca_certificate=ca_certificate, source=source)
+        return JoinBundle.model_validate(document, context=Reading(federation, source, field))
+    except ValidationError as err:
+        raise one_line(err, source) from None
 
 
 StackOutputs = Callable[[str], Mapping[str, Any]]
@@ -170,7 +232,7 @@ def stack_outputs(name: str) -> Mapping[str, Any]:
 def resolve(config: FederationConfig, project: Path, outputs: StackOutputs = stack_outputs) -> FederationConfig:
     """`config` with what the other parties published read in: a hub's members, a site stack's bundle."""
     if config.role == "hub":
-        return replace(config, members=read_members(config, project))
+        return config.with_published(members=read_members(config, project))
     if config.role == "site":
-        return replace(config, bundle=read_bundle(config, project, outputs))
+        return config.with_published(bundle=read_bundle(config, project, outputs))
     return config

@@ -1,4 +1,4 @@
-"""A consortium's stack shapes and what crosses between them (components/config.py, components/exchange.py).
+"""A consortium's stack shapes and what crosses between them (components/config/, components/exchange.py).
 
 The example's hub and site stack files parse; every config, join file and bundle that cannot work
 stops with one line naming the field (or the file) and what is allowed.

@@ -1,15 +1,16 @@
-"""components/config.py: the dev stack parses; each config that cannot work names its field."""
+"""components/config/: the dev stack parses; each config that cannot work names its field."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from component_harness import dev_raw_config
-from components.config import ConfigError, parse
+from component_harness import ROOT, dev_raw_config
+from components.config import ConfigError, flowerbed_values, parse, stack_file
 
 Raw = dict[str, Any]
 
@@ -166,3 +167,17 @@ def test_a_namespace_may_be_an_existing_one_the_program_does_not_own() -> None:
     assert [(s.namespace, s.existing_namespace) for s in config.sites] == [
         ("pacs", True), ("radiology", False), ("demo-lab-c", False)]
     assert (config.server.namespace, config.server.existing_namespace) == ("fl-server", False)
+
+
+def test_a_stack_file_is_read_as_the_engine_hands_it_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    """What tools read without the engine (make cluster; a stack file may be gone after `pulumi stack rm`)."""
+    config = stack_file(ROOT / "Pulumi.dev.yaml")
+    assert config["pulumi:disable-default-providers"] == ["kubernetes"]
+    assert flowerbed_values(config) == dev_raw_config()
+    with pytest.raises(ConfigError, match=r"^Pulumi\.gone\.yaml: no such stack file in .*`pulumi stack rm` deletes it"):
+        stack_file(tmp_path / "Pulumi.gone.yaml")
+    (tmp_path / "Pulumi.list.yaml").write_text("- config\n")
+    with pytest.raises(ConfigError, match=r"^Pulumi\.list\.yaml: not a stack file \(expected a mapping with a config:"):
+        stack_file(tmp_path / "Pulumi.list.yaml")
+    (tmp_path / "Pulumi.empty.yaml").write_text("")
+    assert stack_file(tmp_path / "Pulumi.empty.yaml") == {}

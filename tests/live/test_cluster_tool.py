@@ -124,3 +124,14 @@ def test_free_ports_are_distinct() -> None:
     ports = Ports.free()
     numbers = [value for value in vars(ports).values() if isinstance(value, int)]
     assert len(set(numbers)) == len(numbers) == 6
+
+
+def test_a_missing_or_broken_stack_file_is_one_line_naming_it(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert cluster.main(["up", "no-such-stack"]) == 1  # `pulumi stack rm` deletes the file
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"make cluster: Pulumi.no-such-stack.yaml: no such stack file in {REPO} (`pulumi stack init` and `pulumi "
+        "config set` make one; `pulumi stack rm` deletes it)"]
+    (tmp_path / "Pulumi.broken.yaml").write_text("config:\n  flowerbed:sites: [unclosed\n")
+    with pytest.raises(cluster.ClusterError, match=r"^Pulumi\.broken\.yaml: cannot be read as YAML \(while parsing"):
+        cluster.LocalStack(tmp_path, "broken").config()

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from components.config import ConfigError, FederationConfig, SiteConfig, parse
+from components.config import ConfigError, FederationConfig, SiteConfig, flowerbed_values, parse, stack_file
 from tools.engine.offline import REPO, Pulumi
 from tools.engine.stack import shown
 from tools.images import build as image_build
@@ -85,17 +84,18 @@ class LocalStack:
         """Real nodes: the stack's bridge plan (network.json) and its registry's files."""
         return self.out / "node-network"
 
-    def _document(self) -> dict[str, Any]:
-        if not self.stack_file.exists():
-            raise ClusterError(f"no stack file {self.stack_file.name} in {self.project}")
-        return yaml.safe_load(self.stack_file.read_text()) or {}
+    def _config(self) -> dict[str, Any]:
+        """The stack file's `config:`, every namespace's keys; a missing or broken file is one line naming it."""
+        try:
+            return stack_file(self.stack_file)
+        except ConfigError as err:
+            raise ClusterError(str(err)) from None
 
     def raw_config(self) -> dict[str, Any]:
-        return {key[len(PREFIX):]: value for key, value in (self._document().get("config") or {}).items()
-                if key.startswith(PREFIX)}
+        return flowerbed_values(self._config())
 
     def real_nodes(self) -> bool:
-        kind = (self._document().get("config") or {}).get(NODES_KEY, "kwok")
+        kind = self._config().get(NODES_KEY, "kwok")
         if kind not in NODE_KINDS:
             raise ClusterError(f"{self.stack_file.name}: {NODES_KEY}: {kind!r} is not one of {', '.join(NODE_KINDS)}")
         return kind == "real"
