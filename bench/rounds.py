@@ -42,7 +42,7 @@ from federate.__main__ import parse_args, resolve_sites
 from federate.app import FlowerApp
 from federate.flwr_cli import flower_env
 from federate.run_config import run_overrides
-from flowerbed_training import round_log  # importable once federate has put training/ on the path
+from flowerbed_training.server import round_log  # importable once federate has put training/ on the path
 
 from .table import fmt, print_table, ratio
 

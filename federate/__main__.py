@@ -20,7 +20,7 @@ from federate.job import LineFollower, MetricsFollower, RunFailed, effective_run
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress
-from flowerbed_training.report import Summary, summarize, write_report
+from flowerbed_training.server.report import Summary, summarize, write_report
 from federate.run_config import DEFAULT_ROUND_TIMEOUT_S, DP_MODES, run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
 
@@ -147,8 +147,7 @@ def federate(args: argparse.Namespace) -> Summary:
     app = FlowerApp.load(args.app)
     overrides = run_overrides(args, sites, app)
     run_config = effective_run_config(app, overrides)
-    if app.is_training:
-        validate_training_run_config(app, run_config)
+    checked = validate_training_run_config(app, run_config) if app.is_training else None
     names = [site.name for site in sites]
     rounds = int(run_config.get("num-server-rounds", 0))
     progress = Progress(rounds, names, sys.stdout)
@@ -180,7 +179,8 @@ def federate(args: argparse.Namespace) -> Summary:
     summary = summarize(
         run_id=run_id, app_dir=app.directory, run_config=run_config, sites=names, rounds=rounds_log, baseline=baseline,
         seconds={"startup": startup, "training": training_seconds, "total": total.seconds()}, run_status=status,
-        out_dir=results, left_out=notes, logs=args.out_dir / "logs",
+        out_dir=results, protections=checked.protections if checked else (), left_out=notes,
+        logs=args.out_dir / "logs",
     )
     write_report(summary, rounds_log, results)  # training/: replaces the ServerApp's own, adding the baseline
     written = [name for name in OUTPUTS if (results / name).exists()]
@@ -198,10 +198,10 @@ def describe_job(app: FlowerApp, run_config: dict[str, Any]) -> str:
 
 def centralized_baseline(run_config: dict[str, Any], sites: int, progress: Progress) -> dict[str, float] | None:
     """The app's own baseline (built-in data only): the same model trained on exactly what the
-    `sites` sites train on, pooled (task.pooled_training_data), as bench/ compares against."""
-    from flowerbed_training.data import DataError
-    from flowerbed_training.run_config import RunConfig
-    from flowerbed_training.task import centralized_baseline as train_pooled
+    `sites` sites train on, pooled (baseline.pooled_training_data), as bench/ compares against."""
+    from flowerbed_training.common.baseline import centralized_baseline as train_pooled
+    from flowerbed_training.common.data import DataError
+    from flowerbed_training.common.run_config import RunConfig
 
     try:
         return train_pooled(RunConfig.parse(run_config), sites=sites)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.common.config import parse_config_args
 
 from federate.app import FlowerApp
 from federate.job import RunFailed
 from federate.sites import Site
+
+if TYPE_CHECKING:
+    from flowerbed_training.common.run_config import RunConfig
 
 # --dp: the training app's privacy keys (training/README.md).
 DP_MODES = {
@@ -62,11 +65,11 @@ def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app: FlowerAp
     return overrides
 
 
-def validate_training_run_config(app: FlowerApp, run_config: dict[str, Any]) -> None:
+def validate_training_run_config(app: FlowerApp, run_config: dict[str, Any]) -> RunConfig:
     """The training app's own validation, before any process starts (errors name the key)."""
     if str(app.directory) not in sys.path:
         sys.path.insert(0, str(app.directory))  # the app's own modules, as its ServerApp imports them
-    from flowerbed_training.run_config import RunConfig
+    from flowerbed_training.common.run_config import RunConfig
 
     # Otherwise a bad value would only surface as the ServerApp's failure or error replies from the sites.
-    RunConfig.parse(run_config)
+    return RunConfig.parse(run_config)

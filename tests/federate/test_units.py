@@ -21,7 +21,7 @@ from federate.job import MetricsFollower, RunFailed, effective_run_config
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress, round_line
-from flowerbed_training.report import per_site, plot_report, summarize
+from flowerbed_training.server.report import per_site, plot_report, summarize
 from federate.run_config import run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
 from tests.federate.apps import legacy_app, message_api_app
@@ -171,7 +171,6 @@ def test_sites_evaluate_study_data_themselves(tmp_path: Path) -> None:
     ({"strategy": "fedbuff", "central-dp": "server"},
      "run config central-dp: 'server' must be 'off' with strategy 'fedbuff'"),
     ({"strategy": "fedbuff", "async-staleness": "linear"}, "run config async-staleness: 'linear' must be one of"),
-    ({"bench-train-seconds": "lab-c"}, "run config bench-train-seconds: 'lab-c' must be SITE=SECONDS"),
 ])
 def test_a_bad_run_config_fails_before_any_process_starts(override: dict, message: str) -> None:
     config = effective_run_config(TRAINING, override)
@@ -257,7 +256,7 @@ def test_make_federate_passes_app_and_args_to_the_module() -> None:
 
 def test_the_baseline_pools_exactly_what_the_federations_sites_train_on(monkeypatch: pytest.MonkeyPatch) -> None:
     from federate.__main__ import centralized_baseline
-    from flowerbed_training import task
+    from flowerbed_training.common import baseline
 
     asked: list[int | None] = []
 
@@ -265,7 +264,7 @@ def test_the_baseline_pools_exactly_what_the_federations_sites_train_on(monkeypa
         asked.append(sites)
         return {"accuracy": 0.9}
 
-    monkeypatch.setattr(task, "centralized_baseline", pooled)
+    monkeypatch.setattr(baseline, "centralized_baseline", pooled)
     progress = Progress(1, ["a", "b", "c"], io.StringIO())
     run_config = dict(get_fused_config_from_dir(REPO / "training", {}))
     assert centralized_baseline(run_config, 3, progress) == {"accuracy": 0.9}
