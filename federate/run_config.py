@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from click import ClickException
 from flwr.common.config import parse_config_args
 
 from federate.app import FlowerApp
@@ -55,13 +57,38 @@ def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app: FlowerAp
         overrides["min-available-sites"] = len(sites)
         overrides["round-timeout"] = DEFAULT_ROUND_TIMEOUT_S
     overrides.update({key: value for _, key, value in options})
-    overrides.update(parse_config_args(args.run_config) if args.run_config else {})
+    overrides.update(config_arguments(args.run_config))
     dataset = str(overrides.get("dataset", app.run_config.get("dataset", "")))
     if app.is_training and dataset.startswith("builtin:") and "fraction-evaluate" not in overrides:
         # Built-in data: the ServerApp scores every round on the global held-out test set
         # already. Flower starts a ClientApp process per message, so skipping the sites'
         # own evaluation halves each round's start-ups (-c fraction-evaluate=1.0 restores it).
         overrides["fraction-evaluate"] = 0.0
+    return overrides
+
+
+def config_arguments(entries: Sequence[str]) -> dict[str, Any]:
+    """The `-c` values, read as `flwr run --run-config` reads them (Flower's parse_config_args): KEY=VALUE
+    pairs of TOML values, or a .toml file. ValueError naming the entry where Flower would fail with its
+    own exception (a value that is not TOML, such as an unquoted string) or silently drop a pair (no `=`,
+    no value)."""
+    overrides: dict[str, Any] = {}
+    for entry in entries:
+        hint = f"-c {entry}: expected KEY=VALUE pairs of TOML values (a string needs quotes: -c 'strategy=\"fedprox\"')"
+        if entry.endswith(".toml"):  # a file of values, as flwr takes it
+            try:
+                overrides.update(parse_config_args([entry]))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"-c {entry}: cannot be read as a TOML file ({err})") from None
+            continue
+        try:
+            pairs = shlex.split(entry)
+            parsed = parse_config_args([entry])
+        except (ValueError, ClickException):
+            raise ValueError(hint) from None
+        if len(parsed) != len(pairs):
+            raise ValueError(hint)
+        overrides.update(parsed)
     return overrides
 
 
