@@ -20,6 +20,7 @@ from federate.job import LineFollower, MetricsFollower, RunFailed, effective_run
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress
+from flowerbed_training.common.run_config import RunConfig
 from flowerbed_training.server.report import Summary, summarize, write_report
 from federate.run_config import DEFAULT_ROUND_TIMEOUT_S, DP_MODES, run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
@@ -203,16 +204,23 @@ def federate(args: argparse.Namespace) -> Summary:
         baseline = centralized_baseline(run_config, len(names), progress)
     rounds_log = MetricsFollower(results / "metrics.jsonl").new_rounds() if app.reports_metrics else []
     summary = summarize(
-        run_id=run_id, app_dir=app.directory, run_config=run_config, sites=names, rounds=rounds_log, baseline=baseline,
+        run_id=run_id, app_dir=app.directory, sites=names, rounds=rounds_log, baseline=baseline,
         seconds={"startup": startup, "training": training_seconds, "total": total.seconds()}, run_status=status,
-        out_dir=results, protections=checked.protections if checked else (), left_out=notes,
-        logs=args.out_dir / "logs",
+        out_dir=results, left_out=notes, logs=args.out_dir / "logs", **report_labels(checked, run_config),
     )
     write_report(summary, rounds_log, results)  # training/: replaces the ServerApp's own, adding the baseline
     written = [name for name in OUTPUTS if (results / name).exists()]
     progress.say(f"Wrote {results}/{', '.join(written)} and {args.out_dir}/logs/")
     progress.say(summary.final_line())
     return summary
+
+
+def report_labels(checked: RunConfig | None, run_config: dict[str, Any]) -> dict[str, Any]:
+    """What the report says the run was: training/'s RunConfig, or another app's own `strategy` and
+    `dataset` keys if it has such (shown as they are; no protections)."""
+    if checked is not None:
+        return {"strategy": checked.strategy, "dataset": checked.dataset, "protections": checked.protections}
+    return {"strategy": run_config.get("strategy"), "dataset": run_config.get("dataset")}
 
 
 def describe_job(app: FlowerApp, run_config: dict[str, Any]) -> str:

@@ -131,10 +131,10 @@ def test_per_site_summary_counts_rounds_and_keeps_the_last_epsilon() -> None:
 
 def test_the_summary_keeps_the_central_dp_epsilon_of_the_last_round(tmp_path: Path) -> None:
     rounds = [{"round": r, "central_epsilon": eps} for r, eps in ((1, 4.7), (2, 6.9))]
-    summary = summarize(run_id="8", app_dir=tmp_path, run_config={}, sites=[], rounds=rounds, baseline=None,
+    summary = summarize(run_id="8", app_dir=tmp_path, sites=[], rounds=rounds, baseline=None,
                         seconds={"total": 1.0}, run_status={}, out_dir=tmp_path)
     assert summary.central_epsilon == 6.9
-    assert summarize(run_id="8", app_dir=tmp_path, run_config={}, sites=[], rounds=[{"round": 1}], baseline=None,
+    assert summarize(run_id="8", app_dir=tmp_path, sites=[], rounds=[{"round": 1}], baseline=None,
                      seconds={"total": 1.0}, run_status={}, out_dir=tmp_path).central_epsilon is None
 
 
@@ -145,7 +145,7 @@ def test_summary_and_report_for_study_data_have_no_baseline(tmp_path: Path) -> N
         for r in (1, 2, 3)
     ]
     summary = summarize(
-        run_id="7", app_dir=tmp_path, run_config={"strategy": "fedavg", "dataset": "default/tabular"},
+        run_id="7", app_dir=tmp_path, strategy="fedavg", dataset="default/tabular",
         sites=["a", "b"], rounds=rounds, baseline=None, seconds={"total": 12.345},
         run_status={"status": "finished:completed", "network-traffic": {"inbound-bytes": 30, "outbound-bytes": 75}},
         out_dir=tmp_path,
@@ -226,7 +226,7 @@ def test_a_round_line_without_sites_does_not_guess_who_answered() -> None:
 
 
 def test_the_summary_of_an_app_without_metrics_says_what_was_left_out(tmp_path: Path, legacy: FlowerApp) -> None:
-    summary = summarize(run_id="9", app_dir=legacy.directory, run_config=legacy.run_config, sites=["a", "b"],
+    summary = summarize(run_id="9", app_dir=legacy.directory, sites=["a", "b"],
                         rounds=[], baseline=None, seconds={"total": 40.2},
                         run_status={"status": "finished:completed"}, out_dir=tmp_path, left_out=left_out(legacy),
                         logs=tmp_path / "logs")

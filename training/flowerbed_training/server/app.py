@@ -115,8 +115,8 @@ def write_report(directory: Path, context: Context, config: RunConfig, federatio
     from flowerbed_training.server import report  # matplotlib: loaded once, at the end of the run
 
     rounds = read_metrics(directory)
-    summary = report.summarize(run_id=str(context.run_id), app_dir=APP_DIR, run_config=context.run_config,
-                               sites=sorted(federation.examples), rounds=rounds, baseline=None,
-                               seconds={"total": seconds}, run_status={"status": status}, out_dir=directory,
-                               protections=config.protections)
+    summary = report.summarize(run_id=str(context.run_id), app_dir=APP_DIR, sites=sorted(federation.examples),
+                               rounds=rounds, baseline=None, seconds={"total": seconds},
+                               run_status={"status": status}, out_dir=directory, strategy=config.strategy,
+                               dataset=config.dataset, protections=config.protections)
     report.write_report(summary, rounds, directory)

@@ -32,10 +32,6 @@ class SiteNames:
             self._known[node_id] = str(stated)
         return self._known.get(node_id, f"node-{node_id}")
 
-    @property
-    def known(self) -> dict[int, str]:
-        return dict(self._known)
-
 
 @dataclass(frozen=True)
 class SiteReply:

@@ -96,28 +96,30 @@ def summarize(
     *,
     run_id: str,
     app_dir: Path,
-    run_config: Mapping[str, Any],
     sites: Sequence[str],
     rounds: Sequence[Mapping[str, Any]],
     baseline: Mapping[str, float] | None,
     seconds: dict[str, float],
     run_status: Mapping[str, Any],
     out_dir: Path,
+    strategy: str | None = None,
+    dataset: str | None = None,
     protections: Sequence[str] = (),
     left_out: Sequence[str] = (),
     logs: Path | None = None,
 ) -> Summary:
     """Everything a person asks after a run, from the metrics lines and Flower's own run record.
-    `protections`: training/'s RunConfig.protections (none for another app)."""
+    `strategy`, `dataset`, `protections`: training/'s RunConfig says them (None and none for an
+    app without such keys)."""
     final = rounds[-1] if rounds else {}
     traffic = run_status.get("network-traffic", {})
     return Summary(
         run_id=run_id,
         app=str(app_dir),
         status=str(run_status.get("status", "unknown")),
-        strategy=run_config.get("strategy"),
+        strategy=strategy,
         protections=list(protections),
-        dataset=run_config.get("dataset"),
+        dataset=dataset,
         rounds=len(rounds),
         sites=list(sites),
         final_accuracy=final.get("accuracy"),
