@@ -19,6 +19,7 @@ from flowerbed_training.common.protocol import (
     CONFIG,
     CONTROL,
     CONTROL_DELTA,
+    DP_SITES,
     PROXIMAL_MU,
     RESIDUAL,
     from_record,
@@ -73,6 +74,8 @@ def test_the_privacy_step_is_plain_sgd_without_local_dp_and_opacus_with_it():
     assert 0 < spent["epsilon"] <= 8.0 and "local-dp" in state.config_records
     with pytest.raises(privacy.PrivacyLedgerMissing):
         privacy.local_sgd(model, loader, config_with({"local-dp": True}), RecordDict(), spent_before=True)
+    assert privacy.spent_before("site-1", {DP_SITES: ["site-0", "site-1"]})
+    assert not privacy.spent_before("site-2", {DP_SITES: ["site-0", "site-1"]}) and not privacy.spent_before("site-2", {})
 
 
 def test_the_strategys_local_objective_is_fedprox_or_scaffold_or_nothing():

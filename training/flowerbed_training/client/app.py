@@ -26,7 +26,6 @@ from flowerbed_training.common.data_config import spec_from_config, summary_cont
 from flowerbed_training.common.protocol import (
     ARRAYS,
     CONFIG,
-    DP_SITES,
     EVAL_ACCURACY,
     EVAL_LOSS,
     METRICS,
@@ -72,8 +71,8 @@ def train(message: Message, context: Context) -> Message:
     start = models.get_weights(model)
     device = task.device(node.device)
     loader = task.loader(train_set, run.batch_size, shuffle=True, seed=run.seed + server_round)
-    spent_before = node.name in [str(s) for s in instructions.get(DP_SITES, [])]  # type: ignore[union-attr]
-    sgd = privacy.local_sgd(model, loader, run, context.state, spent_before=spent_before)  # privacy
+    sgd = privacy.local_sgd(model, loader, run, context.state,  # privacy
+                            spent_before=privacy.spent_before(node.name, instructions))
     objective = LocalObjective.received(message.content, context.state, start, device)  # the strategy's objective
     stats = task.train(model, sgd.loader, sgd.optimizer, run.local_epochs, device,
                        max_grad_norm=sgd.max_grad_norm, amp=run.amp, **objective.terms())

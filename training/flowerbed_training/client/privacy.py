@@ -16,6 +16,7 @@ server/privacy.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from flowerbed_training.common import rdp, task
 from flowerbed_training.common.protocol import (
+    DP_SITES,
     EPSILON,
     HISTORY_NOISE,
     HISTORY_RATE,
@@ -181,6 +183,11 @@ class LocalSgd:
         """After training: {EPSILON: what this site has spent in the run} under local DP (the ledger is
         saved in `state` and Opacus detached), else nothing to report."""
         return {EPSILON: epsilon_spent(self.private, state)} if self.private is not None else {}
+
+
+def spent_before(site: str, instructions: Mapping[str, object]) -> bool:
+    """The server saw `site` spend local-DP budget earlier in this lineage (the train config's DP_SITES)."""
+    return site in [str(s) for s in instructions.get(DP_SITES, [])]  # type: ignore[attr-defined]
 
 
 def local_sgd(model: nn.Module, loader: DataLoader, config: RunConfig, state: RecordDict, *,
