@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from federate import flwr_cli
 from federate.__main__ import main
 
 
@@ -72,3 +74,16 @@ def test_an_out_dir_that_cannot_be_made_is_named(tmp_path: Path, capsys: pytest.
 def test_a_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     line = refused(capsys, ["--timeout", "0"], status=2)
     assert line.endswith("argument --timeout: '0' is not a number of seconds > 0")
+
+
+def test_a_flwr_command_that_does_not_finish_is_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a machine too busy to import Flower's CLI in time, `flwr supernode register` ran past its timeout
+    # and federate ended in subprocess.TimeoutExpired's traceback.
+    def hangs(argv: list[str], **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired(argv, float(kwargs["timeout"]))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(flwr_cli.subprocess, "run", hangs)
+    cli = flwr_cli.FlwrCli(tmp_path, "local")
+    with pytest.raises(flwr_cli.FlwrCommandFailed, match=r"^`flwr supernode register key.pub` did not finish within "
+                                                         r"60 s \(a machine too busy"):
+        cli.json("supernode", "register", "key.pub")
