@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from click import ClickException
 from flwr.common.config import parse_config_args
 
 from federate.app import FlowerApp
@@ -84,7 +83,9 @@ def config_arguments(entries: Sequence[str]) -> dict[str, Any]:
         try:
             pairs = shlex.split(entry)
             parsed = parse_config_args([entry])
-        except (ValueError, ClickException):
+        # shlex: unbalanced quotes (ValueError); Flower: a value that is not TOML (click's ClickException,
+        # not caught by name: click is Flower's dependency, not this project's)
+        except Exception:  # noqa: BLE001
             raise ValueError(hint) from None
         if len(parsed) != len(pairs):
             raise ValueError(hint)
