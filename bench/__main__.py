@@ -15,7 +15,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from . import centralized, communication, learning, strategies, stragglers  # noqa: E402
-from .options import Options, run_config_value  # noqa: E402
+from .options import Options, check, run_config_value  # noqa: E402
 from .runs import quiet_flower, warm_up  # noqa: E402
 
 BENCHMARKS = {"centralized": centralized.run, "strategies": strategies.run, "communication": communication.run,
@@ -45,6 +45,13 @@ def main() -> None:
     except ValueError as err:
         parser.error(str(err))
     given = {k: v for k, v in vars(args).items() if k not in ("names", "overrides") and v is not None}
+    chosen = {name: dataclasses.replace(DEFAULTS.get(name, Options()), **given, overrides=overrides)
+              for name in args.names or QUICK}
+    try:
+        for options in chosen.values():
+            check(options)
+    except ValueError as err:  # before any run: a bad option would otherwise fail minutes in
+        parser.error(str(err))
 
     # One torch thread: the sites run one after another, and on a small shared
     # machine torch's default thread pool is much slower than one thread.
@@ -52,8 +59,7 @@ def main() -> None:
     quiet_flower()
     warm_up()
     started = time.perf_counter()
-    for name in args.names or QUICK:
-        options = dataclasses.replace(DEFAULTS.get(name, Options()), **given, overrides=overrides)
+    for name, options in chosen.items():
         BENCHMARKS[name](options)
     print(f"\nbench: {time.perf_counter() - started:.0f} s")
 

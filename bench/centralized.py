@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flowerbed_training import task
-from flowerbed_training.run_config import RunConfig
+from flowerbed_training.common.baseline import centralized_baseline
+from flowerbed_training.common.run_config import RunConfig
 
 from .options import Options
 from .runs import federated
@@ -19,7 +19,7 @@ def centralized_time_to(run_config: Mapping[str, Any], sites: int, accuracy: flo
     from scratch, as it would be."""
     local_epochs = int(run_config["local-epochs"])
     for rounds in range(1, int(run_config["num-server-rounds"]) + 1):
-        result = task.centralized_baseline(RunConfig.parse({**run_config, "num-server-rounds": rounds}), sites)
+        result = centralized_baseline(RunConfig.parse({**run_config, "num-server-rounds": rounds}), sites)
         if result["accuracy"] >= accuracy:
             return result["seconds"], rounds * local_epochs
     return None, None
@@ -29,7 +29,7 @@ def run(options: Options) -> None:
     fed = federated(options.sites, {**options.base(), "strategy": "fedavg"})
     # Same run config: same model, epochs in total (rounds x local epochs), lr, batch size, and
     # exactly the rows the sites trained on (their shares less their validation hold-outs).
-    central = task.centralized_baseline(RunConfig.parse(fed.run_config), options.sites)
+    central = centralized_baseline(RunConfig.parse(fed.run_config), options.sites)
     target = options.target_accuracy
     central_to, central_epochs = centralized_time_to(fed.run_config, options.sites, target)
     fed_rounds = fed.rounds_to(target)

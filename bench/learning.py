@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowerbed_training import task
-from flowerbed_training.run_config import RunConfig
+from flowerbed_training.common.baseline import centralized_baseline
+from flowerbed_training.common.run_config import RunConfig
 from tests.inprocess import run_config_with
 
 from . import report
@@ -110,7 +110,7 @@ def _accuracies(sites: int, run_config: dict[str, Any]) -> list[float]:
 
 
 def _pooled_accuracy(run_config: dict[str, Any], sites: int) -> float:
-    return task.centralized_baseline(RunConfig.parse(run_config), sites=sites)["accuracy"]
+    return centralized_baseline(RunConfig.parse(run_config), sites=sites)["accuracy"]
 
 
 def measure(options: Options) -> tuple[Pooled, Cells]:

@@ -144,7 +144,11 @@ def table(title: str, rows: list[Measurement]) -> list[str]:
 
 
 def sizes(text: str) -> list[int]:
-    return sorted(int(part) for part in text.split(",") if part)
+    """argparse type: comma-separated site counts, each >= 1 (empty: none)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected site counts >= 1, comma-separated (N,N,...)")
+    return sorted(int(part) for part in parts)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from federate.__main__ import parse_args, resolve_sites
 from federate.app import FlowerApp
 from federate.flwr_cli import flower_env
 from federate.run_config import run_overrides
-from flowerbed_training import round_log  # importable once federate has put training/ on the path
+from flowerbed_training.server import round_log  # importable once federate has put training/ on the path
 
 from .table import fmt, print_table, ratio
 
@@ -221,10 +221,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error(f"--rounds: {args.rounds}; need at least 2 (the first round is reported apart from the later ones)")
+    try:
+        sites = len(resolve_sites(parse_args([])))  # make federate's: the dev stack's sites
+    except ValueError as err:
+        parser.error(str(err))
     started, load = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
         out = args.out_dir.resolve() if args.out_dir else Path(tmp)
-        sites = len(resolve_sites(parse_args([])))
         print(f"bench-rounds: 1/3 {LOCAL} (python -m federate)", flush=True)
         run_federate(["--rounds", str(args.rounds), "--out-dir", str(out / "local")])
         local = federate_timing(LOCAL, out / "local")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tests.inprocess import InProcessGrid, builtin_sites, run_config_with, run_dir, run_federation
-from flowerbed_training.round_log import read_metrics
+from flowerbed_training.server.round_log import read_metrics
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,16 @@ class FederatedRun:
         return sum(float(line[field]) for line in self.lines) / len(self.lines)
 
 
-def federated(sites: int, overrides: Mapping[str, Any], grid_type: type[InProcessGrid] = InProcessGrid) -> FederatedRun:
+def federated(sites: int, overrides: Mapping[str, Any], grid_type: type[InProcessGrid] = InProcessGrid,
+              train_seconds: Mapping[int, float] | None = None) -> FederatedRun:
     """One in-process run; every site trains every round unless `overrides` lower `min-train-sites`.
-    `grid_type` ConcurrentGrid: sites in threads, so a slow site can lag behind the others."""
+    `grid_type` ConcurrentGrid: sites in threads, so a slow site can lag behind the others;
+    `train_seconds`: site index -> seconds its training is padded to (tests/slow_sites.py)."""
     with tempfile.TemporaryDirectory(prefix="flowerbed-bench-") as artifacts:
         run_config = run_config_with({"min-train-sites": sites, **overrides, "artifacts-root": artifacts,
                                       "min-available-sites": sites})
         started = time.perf_counter()
-        run_federation(builtin_sites(sites), run_config, grid_type=grid_type)
+        run_federation(builtin_sites(sites, train_seconds=train_seconds), run_config, grid_type=grid_type)
         seconds = time.perf_counter() - started
         directory = run_dir(Path(artifacts))
         with np.load(directory / "final_model.npz") as model:

@@ -1,9 +1,9 @@
 """Stragglers: one site k times slower than the others (k = 1, 4, 16), three ways to live with it.
 
 5 sites on the same data; every site's training is padded with a sleep to FAST_SECONDS, the slow
-site's to k x FAST_SECONDS (`bench-train-seconds`, training/flowerbed_training/benchdelay.py: a
-sleep, so that the sites' speeds do not depend on what else the 2 shared cores run). The sites
-work in threads (ConcurrentGrid), so a slow site really lags behind:
+site's to k x FAST_SECONDS (the harness's Site.train_seconds, tests/slow_sites.py: a sleep, so
+that the sites' speeds do not depend on what else the 2 shared cores run). The sites work in
+threads (ConcurrentGrid), so a slow site really lags behind:
 
 - sync, wait for all: FedAvg, every round waits for every site (round-timeout far away);
 - sync, round timeout: FedAvg with round-timeout TIMEOUT_FACTOR x FAST_SECONDS and
@@ -46,9 +46,14 @@ def slow_site(options: Options) -> str:
     return f"site-{options.sites - 1}"
 
 
+def train_seconds(options: Options, slowdown: int) -> dict[int, float]:
+    """Site index -> the seconds its every training takes: FAST_SECONDS, the slow site k times that."""
+    return {i: (slowdown if i == options.sites - 1 else 1) * FAST_SECONDS for i in range(options.sites)}
+
+
 def setups(options: Options, slowdown: int) -> dict[str, dict[str, Any]]:
-    delays = {"bench-train-seconds": f"{slow_site(options)}={slowdown * FAST_SECONDS},*={FAST_SECONDS}"}
-    base = {**RUN_CONFIG, **options.base(), **delays}
+    """Each setup's run config (the sites' speeds are `train_seconds`)."""
+    base = {**RUN_CONFIG, **options.base()}
     return {
         WAIT_ALL: {**base, "strategy": "fedavg", "round-timeout": 3600.0},
         TIMEOUT: {**base, "strategy": "fedavg", "round-timeout": TIMEOUT_FACTOR * FAST_SECONDS,
@@ -73,7 +78,8 @@ def run(options: Options) -> None:
     for slowdown in SLOWDOWNS:
         results = {}
         for name, overrides in setups(options, slowdown).items():
-            results[name] = result = federated(options.sites, overrides, grid_type=ConcurrentGrid)
+            results[name] = result = federated(options.sites, overrides, grid_type=ConcurrentGrid,
+                                               train_seconds=train_seconds(options, slowdown))
             to_target = result.seconds_to(target)
             reached = "never reached" if to_target is None else f"{to_target:.1f} s to"
             print(f"k={slowdown} {name}: final {result.final_accuracy:.4f}, {reached} {target} "

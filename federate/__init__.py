@@ -9,7 +9,7 @@ that launch ServerApp and ClientApp tasks, submits the `training/` app with
 import sys
 from pathlib import Path
 
-# The training app's package, for its report module (flowerbed_training.report: the one
+# The training app's package, for its report module (flowerbed_training.server.report: the one
 # copy the deployed ServerApp writes summary.json and report.png with) and its run-config check.
 _TRAINING = str(Path(__file__).resolve().parent.parent / "training")
 if _TRAINING not in sys.path:

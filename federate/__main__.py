@@ -20,11 +20,13 @@ from federate.job import LineFollower, MetricsFollower, RunFailed, effective_run
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress
-from flowerbed_training.report import Summary, summarize, write_report
+from flowerbed_training.common.run_config import RunConfig
+from flowerbed_training.server.report import Summary, summarize, write_report
 from federate.run_config import DEFAULT_ROUND_TIMEOUT_S, DP_MODES, run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
 
 REPO = Path(__file__).resolve().parent.parent
+MAX_PORT = 65535
 # What the ServerApp leaves in artifacts-dir, plus what we add; cleared so nothing stale mixes in.
 OUTPUTS = ("metrics.jsonl", "final_model.npz", "summary.json", "report.png")
 OUTPUT_DIRS = ("checkpoints", "logs")
@@ -55,16 +57,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     topology.add_argument("--sites", help="comma-separated site names instead of the stack file's")
     topology.add_argument("--data-dir", type=Path, default=REPO / "data",
                           help="each site's data-root is DATA_DIR/<site> (study data only; built-ins ship with scikit-learn)")
-    topology.add_argument("--superlink-port", type=int, default=0,
+    topology.add_argument("--superlink-port", type=port_number, default=0,
                           help="SuperLink port for Fleet, Control and Runtime APIs (0: pick a free one)")
-    topology.add_argument("--supernode-port-base", type=int, default=0,
+    topology.add_argument("--supernode-port-base", type=port_number, default=0,
                           help="SuperNode Runtime API ports BASE, BASE+1, ... per site (0: pick free ones)")
     topology.add_argument("--round-timeout", type=float,
                           help="seconds a round waits for the sites (run config `round-timeout`; "
                           f"training/: {DEFAULT_ROUND_TIMEOUT_S:.0f})")
-    topology.add_argument("--timeout", type=float, default=1800.0, help="give up on the whole run after this many seconds")
+    topology.add_argument("--timeout", type=positive_seconds, default=1800.0,
+                          help="give up on the whole run after this many seconds")
     parser.add_argument("--out-dir", type=Path, default=REPO / "out" / "federate", help="where results go")
     return parser.parse_args(argv)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (pick a free one) to 65535."""
+    if not text.isdigit() or int(text) > MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to {MAX_PORT}; 0 picks a free one)")
+    return int(text)
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: seconds, > 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return seconds
 
 
 def resolve_sites(args: argparse.Namespace) -> list[Site]:
@@ -81,6 +102,9 @@ def resolve_ports(args: argparse.Namespace, sites: Sequence[Site]) -> Ports:
     """Explicit ports are checked now, so a taken port fails before any process starts."""
     if args.superlink_port:
         ensure_free(args.superlink_port, "SuperLink", "--superlink-port")
+    if args.supernode_port_base and args.supernode_port_base + len(sites) - 1 > MAX_PORT:
+        raise ValueError(f"--supernode-port-base {args.supernode_port_base}: {len(sites)} sites need ports up to "
+                         f"{args.supernode_port_base + len(sites) - 1}, past {MAX_PORT}")
     runtime = {}
     for index, site in enumerate(sites):
         if args.supernode_port_base:
@@ -93,7 +117,10 @@ def resolve_ports(args: argparse.Namespace, sites: Sequence[Site]) -> Ports:
 
 
 def clear_outputs(out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out-dir {out_dir}: cannot be created ({err.strerror})") from None
     for name in OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
     for name in OUTPUT_DIRS:
@@ -147,8 +174,7 @@ def federate(args: argparse.Namespace) -> Summary:
     app = FlowerApp.load(args.app)
     overrides = run_overrides(args, sites, app)
     run_config = effective_run_config(app, overrides)
-    if app.is_training:
-        validate_training_run_config(app, run_config)
+    checked = validate_training_run_config(app, run_config) if app.is_training else None
     names = [site.name for site in sites]
     rounds = int(run_config.get("num-server-rounds", 0))
     progress = Progress(rounds, names, sys.stdout)
@@ -178,15 +204,23 @@ def federate(args: argparse.Namespace) -> Summary:
         baseline = centralized_baseline(run_config, len(names), progress)
     rounds_log = MetricsFollower(results / "metrics.jsonl").new_rounds() if app.reports_metrics else []
     summary = summarize(
-        run_id=run_id, app_dir=app.directory, run_config=run_config, sites=names, rounds=rounds_log, baseline=baseline,
+        run_id=run_id, app_dir=app.directory, sites=names, rounds=rounds_log, baseline=baseline,
         seconds={"startup": startup, "training": training_seconds, "total": total.seconds()}, run_status=status,
-        out_dir=results, left_out=notes, logs=args.out_dir / "logs",
+        out_dir=results, left_out=notes, logs=args.out_dir / "logs", **report_labels(checked, run_config),
     )
     write_report(summary, rounds_log, results)  # training/: replaces the ServerApp's own, adding the baseline
     written = [name for name in OUTPUTS if (results / name).exists()]
     progress.say(f"Wrote {results}/{', '.join(written)} and {args.out_dir}/logs/")
     progress.say(summary.final_line())
     return summary
+
+
+def report_labels(checked: RunConfig | None, run_config: dict[str, Any]) -> dict[str, Any]:
+    """What the report says the run was: training/'s RunConfig, or another app's own `strategy` and
+    `dataset` keys if it has such (shown as they are; no protections)."""
+    if checked is not None:
+        return {"strategy": checked.strategy, "dataset": checked.dataset, "protections": checked.protections}
+    return {"strategy": run_config.get("strategy"), "dataset": run_config.get("dataset")}
 
 
 def describe_job(app: FlowerApp, run_config: dict[str, Any]) -> str:
@@ -198,10 +232,10 @@ def describe_job(app: FlowerApp, run_config: dict[str, Any]) -> str:
 
 def centralized_baseline(run_config: dict[str, Any], sites: int, progress: Progress) -> dict[str, float] | None:
     """The app's own baseline (built-in data only): the same model trained on exactly what the
-    `sites` sites train on, pooled (task.pooled_training_data), as bench/ compares against."""
-    from flowerbed_training.data import DataError
-    from flowerbed_training.run_config import RunConfig
-    from flowerbed_training.task import centralized_baseline as train_pooled
+    `sites` sites train on, pooled (baseline.pooled_training_data), as bench/ compares against."""
+    from flowerbed_training.common.baseline import centralized_baseline as train_pooled
+    from flowerbed_training.common.data import DataError
+    from flowerbed_training.common.run_config import RunConfig
 
     try:
         return train_pooled(RunConfig.parse(run_config), sites=sites)

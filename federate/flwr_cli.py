@@ -62,7 +62,11 @@ class FlwrCli:
     def json(self, *args: str, timeout: float = 60) -> dict[str, Any]:
         """Run `flwr ARGS <connection> --format json`; raise with Flower's own message on failure."""
         argv = self.argv(*args, self.connection, "--format", "json")
-        done = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False)
+        try:
+            done = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise FlwrCommandFailed(f"`flwr {' '.join(args)}` did not finish within {timeout:g} s "
+                                    "(a machine too busy to start Flower's CLI? run again when it is quieter)") from None
         try:
             result: dict[str, Any] = json.loads(done.stdout)
         except json.JSONDecodeError:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.common.config import parse_config_args
 
 from federate.app import FlowerApp
 from federate.job import RunFailed
 from federate.sites import Site
+
+if TYPE_CHECKING:
+    from flowerbed_training.common.run_config import RunConfig
 
 # --dp: the training app's privacy keys (training/README.md).
 DP_MODES = {
@@ -52,7 +56,7 @@ def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app: FlowerAp
         overrides["min-available-sites"] = len(sites)
         overrides["round-timeout"] = DEFAULT_ROUND_TIMEOUT_S
     overrides.update({key: value for _, key, value in options})
-    overrides.update(parse_config_args(args.run_config) if args.run_config else {})
+    overrides.update(config_arguments(args.run_config))
     dataset = str(overrides.get("dataset", app.run_config.get("dataset", "")))
     if app.is_training and dataset.startswith("builtin:") and "fraction-evaluate" not in overrides:
         # Built-in data: the ServerApp scores every round on the global held-out test set
@@ -62,11 +66,38 @@ def run_overrides(args: argparse.Namespace, sites: Sequence[Site], app: FlowerAp
     return overrides
 
 
-def validate_training_run_config(app: FlowerApp, run_config: dict[str, Any]) -> None:
+def config_arguments(entries: Sequence[str]) -> dict[str, Any]:
+    """The `-c` values, read as `flwr run --run-config` reads them (Flower's parse_config_args): KEY=VALUE
+    pairs of TOML values, or a .toml file. ValueError naming the entry where Flower would fail with its
+    own exception (a value that is not TOML, such as an unquoted string) or silently drop a pair (no `=`,
+    no value)."""
+    overrides: dict[str, Any] = {}
+    for entry in entries:
+        hint = f"-c {entry}: expected KEY=VALUE pairs of TOML values (a string needs quotes: -c 'strategy=\"fedprox\"')"
+        if entry.endswith(".toml"):  # a file of values, as flwr takes it
+            try:
+                overrides.update(parse_config_args([entry]))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"-c {entry}: cannot be read as a TOML file ({err})") from None
+            continue
+        try:
+            pairs = shlex.split(entry)
+            parsed = parse_config_args([entry])
+        # shlex: unbalanced quotes (ValueError); Flower: a value that is not TOML (click's ClickException,
+        # not caught by name: click is Flower's dependency, not this project's)
+        except Exception:  # noqa: BLE001
+            raise ValueError(hint) from None
+        if len(parsed) != len(pairs):
+            raise ValueError(hint)
+        overrides.update(parsed)
+    return overrides
+
+
+def validate_training_run_config(app: FlowerApp, run_config: dict[str, Any]) -> RunConfig:
     """The training app's own validation, before any process starts (errors name the key)."""
     if str(app.directory) not in sys.path:
         sys.path.insert(0, str(app.directory))  # the app's own modules, as its ServerApp imports them
-    from flowerbed_training.run_config import RunConfig
+    from flowerbed_training.common.run_config import RunConfig
 
     # Otherwise a bad value would only surface as the ServerApp's failure or error replies from the sites.
-    RunConfig.parse(run_config)
+    return RunConfig.parse(run_config)

@@ -31,13 +31,37 @@ def sites_from_names(names: Sequence[str]) -> list[Site]:
 
 
 def site_names_from_stack(stack_file: Path) -> list[str]:
-    """Site names of a stack file, validated by the same parser the Pulumi program uses."""
+    """Site names of a stack file, validated by the same parser the Pulumi program uses.
+
+    ValueError naming the file when it is missing (`pulumi stack rm` deletes Pulumi.<stack>.yaml),
+    unreadable, not YAML, or not a stack config the program accepts."""
     from components.config import parse  # the one schema for stack config
 
-    document = yaml.safe_load(stack_file.read_text(encoding="utf-8")) or {}
-    raw = {
-        key.removeprefix(CONFIG_NAMESPACE): value
-        for key, value in (document.get("config") or {}).items()
-        if key.startswith(CONFIG_NAMESPACE)
-    }
-    return [site.name for site in parse(raw).sites]
+    try:
+        text = stack_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"--stack-file {stack_file}: no such file (`pulumi stack rm` deletes Pulumi.<stack>.yaml); "
+                         "pass another --stack-file, or the site names with --sites a,b,c") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--stack-file {stack_file}: cannot be read ({err})") from None
+    try:
+        document = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"--stack-file {stack_file}: not YAML ({_yaml_problem(err)})") from None
+    config = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"--stack-file {stack_file}: not a Pulumi stack file (a YAML mapping whose `config` "
+                         f"holds the {CONFIG_NAMESPACE}* keys)")
+    raw = {key.removeprefix(CONFIG_NAMESPACE): value for key, value in config.items()
+           if key.startswith(CONFIG_NAMESPACE)}
+    try:
+        return [site.name for site in parse(raw).sites]
+    except ValueError as err:
+        raise ValueError(f"--stack-file {stack_file}: {err}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return str(err).splitlines()[0]

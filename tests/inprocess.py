@@ -9,11 +9,14 @@ that site's own persistent `Context`, and the reply travels back the same way.
 Sites can be scripted to crash (the ClientApp raises, so Flower's error reply
 arrives) or to stay silent (a straggler or a dropped site: no reply within the
 round timeout) in given rounds, and to answer again afterwards; a `tamper`
-function makes a site Byzantine (it rewrites the site's training replies).
+function makes a site Byzantine (it rewrites the site's training replies), and
+`train_seconds` makes it slow (its training replies wait that long: tests/slow_sites.py;
+with ConcurrentGrid the other sites carry on meanwhile).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +32,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from flowerbed_training.run_config import RunConfig
+from flowerbed_training.common.protocol import CONFIG, SERVER_ROUND
+from flowerbed_training.common.run_config import RunConfig
+from tests.slow_sites import pad
 
 TRAINING_APP_DIR = Path(__file__).resolve().parents[1] / "training"  # holds pyproject.toml
 RUN_ID = 1
@@ -45,13 +50,14 @@ class Site:
     silent_rounds: set[int] = field(default_factory=set)  # no reply (straggler past the timeout)
     # A Byzantine site: rewrites its own train replies (e.g. a poisoned model) before sending.
     tamper: Callable[[Message], Message] | None = None
+    train_seconds: float = 0.0  # a slow site: each training reply waits until this long after it began
     state: RecordDict = field(default_factory=RecordDict)
     handled: list[str] = field(default_factory=list)  # "<message type>@<round>" it processed
 
 
 def _round_of(message: Message) -> int:
-    config = message.content.config_records.get("config")
-    return int(config.get("server-round", 0)) if config is not None else 0
+    config = message.content.config_records.get(CONFIG)
+    return int(config.get(SERVER_ROUND, 0)) if config is not None else 0
 
 
 def _over_the_wire(message: Message) -> Message:
@@ -104,13 +110,17 @@ class InProcessGrid(Grid):
             return None
         site.handled.append(f"{message.metadata.message_type}@{server_round}")
         context = Context(self.run_id, site.node_id, site.node_config, site.state, self.run_config)
+        training = message.metadata.message_type == "train"
+        started = time.monotonic()
         try:
-            if message.metadata.message_type == "train" and server_round in site.crash_rounds:
+            if training and server_round in site.crash_rounds:
                 raise RuntimeError(f"site {site.node_config.get('site-name')} crashed (scripted)")
             reply = self.client_app(message, context)
         except Exception as err:  # the SuperNode turns a ClientApp exception into an error reply
             return Message(Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}"), reply_to=message)
-        if site.tamper is not None and message.metadata.message_type == "train" and not reply.has_error():
+        if training:
+            pad(started, site.train_seconds)
+        if site.tamper is not None and training and not reply.has_error():
             return site.tamper(reply)
         return reply
 
@@ -147,7 +157,8 @@ def run_federation(sites: list[Site], run_config: Mapping[str, Any], *, run_id: 
     """Run the app's ServerApp (or `server_app`) as run `run_id` against `sites` running its ClientApp
     (`grid_type` ConcurrentGrid: every site in its own thread, see tests/inprocess_threads.py)."""
     if server_app is None or client_app is None:
-        from flowerbed_training import client_app as client_module, server_app as server_module
+        from flowerbed_training.client import app as client_module
+        from flowerbed_training.server import app as server_module
 
         server_app, client_app = server_app or server_module.app, client_app or client_module.app
     grid = grid_type(client_app, sites, run_config, run_id)
@@ -160,12 +171,14 @@ def run_federation(sites: list[Site], run_config: Mapping[str, Any], *, run_id: 
     return grid
 
 
-def builtin_sites(count: int, state_root: Path | None = None, **scripted: Any) -> list[Site]:
+def builtin_sites(count: int, state_root: Path | None = None, train_seconds: Mapping[int, float] | None = None,
+                  **scripted: Any) -> list[Site]:
     """`count` sites sharing a built-in dataset (node ids 101, 102, ...; names `site-<i>`).
 
     The server gives site-<i> partition i (names sort by index below 10 sites). With
     `state_root`, each site keeps its state in `<state_root>/site-<i>` (node config
-    `state-dir`, federation `inprocess`), as a site with a state volume does.
+    `state-dir`, federation `inprocess`), as a site with a state volume does. `train_seconds`:
+    site index -> its Site.train_seconds; `scripted`: site index -> rounds, per Site field.
     """
     def node_config(i: int) -> dict[str, Any]:
         config = {"site-name": f"site-{i}", "data-root": "/nonexistent"}
@@ -173,5 +186,6 @@ def builtin_sites(count: int, state_root: Path | None = None, **scripted: Any) -
             config |= {"state-dir": str(state_root / f"site-{i}"), "federation": "inprocess"}
         return config
 
-    return [Site(node_id=101 + i, node_config=node_config(i), **{k: v.get(i, set()) for k, v in scripted.items()})
+    return [Site(node_id=101 + i, node_config=node_config(i), train_seconds=(train_seconds or {}).get(i, 0.0),
+                 **{k: v.get(i, set()) for k, v in scripted.items()})
             for i in range(count)]

@@ -6,9 +6,9 @@ server looks: fine for synchronous rounds, but asynchronous aggregation
 each site is a worker thread that takes its messages one at a time, in order
 (a SuperNode with one task slot): `push_messages` returns at once, a reply is
 pulled once the site has finished, and `send_and_receive` waits up to its
-timeout, as against a SuperLink. Sites slowed with the bench-only sleep
-(benchdelay.py) cost no CPU while they wait, so a slow site does not slow the
-others down on a small machine.
+timeout, as against a SuperLink. Sites slowed with the bench/test-only sleep
+(Site.train_seconds, tests/slow_sites.py) cost no CPU while they wait, so a slow
+site does not slow the others down on a small machine.
 
 `close()` (run_federation calls it when the ServerApp returns) ends every site's
 thread without handling its queued messages: a site in the middle of a message
@@ -28,8 +28,8 @@ from typing import Any
 from flwr.app import Message
 from flwr.clientapp import ClientApp
 
-from flowerbed_training import benchdelay
 from tests.inprocess import RUN_ID, InProcessGrid, Site
+from tests.slow_sites import cut_short
 
 _STOP = None  # queue sentinel: the worker ends
 
@@ -80,6 +80,6 @@ class ConcurrentGrid(InProcessGrid):
             self._closed = True
         for inbox in self._inboxes.values():
             inbox.put(_STOP)  # wakes a waiting worker; one that takes a queued message sees _closed and ends
-        with benchdelay.cut_short():
+        with cut_short():
             for thread in self._threads:
                 thread.join()

@@ -25,7 +25,7 @@ from bench.rounds import (
     simulation_timing,
     summary_rows,
 )
-from flowerbed_training.round_log import RoundLog, append_metrics
+from flowerbed_training.server.round_log import RoundLog, append_metrics
 from tests.images.imagefiles import LOCK, read_lock
 from tests.inprocess import Site, run_federation
 

@@ -1,16 +1,14 @@
 """The stragglers benchmark's setups and arithmetic (the timed runs themselves are bench-only)."""
 
 from bench.runs import FederatedRun
-from bench.stragglers import DEFAULTS, FEDBUFF, TIMEOUT, WAIT_ALL, setups, slow_replies_used, verdict
-from flowerbed_training import benchdelay
+from bench.stragglers import DEFAULTS, FEDBUFF, TIMEOUT, WAIT_ALL, setups, slow_replies_used, train_seconds, verdict
 from tests.inprocess import config_with
 
 
 def test_the_slow_site_is_k_times_slower_and_every_setup_gets_the_same_site_work():
     runs = setups(DEFAULTS, 16)
     assert list(runs) == [WAIT_ALL, TIMEOUT, FEDBUFF]
-    for overrides in runs.values():
-        assert benchdelay.train_seconds(overrides["bench-train-seconds"]) == {"site-4": 8.0, "*": 0.5}
+    assert train_seconds(DEFAULTS, 16) == {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.5, 4: 8.0}  # site-4 is slow_site
     assert runs[WAIT_ALL]["round-timeout"] > 16 * 0.5 * 100
     # The timeout round goes on without the slow site, but waits for every fast one.
     assert 0.5 < runs[TIMEOUT]["round-timeout"] < 4 * 0.5 and runs[TIMEOUT]["min-train-sites"] == 4

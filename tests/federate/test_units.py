@@ -21,7 +21,7 @@ from federate.job import MetricsFollower, RunFailed, effective_run_config
 from federate.ports import PortInUse, ensure_free, free_port
 from federate.processes import ProcessDied, Supervisor
 from federate.progress import Progress, round_line
-from flowerbed_training.report import per_site, plot_report, summarize
+from flowerbed_training.server.report import per_site, plot_report, summarize
 from federate.run_config import run_overrides, validate_training_run_config
 from federate.sites import Site, site_names_from_stack, sites_from_names
 from tests.federate.apps import legacy_app, message_api_app
@@ -131,10 +131,10 @@ def test_per_site_summary_counts_rounds_and_keeps_the_last_epsilon() -> None:
 
 def test_the_summary_keeps_the_central_dp_epsilon_of_the_last_round(tmp_path: Path) -> None:
     rounds = [{"round": r, "central_epsilon": eps} for r, eps in ((1, 4.7), (2, 6.9))]
-    summary = summarize(run_id="8", app_dir=tmp_path, run_config={}, sites=[], rounds=rounds, baseline=None,
+    summary = summarize(run_id="8", app_dir=tmp_path, sites=[], rounds=rounds, baseline=None,
                         seconds={"total": 1.0}, run_status={}, out_dir=tmp_path)
     assert summary.central_epsilon == 6.9
-    assert summarize(run_id="8", app_dir=tmp_path, run_config={}, sites=[], rounds=[{"round": 1}], baseline=None,
+    assert summarize(run_id="8", app_dir=tmp_path, sites=[], rounds=[{"round": 1}], baseline=None,
                      seconds={"total": 1.0}, run_status={}, out_dir=tmp_path).central_epsilon is None
 
 
@@ -145,7 +145,7 @@ def test_summary_and_report_for_study_data_have_no_baseline(tmp_path: Path) -> N
         for r in (1, 2, 3)
     ]
     summary = summarize(
-        run_id="7", app_dir=tmp_path, run_config={"strategy": "fedavg", "dataset": "default/tabular"},
+        run_id="7", app_dir=tmp_path, strategy="fedavg", dataset="default/tabular",
         sites=["a", "b"], rounds=rounds, baseline=None, seconds={"total": 12.345},
         run_status={"status": "finished:completed", "network-traffic": {"inbound-bytes": 30, "outbound-bytes": 75}},
         out_dir=tmp_path,
@@ -171,7 +171,6 @@ def test_sites_evaluate_study_data_themselves(tmp_path: Path) -> None:
     ({"strategy": "fedbuff", "central-dp": "server"},
      "run config central-dp: 'server' must be 'off' with strategy 'fedbuff'"),
     ({"strategy": "fedbuff", "async-staleness": "linear"}, "run config async-staleness: 'linear' must be one of"),
-    ({"bench-train-seconds": "lab-c"}, "run config bench-train-seconds: 'lab-c' must be SITE=SECONDS"),
 ])
 def test_a_bad_run_config_fails_before_any_process_starts(override: dict, message: str) -> None:
     config = effective_run_config(TRAINING, override)
@@ -227,7 +226,7 @@ def test_a_round_line_without_sites_does_not_guess_who_answered() -> None:
 
 
 def test_the_summary_of_an_app_without_metrics_says_what_was_left_out(tmp_path: Path, legacy: FlowerApp) -> None:
-    summary = summarize(run_id="9", app_dir=legacy.directory, run_config=legacy.run_config, sites=["a", "b"],
+    summary = summarize(run_id="9", app_dir=legacy.directory, sites=["a", "b"],
                         rounds=[], baseline=None, seconds={"total": 40.2},
                         run_status={"status": "finished:completed"}, out_dir=tmp_path, left_out=left_out(legacy),
                         logs=tmp_path / "logs")
@@ -257,7 +256,7 @@ def test_make_federate_passes_app_and_args_to_the_module() -> None:
 
 def test_the_baseline_pools_exactly_what_the_federations_sites_train_on(monkeypatch: pytest.MonkeyPatch) -> None:
     from federate.__main__ import centralized_baseline
-    from flowerbed_training import task
+    from flowerbed_training.common import baseline
 
     asked: list[int | None] = []
 
@@ -265,7 +264,7 @@ def test_the_baseline_pools_exactly_what_the_federations_sites_train_on(monkeypa
         asked.append(sites)
         return {"accuracy": 0.9}
 
-    monkeypatch.setattr(task, "centralized_baseline", pooled)
+    monkeypatch.setattr(baseline, "centralized_baseline", pooled)
     progress = Progress(1, ["a", "b", "c"], io.StringIO())
     run_config = dict(get_fused_config_from_dir(REPO / "training", {}))
     assert centralized_baseline(run_config, 3, progress) == {"accuracy": 0.9}

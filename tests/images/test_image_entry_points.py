@@ -57,8 +57,8 @@ def _check_app(app_dir: Path) -> subprocess.CompletedProcess[str]:
 def test_training_app_components_load_as_the_job_image_build_checks():
     result = _check_app(REPO / "training")
     assert result.returncode == 0, result.stderr
-    assert "serverapp: flowerbed_training.server_app:app loads" in result.stdout
-    assert "clientapp: flowerbed_training.client_app:app loads" in result.stdout
+    assert "serverapp: flowerbed_training.server.app:app loads" in result.stdout
+    assert "clientapp: flowerbed_training.client.app:app loads" in result.stdout
 
 
 def _app(tmp_path: Path, clientapp_module: str) -> Path:

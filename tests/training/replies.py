@@ -6,7 +6,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from flowerbed_training.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE, to_record
+from flowerbed_training.common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE, to_record
 
 
 def _reply_metadata(node_id: int) -> Metadata:

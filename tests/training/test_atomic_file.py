@@ -2,7 +2,7 @@
 
 import pytest
 
-from flowerbed_training.atomic_file import replacing
+from flowerbed_training.common.atomic_file import replacing
 
 
 def test_the_new_content_replaces_the_old_and_no_temporary_file_is_left(tmp_path):

@@ -11,19 +11,21 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.serde import message_to_proto
 
-from flowerbed_training import builtin_cache, task
-from flowerbed_training.client_app import app as client_app
-from flowerbed_training.data import builtin_site_split
-from flowerbed_training.partitions import Partition
-from flowerbed_training.protocol import ARRAYS, CONFIG, to_record
-from flowerbed_training.survey import survey_sites
+from flowerbed_training.client import builtin_cache
+from flowerbed_training.client.app import app as client_app
+from flowerbed_training.client.node_config import NodeConfig
+from flowerbed_training.common import models
+from flowerbed_training.common.builtin_data import builtin_share, builtin_site_split
+from flowerbed_training.common.partitions import Partition
+from flowerbed_training.common.protocol import ARRAYS, CONFIG, to_record
+from flowerbed_training.server.survey import survey_sites
 from tests.inprocess import InProcessGrid, builtin_sites, config_with, run_config_with, run_federation
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def share_of(partition: Partition = Partition(0, 3), **overrides: object):
-    return task.builtin_share(config_with({"dataset": "builtin:breast-cancer", **overrides}), partition)
+    return builtin_share(config_with({"dataset": "builtin:breast-cancer", **overrides}), partition)
 
 
 @pytest.fixture
@@ -132,8 +134,8 @@ def test_a_cache_directory_that_cannot_be_written_costs_only_the_speed_up(tmp_pa
 
 
 def test_the_cache_lives_on_the_state_volume_or_in_scratch_space(tmp_path):
-    assert builtin_cache.cache_dir({"state-dir": "/state"}) == Path("/state/.builtin-data")
-    assert builtin_cache.cache_dir({}).name == builtin_cache.SCRATCH_DIR
+    assert builtin_cache.cache_dir(NodeConfig.parse({"state-dir": "/state"})) == Path("/state/.builtin-data")
+    assert builtin_cache.cache_dir(NodeConfig.parse({})).name == builtin_cache.SCRATCH_DIR
 
 
 def test_sites_build_their_share_once_per_run_and_not_again_in_the_next(tmp_path, builds):
@@ -150,8 +152,8 @@ def test_sites_build_their_share_once_per_run_and_not_again_in_the_next(tmp_path
 # --- what a message imports -------------------------------------------------------------------------
 
 # flwr.superlink.grid: the SuperLink's state modules; torch._dynamo: what any torch Optimizer imports
-# (task.PlainSgd).
-HEAVY = ("sklearn", "matplotlib", "opacus", "flwr.superlink.grid", "torch._dynamo")
+# (task.PlainSgd); flowerbed_training.server: the ServerApp's part (a ClientApp imports common/ only).
+HEAVY = ("sklearn", "matplotlib", "opacus", "flwr.superlink.grid", "torch._dynamo", "flowerbed_training.server")
 # One ClientApp message in a fresh interpreter, as Flower runs each message; prints the heavy
 # modules it imported.
 _ONE_MESSAGE = """
@@ -159,7 +161,7 @@ import json, sys
 from pathlib import Path
 from flwr.common.serde import message_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
-from flowerbed_training.client_app import app
+from flowerbed_training.client.app import app
 from tests.inprocess import InProcessGrid, Site
 
 request = json.loads(sys.argv[1])
@@ -179,7 +181,7 @@ def test_a_message_on_a_warm_cache_imports_nothing_heavy(tmp_path, server_identi
     config = config_with({"dataset": "builtin:breast-cancer"})
     sites = builtin_sites(3, state_root=tmp_path / "state")
     federation = survey_sites(InProcessGrid(client_app, sites, run_config), config)
-    weights = to_record(task.get_weights(task.model_for(config, federation.spec)))
+    weights = to_record(models.get_weights(models.model_for(config, federation.spec)))
     messages = []
     for message_type in ("train", "evaluate"):
         content = RecordDict({ARRAYS: weights, CONFIG: ConfigRecord({**federation.config(), "server-round": 1})})

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from flowerbed_training import compression
-from flowerbed_training.compression import CompressionSettings
+from flowerbed_training.common import compression
+from flowerbed_training.common.compression import CompressionSettings
 
 SHAPES = [(64, 30), (64,), (2, 64), (2,)]
 

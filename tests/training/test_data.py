@@ -5,19 +5,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowerbed_training.data import (
-    DataError,
-    DataSpec,
-    builtin_partition,
-    builtin_split,
+from flowerbed_training.client.node_config import NodeConfig
+from flowerbed_training.client.site_data import study_dataset
+from flowerbed_training.common.builtin_data import (
     BuiltinOptions,
-    check_compatible,
-    load_directory,
+    builtin_partition,
+    builtin_share,
+    builtin_split,
     partition_indices,
 )
-from flowerbed_training.run_config import RunConfigError
-from flowerbed_training.partitions import Partition
-from flowerbed_training.task import builtin_share, study_dataset
+from flowerbed_training.common.data import DataError, DataSpec, load_directory
+from flowerbed_training.common.data_config import check_compatible
+from flowerbed_training.common.partitions import Partition
+from flowerbed_training.common.run_config import RunConfigError
 from tests.inprocess import config_with
 
 
@@ -100,7 +100,7 @@ def test_a_site_whose_features_differ_from_the_federation_fails_clearly():
 
 def test_study_dataset_is_read_under_the_sites_data_root(tmp_path):
     write_csv(tmp_path / "cardio" / "visits" / "v.csv", ["hr", "label"], [[60, 0], [90, 1]])
-    data = study_dataset(config_with({"dataset": "cardio/visits"}), {"data-root": str(tmp_path)})
+    data = study_dataset(config_with({"dataset": "cardio/visits"}), NodeConfig.parse({"data-root": str(tmp_path)}))
     assert data.y.tolist() == [0, 1]
 
 

@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowerbed_training import benchdelay, site_state
-from flowerbed_training.checkpoints import CheckpointStore
-from flowerbed_training.compression import RESIDUAL_RECORD
-from flowerbed_training.fedbuff import BufferedReply, FederationStalled, buffered_step
-from flowerbed_training.round_log import read_metrics
-from flowerbed_training.run_config import RunConfigError
-from flowerbed_training.staleness import Staleness, constant, hinge, polynomial
+from flowerbed_training.client import site_state
+from flowerbed_training.common.protocol import RESIDUAL as RESIDUAL_RECORD
+from flowerbed_training.common.run_config import RunConfigError
+from flowerbed_training.server.checkpoints import CheckpointStore
+from flowerbed_training.server.fedbuff import BufferedReply, FederationStalled, buffered_step
+from flowerbed_training.server.replies import SiteReply
+from flowerbed_training.server.round_log import read_metrics
+from flowerbed_training.server.staleness import Staleness, constant, hinge, polynomial
 from tests.inprocess import InProcessGrid, Site, builtin_sites, config_with, run_config_with, run_dir, run_federation
+from tests import slow_sites
 from tests.inprocess_threads import ConcurrentGrid
 
 
@@ -35,8 +37,8 @@ def test_staleness_functions_are_fedasyncs():
 
 
 def reply(update: list[float], examples: int, staleness: int, weight: float) -> BufferedReply:
-    return BufferedReply(site="s", staleness=staleness, weight=weight, examples=examples,
-                         update={"w": np.asarray(update, np.float32)}, train_loss=None)
+    return BufferedReply(reply=SiteReply("s", examples, {}), staleness=staleness, weight=weight,
+                         update={"w": np.asarray(update, np.float32)})
 
 
 def test_buffered_step_weights_each_update_by_examples_and_staleness():
@@ -89,32 +91,26 @@ def test_the_defaults_are_valid():
     assert Staleness.of(config) == Staleness("polynomial", 0.5, 10.0, 4)
 
 
-def test_bench_train_seconds_per_site_and_for_every_other_site(monkeypatch):
-    assert benchdelay.train_seconds("") == {}
-    assert config_with({"bench-train-seconds": "site-4=16, *=1.5"}).bench_train_seconds == "site-4=16, *=1.5"
-    assert benchdelay.train_seconds("site-4=16, *=1.5") == {"site-4": 16.0, "*": 1.5}
-    for bad in ("site-4", "=3", "site-4=-1", "site-4=slow"):
-        with pytest.raises(RunConfigError, match="run config bench-train-seconds: .* must be SITE=SECONDS"):
-            config_with({"bench-train-seconds": bad})
+def test_a_slow_sites_training_is_padded_to_its_seconds(monkeypatch):
     slept: list[float] = []
-    monkeypatch.setattr(benchdelay._CUT_SHORT, "wait", slept.append)
-    monkeypatch.setattr(benchdelay.time, "monotonic", lambda: 100.0)
-    benchdelay.pad("slow=16,*=1", "slow", started=99.0)  # trained 1 s so far: 15 s to go
-    benchdelay.pad("slow=16,*=1", "fast", started=98.0)  # already past its 1 s
-    benchdelay.pad("", "fast", started=99.0)  # off
+    monkeypatch.setattr(slow_sites._CUT_SHORT, "wait", slept.append)
+    monkeypatch.setattr(slow_sites.time, "monotonic", lambda: 100.0)
+    slow_sites.pad(started=99.0, seconds=16.0)  # trained 1 s so far: 15 s to go
+    slow_sites.pad(started=98.0, seconds=1.0)  # already past its 1 s
+    slow_sites.pad(started=99.0, seconds=0.0)  # not a slow site
     assert slept == [15.0, 0.0, 0.0]
 
 
 def test_a_padding_sleep_under_way_ends_when_the_harness_cuts_it_short():
     started = time.monotonic()
-    sleeper = threading.Thread(target=benchdelay.pad, args=("slow=60", "slow", started))
+    sleeper = threading.Thread(target=slow_sites.pad, args=(started, 60.0))
     sleeper.start()
     time.sleep(0.2)
     assert sleeper.is_alive()  # asleep towards its 60 s
-    with benchdelay.cut_short():
+    with slow_sites.cut_short():
         sleeper.join(timeout=5)
     assert not sleeper.is_alive() and time.monotonic() - started < 10
-    assert not benchdelay._CUT_SHORT.is_set()  # the next run's sleeps are whole again
+    assert not slow_sites._CUT_SHORT.is_set()  # the next run's sleeps are whole again
 
 
 def fedbuff(tmp_path: Path, sites: list[Site], grid_type: type[InProcessGrid] = InProcessGrid, run_id: int = 1,
@@ -148,17 +144,17 @@ def test_fedbuff_learns_and_records_every_server_update(tmp_path):
 
 def test_a_slow_site_does_not_hold_the_fast_ones_back(tmp_path):
     # site-2 takes 60 s per update; the run needs 12 updates of 2 replies each.
-    metrics = fedbuff(tmp_path, builtin_sites(3), grid_type=ConcurrentGrid, **{
-        "num-server-rounds": 12, "async-buffer-size": 2, "bench-train-seconds": "site-2=60"})
+    metrics = fedbuff(tmp_path, builtin_sites(3, train_seconds={2: 60.0}), grid_type=ConcurrentGrid, **{
+        "num-server-rounds": 12, "async-buffer-size": 2})
     assert len(metrics) == 12
     sites = [r["site"] for m in metrics for r in m["replies"]]
     assert sorted(set(sites)) == ["site-0", "site-1"] and len(sites) == 24
 
 
 def test_replies_staler_than_the_maximum_are_dropped_and_the_budget_ends_the_run(tmp_path):
-    metrics = fedbuff(tmp_path, builtin_sites(3), grid_type=ConcurrentGrid, **{
+    metrics = fedbuff(tmp_path, builtin_sites(3, train_seconds={2: 1.0}), grid_type=ConcurrentGrid, **{
         "num-server-rounds": 100_000, "async-time-budget": 3.0, "async-buffer-size": 1,
-        "async-max-staleness": 0, "bench-train-seconds": "site-2=1.0"})
+        "async-max-staleness": 0})
     assert 1 <= len(metrics) < 100_000
     assert all(r["staleness"] == 0 for m in metrics for r in m["replies"])
     dropped = [d for m in metrics for d in m["dropped"]]
@@ -166,8 +162,8 @@ def test_replies_staler_than_the_maximum_are_dropped_and_the_budget_ends_the_run
 
 
 def test_a_site_silent_past_the_round_timeout_is_given_the_current_model_again(tmp_path):
-    metrics = fedbuff(tmp_path, builtin_sites(3), grid_type=ConcurrentGrid, **{
-        "num-server-rounds": 30, "async-buffer-size": 2, "round-timeout": 1.0, "bench-train-seconds": "site-2=60"})
+    metrics = fedbuff(tmp_path, builtin_sites(3, train_seconds={2: 60.0}), grid_type=ConcurrentGrid, **{
+        "num-server-rounds": 30, "async-buffer-size": 2, "round-timeout": 1.0})
     failed = [m["failed"]["site-2"] for m in metrics if "site-2" in m["failed"]]
     assert failed and failed[0] == "no reply within round-timeout 1s; asked again"
     assert len(metrics) == 30 and all(r["site"] != "site-2" for m in metrics for r in m["replies"])

@@ -15,16 +15,15 @@ import pytest
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.constant import FAB_MAX_SIZE
 
-from flowerbed_training.checkpoints import CheckpointStore
-from flowerbed_training.data import DataError, builtin_partition
-from flowerbed_training.run_config import RunConfigError
+from flowerbed_training.common.builtin_data import builtin_options, builtin_partition
+from flowerbed_training.common.data import DataError
+from flowerbed_training.common.run_config import RunConfigError
+from flowerbed_training.server.checkpoints import CheckpointStore
 from tests.inprocess import TRAINING_APP_DIR, Site, builtin_sites, config_with, run_config_with, run_dir, run_federation
 from tests.training.arrays import global_norm
-from flowerbed_training.protocol import ARRAYS, from_record, to_record
-from flowerbed_training.round_log import read_metrics
-from flowerbed_training.scaffold import CLIENT_CONTROL
-from flowerbed_training.server_app import NoRoundAggregated
-from flowerbed_training.task import builtin_options
+from flowerbed_training.common.protocol import ARRAYS, CLIENT_CONTROL, from_record, to_record
+from flowerbed_training.server.app import NoRoundAggregated
+from flowerbed_training.server.round_log import read_metrics
 
 
 def federate(tmp_path: Path, sites: list[Site], run_id: int = 1, **overrides) -> list[dict]:
@@ -186,7 +185,7 @@ def test_the_app_bundle_carries_only_training_code():
     assert "pyproject.toml" in names and "README.md" in names
     code = [n for n in names if n not in ("pyproject.toml", "README.md", ".info/CONTENT")]
     assert code and all(n.startswith("flowerbed_training/") and n.endswith(".py") for n in code), code
-    assert "flowerbed_training/client_app.py" in names and "flowerbed_training/server_app.py" in names
+    assert "flowerbed_training/client/app.py" in names and "flowerbed_training/server/app.py" in names
 
 
 def test_a_site_without_its_data_is_reported_and_the_others_train(tmp_path):

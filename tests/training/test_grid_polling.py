@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from flwr.superlink.grid.http_grid import HttpGrid
 
-from flowerbed_training import grid_polling
-from flowerbed_training.grid_polling import POLL_SECONDS, PollingGrid
+from flowerbed_training.server import grid_polling
+from flowerbed_training.server.grid_polling import POLL_SECONDS, PollingGrid
 from tests.inprocess import InProcessGrid
 
 

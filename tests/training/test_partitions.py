@@ -7,14 +7,17 @@ other site's deployment; the ServerApp decides per run.
 import numpy as np
 import pytest
 
-from flowerbed_training.client_app import app as client_app
-from flowerbed_training.data import DataError, DataSpec, builtin_partition
-from flowerbed_training.run_config import RunConfig
+from flowerbed_training.client.app import app as client_app
+from flowerbed_training.client.site_data import local_split
+from flowerbed_training.common.builtin_data import builtin_options, builtin_partition
+from flowerbed_training.common.data import DataError, DataSpec
+from flowerbed_training.common.partitions import Partition, assign, partition_of
+from flowerbed_training.common.protocol import PARTITION_SITES
+from flowerbed_training.common.run_config import RunConfig
+from flowerbed_training.common.standardization import FeatureSums, Standardizer
+from flowerbed_training.server.round_log import read_metrics
+from flowerbed_training.server.survey import survey_sites
 from tests.inprocess import InProcessGrid, Site, builtin_sites, run_config_with, run_dir, run_federation
-from flowerbed_training.partitions import PARTITION_SITES, Partition, assign, partition_of
-from flowerbed_training.round_log import read_metrics
-from flowerbed_training.survey import survey_sites
-from flowerbed_training.task import FeatureSums, Standardizer, builtin_options, local_split
 
 
 def test_site_i_of_the_sorted_names_holds_partition_i():

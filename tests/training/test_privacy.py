@@ -20,12 +20,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from flowerbed_training import privacy
-from flowerbed_training.recording import Rounds
-from flowerbed_training.run_config import RunConfig
-from flowerbed_training.server_app import NoRoundAggregated
+from flowerbed_training.client import privacy
+from flowerbed_training.common.run_config import RunConfig
+from flowerbed_training.server import privacy as central_privacy
+from flowerbed_training.server.app import NoRoundAggregated
+from flowerbed_training.server.round_log import read_metrics
+from flowerbed_training.server.rounds import Rounds
 from tests.inprocess import builtin_sites, config_with, run_config_with, run_dir, run_federation
-from flowerbed_training.round_log import read_metrics
 from tests.training.intercept import InterceptedRun, run_intercepted
 
 RUN_CONFIG = config_with({"local-dp": True, "local-dp-epsilon": 8.0, "local-dp-delta": 1e-5,
@@ -109,12 +110,12 @@ def test_per_sample_clipping_bounds_each_step() -> None:
 
 def test_wrap_central_dp_picks_flowers_wrapper() -> None:
     inner = FedAvg()
-    assert privacy.wrap_central_dp(inner, config_with({}), 3) is inner
-    server = privacy.wrap_central_dp(inner, config_with({"central-dp": "server", "central-dp-noise-multiplier": 1.0,
+    assert central_privacy.wrap_central_dp(inner, config_with({}), 3) is inner
+    server = central_privacy.wrap_central_dp(inner, config_with({"central-dp": "server", "central-dp-noise-multiplier": 1.0,
                                                          "central-dp-clipping-norm": 2.0}), 3)
     assert isinstance(server, DifferentialPrivacyServerSideFixedClipping)
     assert (server.noise_multiplier, server.clipping_norm, server.num_sampled_clients) == (1.0, 2.0, 3)
-    client = privacy.wrap_central_dp(inner, config_with({"central-dp": "client"}), 3)
+    client = central_privacy.wrap_central_dp(inner, config_with({"central-dp": "client"}), 3)
     assert isinstance(client, DifferentialPrivacyClientSideFixedClipping)
 
 
@@ -201,7 +202,7 @@ def test_central_dp_epsilon_matches_the_rdp_accountant_by_hand() -> None:
     # its RDP at order a is a / (2 z^2) per round (Mironov 2017, Prop. 7), so after T rounds
     # epsilon = min over a of T a / 2 + log(1/delta) / (a - 1), minus Opacus' tighter
     # conversion term (Balle et al. 2020): log((a - 1) / a) - (log(delta) + log(a)) / (a - 1).
-    accountant = privacy.CentralDpAccountant(noise_multiplier=1.0, sample_rate=1.0, delta=1e-5)
+    accountant = central_privacy.CentralDpAccountant(noise_multiplier=1.0, sample_rate=1.0, delta=1e-5)
     orders = np.concatenate([np.linspace(1.01, 8, 1000), np.arange(8, 64, 0.5)])
 
     def by_hand(rounds: int) -> float:
@@ -212,14 +213,14 @@ def test_central_dp_epsilon_matches_the_rdp_accountant_by_hand() -> None:
     assert accountant.epsilon(0) == 0.0
     for rounds in (1, 4, 10):
         assert accountant.epsilon(rounds) == pytest.approx(by_hand(rounds), rel=0.02)
-    assert privacy.CentralDpAccountant(0.0, 1.0, 1e-5).epsilon(3) is None  # no noise, no guarantee
+    assert central_privacy.CentralDpAccountant(0.0, 1.0, 1e-5).epsilon(3) is None  # no noise, no guarantee
 
 
 def test_central_dp_reports_epsilon_per_round(tmp_path) -> None:
     run_intercepted(tmp_path, 3, **{**CENTRAL_DP, "num-server-rounds": 3, "central-dp": "server",
                                     "central-dp-noise-multiplier": 1.0})
     lines = read_metrics(run_dir(tmp_path))
-    accountant = privacy.CentralDpAccountant(1.0, 1.0, 1e-5)  # 3 of 3 sites each round
+    accountant = central_privacy.CentralDpAccountant(1.0, 1.0, 1e-5)  # 3 of 3 sites each round
     assert [line["central_epsilon"] for line in lines] == [pytest.approx(accountant.epsilon(r)) for r in (1, 2, 3)]
     assert 4.0 < lines[0]["central_epsilon"] < lines[-1]["central_epsilon"]
 

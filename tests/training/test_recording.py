@@ -5,16 +5,18 @@ import json
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from flowerbed_training import compression
-from flowerbed_training.checkpoints import Checkpoint, CheckpointStore
-from flowerbed_training.compression import CompressionSettings
-from flowerbed_training.protocol import ARRAYS, from_record, payload_bytes, to_record
-from flowerbed_training.quorum import Quorum
-from flowerbed_training.recording import RoundRecorder, Rounds
-from flowerbed_training.round_log import read_metrics
-from flowerbed_training.scoring import cosine_contributions
-from flowerbed_training.strategies import build_strategy
+from flowerbed_training.common import compression
+from flowerbed_training.common.compression import CompressionSettings
+from flowerbed_training.common.protocol import ARRAYS, from_record, to_record
+from flowerbed_training.server.checkpoints import Checkpoint, CheckpointStore
+from flowerbed_training.server.message_api import RoundRecorder
+from flowerbed_training.server.replies import SiteNames, SiteReply, payload_bytes
+from flowerbed_training.server.round_log import read_metrics
+from flowerbed_training.server.rounds import Rounds
+from flowerbed_training.server.scoring import cosine_contributions
+from flowerbed_training.server.strategies import build_strategy
 from tests.inprocess import InProcessGrid, Site, config_with
 from tests.training.replies import error_from, reply_from, train_reply
 
@@ -39,7 +41,7 @@ def test_cosine_scores_rank_helpers_free_riders_and_saboteurs():
 def recorder(tmp_path, min_sites=2, strategy="fedavg", offset=0, central=None) -> RoundRecorder:
     config = config_with({"strategy": strategy, "min-train-sites": 2, "min-available-sites": 3})
     rounds = Rounds(tmp_path, CheckpointStore(tmp_path), central_evaluation=central, round_offset=offset)
-    return RoundRecorder(build_strategy(config), rounds, Quorum(min_sites), state_of=dict)
+    return RoundRecorder(build_strategy(config), rounds, min_train_sites=min_sites, state_of=dict)
 
 
 def three_sites() -> InProcessGrid:
@@ -153,3 +155,37 @@ def test_contributions_are_scored_even_when_the_strategy_consumes_the_replies(tm
     rec = recorder(tmp_path, strategy="fedmedian")  # Flower's FedMedian empties the replies' arrays
     one_round(rec, [train_reply(n, {"w": [2.0, 2.0, 2.0]}, 1, site=f"s{n}") for n in (1, 2, 3)])
     assert read_metrics(tmp_path)[0]["contribution"] == {f"s{n}": pytest.approx(1.0) for n in (1, 2, 3)}
+
+
+# --- the one round bookkeeper every path reports to (Rounds.trained / aggregated) ----------------------
+
+
+def test_a_reply_without_a_name_is_named_one_way_on_every_path():
+    names = SiteNames({4: "hospital-d"})
+    app_layout = train_reply(7, {"w": [1.0]}, 10)  # states no name (Message API, FedBuff)
+    assert SiteReply.of(app_layout, names).site == "node-7"
+    assert SiteReply.of_legacy(7, 10, {}, names).site == "node-7"  # SecAgg+'s legacy FitRes
+    assert names(error_from(7, "boom")) == "node-7"
+    assert SiteReply.of_legacy(4, 10, {"site-name": ""}, names).site == "hospital-d"  # learnt before
+    assert names(error_from(8, "boom")) == "node-8" and names.named(8) == "node-8"
+
+
+def test_the_train_loss_is_averaged_as_flowers_strategies_average_metrics(tmp_path):
+    replies = [train_reply(n, {"w": [0.0]}, examples, site=f"s{n}") for n, examples in ((1, 3), (2, 7), (3, 11))]
+    for reply, loss in zip(replies, (0.3, 0.1, 0.7)):
+        reply.content.metric_records["metrics"]["train-loss"] = loss
+    rounds = Rounds(tmp_path, CheckpointStore(tmp_path))
+    record = rounds.begin(1)
+    assert rounds.trained([SiteReply.of(m, SiteNames()) for m in replies], {"s4": "crashed"}, minimum=3)
+    flowers = aggregate_metricrecords([m.content for m in replies], "num-examples")["train-loss"]
+    assert record.train_loss == flowers  # to the last bit
+    assert (record.sites, record.failed, record.epsilon) == (["s1", "s2", "s3"], {"s4": "crashed"},
+                                                            {"s1": None, "s2": None, "s3": None})
+    assert not rounds.trained([SiteReply.of(m, SiteNames()) for m in replies], {}, minimum=4)
+
+
+def test_a_sites_contribution_is_the_mean_of_its_scores(tmp_path):
+    rounds = Rounds(tmp_path, CheckpointStore(tmp_path))
+    record = rounds.begin(1)
+    rounds.aggregated([("a", 0.5), ("b", None), ("a", 1.0)])  # FedBuff: a site may reply twice per update
+    assert record.aggregated and record.contribution == {"a": 0.75, "b": None}

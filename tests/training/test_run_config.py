@@ -9,8 +9,8 @@ import tomllib
 
 import pytest
 
-from flowerbed_training.run_config import RunConfig, RunConfigError
-from flowerbed_training.strategies import STRATEGIES
+from flowerbed_training.common.run_config import RunConfig, RunConfigError
+from flowerbed_training.common.strategies import STRATEGIES
 from tests.inprocess import TRAINING_APP_DIR, config_with, run_config_with
 
 README = (TRAINING_APP_DIR / "README.md").read_text()

@@ -15,10 +15,11 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
 
-from flowerbed_training import secagg
+from flowerbed_training.client.secagg import secagg_plus_mod
+from flowerbed_training.server import secagg
 from tests.inprocess import InProcessGrid, config_with, run_dir
-from flowerbed_training.protocol import ARRAYS, METRICS, NUM_EXAMPLES, from_record
-from flowerbed_training.round_log import read_metrics
+from flowerbed_training.common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, from_record
+from flowerbed_training.server.round_log import read_metrics
 
 from tests.training.intercept import InterceptedRun, run_intercepted
 
@@ -159,7 +160,7 @@ def test_mod_passes_app_layout_messages_through() -> None:
         seen.append(msg)
         return Message(RecordDict(), reply_to=msg)
 
-    secagg.secagg_plus_mod(message, Context(1, 7, {}, RecordDict(), {}), app)
+    secagg_plus_mod(message, Context(1, 7, {}, RecordDict(), {}), app)
     assert seen == [message]
 
 

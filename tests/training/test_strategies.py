@@ -5,10 +5,12 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
-from flowerbed_training.protocol import ARRAYS, CONTROL, CONTROL_DELTA, from_record, to_record
-from flowerbed_training.run_config import RunConfig
-from flowerbed_training.scaffold import Scaffold, SiteControl, client_control_update, server_update
-from flowerbed_training.strategies import STRATEGIES, build_strategy, restore_strategy_state, strategy_state
+from flowerbed_training.client.objective import SiteControl, client_control_update
+from flowerbed_training.common.protocol import ARRAYS, CONTROL, CONTROL_DELTA, from_record, to_record
+from flowerbed_training.common.run_config import RunConfig
+from flowerbed_training.common.strategies import STRATEGIES
+from flowerbed_training.server.scaffold import Scaffold, server_update
+from flowerbed_training.server.strategies import build_strategy, restore_strategy_state, strategy_state
 from tests.inprocess import InProcessGrid, Site, config_with
 from tests.training.replies import train_reply
 

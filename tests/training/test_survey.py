@@ -2,9 +2,9 @@
 
 import pytest
 
-from flowerbed_training.client_app import app as client_app
-from flowerbed_training.data import DataError
-from flowerbed_training.survey import FederationNotReady, survey_sites
+from flowerbed_training.client.app import app as client_app
+from flowerbed_training.common.data import DataError
+from flowerbed_training.server.survey import FederationNotReady, survey_sites
 from tests.inprocess import InProcessGrid, Site, builtin_sites, config_with, run_config_with
 from tests.training.test_federation import study_sites
 
