@@ -198,10 +198,10 @@ def test_the_job_image_runs_flowers_task_entry_points(task_sandbox, built, rende
 # One SGD step of the training app's MLP on a batch of scikit-learn's breast-cancer data (shipped in the image).
 TRAIN_ONE_STEP = textwrap.dedent("""
     import numpy, torch
-    from flowerbed_training import data, task
+    from flowerbed_training.common import builtin_data, data, models, task
     print("torch", torch.__version__, "cuda", torch.cuda.is_available())
-    batch = data.subset(data.load_builtin("breast-cancer"), numpy.arange(32))
-    model = task.build_model("mlp", batch.spec)
+    batch = data.subset(builtin_data.load_builtin("breast-cancer"), numpy.arange(32))
+    model = models.build_model("mlp", batch.spec)
     stats = task.train(model, task.loader(batch, 32, True), task.sgd(model, 0.1), 1, torch.device("cpu"))
     print("steps", stats.steps, "loss", round(stats.loss, 4))
 """)

@@ -58,20 +58,22 @@ def centralized_accuracy(pods: PodsStack) -> float:
     rounds x local-epochs epochs, scored on the pooled hold-outs the sites evaluate on."""
     import torch
 
-    from flowerbed_training import data, task
-    from flowerbed_training.run_config import RunConfig
+    from flowerbed_training.client.site_data import local_split
+    from flowerbed_training.common import data, models, task
+    from flowerbed_training.common.run_config import RunConfig
+    from flowerbed_training.common.standardization import FeatureSums, Standardizer
 
     config = RunConfig.parse({**_defaults(), **OVERRIDES})
     task.seed_everything(config.seed)
-    splits = [task.local_split(data.load_directory(path.parent, config.label_column), config)
+    splits = [local_split(data.load_directory(path.parent, config.label_column), config)
               for path in pods.shares.values()]
     train = data.Dataset(np.concatenate([s[0].x for s in splits]), np.concatenate([s[0].y for s in splits]),
                          splits[0][0].spec)
     held_out = data.Dataset(np.concatenate([s[1].x for s in splits]), np.concatenate([s[1].y for s in splits]),
                             splits[0][1].spec)
-    standardizer = task.Standardizer.from_sums(task.FeatureSums.of(train.x))
+    standardizer = Standardizer.from_sums(FeatureSums.of(train.x))
     train, held_out = standardizer.apply(train), standardizer.apply(held_out)
-    model = task.model_for(config, train.spec)
+    model = models.model_for(config, train.spec)
     task.train(model, task.loader(train, config.batch_size, True, config.seed), task.sgd(model, config.lr),
                config.num_server_rounds * config.local_epochs, torch.device("cpu"),
                max_grad_norm=config.local_max_grad_norm)
