@@ -76,9 +76,11 @@ def container(name: str, image: str, images: Images, *, args: Sequence[str], siz
 
 def pod_spec(images: Images, containers: Sequence[k8s.core.v1.ContainerArgs],
              volumes: Sequence[k8s.core.v1.VolumeArgs], *, service_account: str | None = None,
-             restart_policy: str | None = None) -> k8s.core.v1.PodSpecArgs:
+             restart_policy: str | None = None,
+             init_containers: Sequence[k8s.core.v1.ContainerArgs] = ()) -> k8s.core.v1.PodSpecArgs:
     """A pod spec with the restricted security context, pull secrets and a `/tmp` emptyDir."""
     return k8s.core.v1.PodSpecArgs(
+        init_containers=list(init_containers) or None,
         containers=list(containers),
         volumes=[k8s.core.v1.VolumeArgs(name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
             size_limit="1Gi")), *volumes],

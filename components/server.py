@@ -9,7 +9,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import kube, naming, registration, superexec
+from components import kube, naming, registration, superexec, superlink_state
 from components.config import FederationConfig
 from components.fleet_filter import nginx_conf
 from components.pki_resources import CertificateAuthority, ServerCertificate
@@ -25,6 +25,7 @@ ARTIFACTS_CLAIM = "serverapp-artifacts"
 NGINX_CONFIG = "superlink-nginx"
 
 _STATE_DIR = "/var/lib/flowerbed"
+DATABASE = f"{_STATE_DIR}/state.db"
 _NGINX_CONF_DIR = "/etc/flowerbed/nginx"
 _NGINX_RUN_DIR = "/run/nginx"
 
@@ -60,7 +61,7 @@ def superlink_args() -> list[str]:
         "--ssl-keyfile", f"{naming.TLS_DIR}/tls.key",
         "--ssl-ca-certfile", f"{naming.TLS_DIR}/ca.crt",
         "--enable-supernode-auth",
-        "--database", f"{_STATE_DIR}/state.db",
+        "--database", DATABASE,
         "--disable-runtime-dependency-installation",
         # All interfaces so kubelet probes reach it; NetworkPolicy admits only nginx's ports.
         "--host", "0.0.0.0",
@@ -152,12 +153,15 @@ class ServerSite(pulumi.ComponentResource):
         self._contents[kube.content_key("ConfigMap", NGINX_CONFIG)] = nginx_data
         nginx = k8s.core.v1.ConfigMap(f"{self._name}-nginx", metadata=self._meta(NGINX_CONFIG, SUPERLINK),
                                       data=nginx_data, opts=self._in_ns)
+        self._contents[kube.content_key("ConfigMap", superlink_state.SCRIPT_CONFIG)] = superlink_state.script_data()
+        backup_script = superlink_state.declare(self._name, self._meta(superlink_state.SCRIPT_CONFIG, SUPERLINK),
+                                                self._in_ns)
+        state_mount = kube.mount("state", _STATE_DIR, read_only=False)
         superlink = kube.container(
             "superlink", images.platform, images, command=["flower-superlink"], args=superlink_args(),
             sizing=_SUPERLINK_SIZING, env={"FLWR_HOME": f"{_STATE_DIR}/flwr-home"},
             ports=[k8s.core.v1.ContainerPortArgs(name="superlink", container_port=naming.SUPERLINK_PORT)],
-            mounts=[kube.mount("tls", naming.TLS_DIR), kube.mount("state", _STATE_DIR, read_only=False)],
-            probe=kube.https_probe(naming.SUPERLINK_PORT))
+            mounts=[kube.mount("tls", naming.TLS_DIR), state_mount], probe=kube.https_probe(naming.SUPERLINK_PORT))
         fleet_filter = kube.container(
             "fleet-filter", images.platform, images,
             command=["nginx"], args=["-e", "stderr", "-c", f"{_NGINX_CONF_DIR}/nginx.conf"], sizing=_NGINX_SIZING,
@@ -177,10 +181,12 @@ class ServerSite(pulumi.ComponentResource):
             template=kube.pod_template(self._labels(SUPERLINK), kube.pod_spec(images, [superlink, fleet_filter], [
                 kube.secret_volume("tls", TLS_SECRET),
                 kube.config_volume("nginx-conf", NGINX_CONFIG),
+                kube.config_volume("state-backup", superlink_state.SCRIPT_CONFIG),
                 kube.claim_volume("state", STATE_CLAIM),
                 k8s.core.v1.VolumeArgs(name="nginx-run", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
                     size_limit="256Mi")),
-            ]), self._contents)), opts=self._after([*depends_on, nginx]))
+            ], init_containers=[superlink_state.init_container(images, DATABASE, state_mount, "state-backup")]),
+                self._contents)), opts=self._after([*depends_on, nginx, backup_script]))
 
     def _superlink_pods(self) -> dict[str, str]:
         return kube.selector(self._config.federation, SUPERLINK)

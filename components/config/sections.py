@@ -10,16 +10,40 @@ from pydantic import AfterValidator, Field, PrivateAttr, create_model, field_val
 
 from components.config.fields import Boolean, Choice, Cidrs, DnsLabel, DnsName, Integer, LabelMap, List, Quantity, Text
 from components.config.wording import Invalid, Section, expect, refused
+from components.flower_release import FLOWER_RELEASE, release_of
 
 # NodeLocal DNSCache's default listen address (the `__PILLAR__LOCAL__DNS__` of its manifest), on every node.
 NODE_LOCAL_DNS_ADDRESS = "169.254.20.10"
 
 
 class Images(Section):
+    """The platform image (SuperLink, SuperNode, SuperExec, nginx) and the job image (task pods): both
+    must run the Flower release this program's flags are written for, named by their tags
+    (components/flower_release.py), so a skewed stack stops at preview instead of crash-looping."""
+
     platform: Text
     job: Text
     pull_policy: Choice("Always", "IfNotPresent", "Never") = "IfNotPresent"
     pull_secrets: List(DnsName) = ()
+
+    @model_validator(mode="after")
+    def _one_flower_release(self) -> Images:
+        platform = release_of(self.platform)
+        for key, image in (("platform", self.platform), ("job", self.job)):
+            release = release_of(image)
+            if release is None:
+                raise Invalid(f"'{image}' does not say which Flower release it runs; expected a tag ending in "
+                              f"-flwr<release> as make images tags it (e.g. :0.1.0-flwr{FLOWER_RELEASE}, "
+                              f"-flwr{FLOWER_RELEASE}-cpu for the cpu job variant)", at=key)
+            if key == "job" and release != platform:
+                raise Invalid(f"'{image}' runs Flower {release}, but images.platform runs Flower {platform}; task "
+                              "pods must run the Flower of the SuperLink and SuperNodes they talk to", at=key)
+            if release != FLOWER_RELEASE:
+                raise Invalid(f"'{image}' runs Flower {release}, but this flowerbed's flags and configs are "
+                              f"written for Flower {FLOWER_RELEASE}; expected images built by this checkout's "
+                              f"make images (-flwr{FLOWER_RELEASE}), or the flowerbed release made for Flower "
+                              f"{release} (README: Upgrading Flower)", at=key)
+        return self
 
 
 class DnsConfig(Section):

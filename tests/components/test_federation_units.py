@@ -263,7 +263,7 @@ def test_serverapp_pods_use_the_job_image_and_write_artifacts_to_the_volume(dev:
     text = dev.one("ConfigMap", "serverapp-executor", SERVER_NS).inputs["data"]["executor.yaml"]
     pod = launched_pod(text, "flwr-serverapp", "superlink-runtime.demo-server.svc:9091")
     task = pod["spec"]["containers"][0]
-    assert task["image"] == "registry.example.org/flowerbed/job:0.1.0"
+    assert task["image"] == "registry.example.org/flowerbed/job:0.1.0-flwr1.42.0"
     assert task["command"] == ["flwr-serverapp"]
     mount = next(m for m in task["volumeMounts"] if m["mountPath"] == naming.ARTIFACTS_DIR)
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
@@ -705,7 +705,7 @@ def test_every_pod_template_carries_the_digest_of_exactly_the_objects_it_mounts(
 @pytest.mark.parametrize(("name", "reads"), [
     # A server certificate renewal rolls SuperLink (and its filter) only; a site's Runtime API
     # certificate its SuperNode only; a CA change everything that trusts it; a config its reader.
-    ("superlink", {"Secret/superlink-tls", "ConfigMap/superlink-nginx"}),
+    ("superlink", {"Secret/superlink-tls", "ConfigMap/superlink-nginx", "ConfigMap/superlink-state-backup"}),
     ("serverapp-executor", {"Secret/federation-ca", "ConfigMap/serverapp-executor", "ConfigMap/pending-reaper"}),
     ("supernode", {"Secret/federation-ca", "Secret/supernode-auth", "Secret/supernode-runtime-tls"}),
     ("clientapp-executor", {"Secret/federation-ca", "ConfigMap/clientapp-executor", "ConfigMap/pending-reaper"}),

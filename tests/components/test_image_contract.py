@@ -27,7 +27,8 @@ def test_runs_as_the_uid_the_components_security_contexts_demand(image: str) -> 
 def test_launched_pods_have_flower_home_on_a_writable_volume() -> None:
     """The job image writes the submitted app under FLWR_HOME; its root filesystem is read-only."""
     config = superexec.executor_config(
-        namespace="ns", images=Images(platform="platform:t", job="job:t", pullPolicy="IfNotPresent"), federation="demo",
+        namespace="ns", images=Images(platform="platform:t-flwr1.42.0", job="job:t-flwr1.42.0", pullPolicy="IfNotPresent"),
+        federation="demo",
         task_role="task", resources={}, volumes=[], volume_mounts=[])
     assert config["container-security-context"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e["value"] for e in config["env"]}

@@ -20,7 +20,7 @@ name = "{name}"
 version = "1.0.0"
 description = "a test app"
 license = "Apache-2.0"
-dependencies = ["flwr==1.41.0", "numpy"]
+dependencies = ["flwr==1.42.0", "numpy"]
 
 [tool.hatch.build.targets.wheel]
 packages = ["{package}"]

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from components.flower_release import FLOWER_RELEASE
 from imagefiles import REPO
+
+V = f"-flwr{FLOWER_RELEASE}"  # what make images appends to TAG
 
 SCRIPT = REPO / "tools" / "build-images"
 FAKE_DOCKER = """#!/bin/sh
@@ -70,26 +73,26 @@ def test_builds_the_platform_image_and_both_job_variants(tmp_path):
                                  JOB_VARIANTS="cuda cpu")
     assert result.returncode == 0, result.stderr
     builds = _builds(calls)
-    assert sorted(builds) == ["registry.example.org/flowerbed/job:0.1.0",
-                              "registry.example.org/flowerbed/job:0.1.0-cpu",
-                              "registry.example.org/flowerbed/platform:0.1.0"]
-    platform = builds["registry.example.org/flowerbed/platform:0.1.0"]
+    assert sorted(builds) == [f"registry.example.org/flowerbed/job:0.1.0{V}",
+                              f"registry.example.org/flowerbed/job:0.1.0{V}-cpu",
+                              f"registry.example.org/flowerbed/platform:0.1.0{V}"]
+    platform = builds[f"registry.example.org/flowerbed/platform:0.1.0{V}"]
     assert platform[platform.index("--file") + 1] == "images/platform/Dockerfile"
     assert platform[-1] == "."  # the repository root: the lock and training/ are in the context
     for call in builds.values():
         assert call[call.index("--platform") + 1] == "linux/amd64"
-    for tag, variant in (("0.1.0", "VARIANT=cuda"), ("0.1.0-cpu", "VARIANT=cpu")):
+    for tag, variant in ((f"0.1.0{V}", "VARIANT=cuda"), (f"0.1.0{V}-cpu", "VARIANT=cpu")):
         job = builds[f"registry.example.org/flowerbed/job:{tag}"]
         assert job[job.index("--file") + 1] == "images/job/Dockerfile"
         assert job[job.index("--build-arg") + 1] == variant
     assert not [c for c in calls if c[0] == "push"]
-    assert "job: registry.example.org/flowerbed/job:0.1.0" in result.stdout
+    assert f"job: registry.example.org/flowerbed/job:0.1.0{V}" in result.stdout
 
 
 def test_the_cuda_job_image_is_the_default_variant(tmp_path):
     result, calls = build_images(tmp_path, engine=True, REGISTRY="r.example/f", TAG="v1")
     assert result.returncode == 0, result.stderr
-    assert sorted(_builds(calls)) == ["r.example/f/job:v1", "r.example/f/platform:v1"]
+    assert sorted(_builds(calls)) == [f"r.example/f/job:v1{V}", f"r.example/f/platform:v1{V}"]
 
 
 def test_push_comes_after_every_build(tmp_path):
@@ -97,7 +100,7 @@ def test_push_comes_after_every_build(tmp_path):
                                  PUSH="1")
     assert result.returncode == 0, result.stderr
     assert [c[0] for c in calls if c[0] != "info"] == ["build", "build", "push", "push"]
-    assert {c[1] for c in calls if c[0] == "push"} == {"r.example/f/platform:v2", "r.example/f/job:v2"}
+    assert {c[1] for c in calls if c[0] == "push"} == {f"r.example/f/platform:v2{V}", f"r.example/f/job:v2{V}"}
 
 
 def test_default_tag_is_the_commit(tmp_path):
@@ -105,8 +108,8 @@ def test_default_tag_is_the_commit(tmp_path):
     assert result.returncode == 0, result.stderr
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.strip()
-    assert sorted(_builds(calls)) == [f"localhost:5000/flowerbed/job:{commit}-cpu",
-                                      f"localhost:5000/flowerbed/platform:{commit}"]
+    assert sorted(_builds(calls)) == [f"localhost:5000/flowerbed/job:{commit}{V}-cpu",
+                                      f"localhost:5000/flowerbed/platform:{commit}{V}"]
 
 
 @pytest.mark.parametrize(("setting", "value", "message"), [
@@ -135,12 +138,12 @@ def test_an_app_gets_its_own_job_image_from_the_named_context(tmp_path):
                                  JOB_VARIANTS="cuda cpu")
     assert result.returncode == 0, result.stderr
     builds = _builds(calls)
-    assert sorted(builds) == ["r.example/f/job-my_app:v3", "r.example/f/job-my_app:v3-cpu"]  # no platform image
+    assert sorted(builds) == [f"r.example/f/job-my_app:v3{V}", f"r.example/f/job-my_app:v3{V}-cpu"]  # no platform image
     for call in builds.values():
         assert call[call.index("--file") + 1] == "images/job/Dockerfile"
         assert call[call.index("--build-context") + 1] == f"app={app}"
         assert call[-1] == "."  # the repository root still gives the lock and the checks
-    assert "flowerbed:images: {job: r.example/f/job-my_app:v3}" in result.stdout
+    assert f"flowerbed:images: {{job: r.example/f/job-my_app:v3{V}}}" in result.stdout
 
 
 def test_a_relative_app_is_the_callers(tmp_path):

@@ -22,6 +22,7 @@ import pytest
 
 from containers import Sandbox, wait_for
 from imagefiles import REPO
+from components.flower_release import FLOWER_RELEASE
 from tools.images import buildah
 from tools.images.buildah import BuildahError
 from tools.images.recipe import PLATFORM_DOCKERFILE, Recipe
@@ -265,7 +266,7 @@ def test_an_unchanged_image_is_tagged_again_instead_of_built(built):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     for image in ("platform", "job"):
-        assert f"localhost:5000/flowerbed/{image}:local: inputs unchanged since its last build; tagged again" \
+        assert f"localhost:5000/flowerbed/{image}:local-flwr{FLOWER_RELEASE}: inputs unchanged since its last build; tagged again" \
             in result.stdout
     assert "building" not in result.stdout
 
@@ -278,15 +279,16 @@ def test_an_app_pinning_another_flower_fails_in_one_line_naming_the_change(tmp_p
 
     app = message_api_app(tmp_path / "pinned")
     pyproject = app / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('"flwr==1.41.0"', '"flwr==1.40.0"'))
+    pyproject.write_text(pyproject.read_text().replace(f'"flwr=={FLOWER_RELEASE}"', '"flwr==1.40.0"'))
     result = subprocess.run([REPO / "tools" / "build-images"], capture_output=True, text=True, timeout=900,
                             env={**os.environ, "BUILDER": "buildah", "TAG": "t1", "APP": str(app)})
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("build-images: localhost:5000/flowerbed/job-pinned:t1: check_flower: ")
-    assert "asks for 'flwr==1.40.0', but the platform runs flwr 1.41.0" in line
-    assert "Change the requirement to 'flwr==1.41.0'" in line
-    assert buildah.image_id("localhost:5000/flowerbed/job-pinned:t1") is None  # nothing passes for built
+    name = f"localhost:5000/flowerbed/job-pinned:t1-flwr{FLOWER_RELEASE}"
+    assert line.startswith(f"build-images: {name}: check_flower: ")
+    assert f"asks for 'flwr==1.40.0', but the platform runs flwr {FLOWER_RELEASE}" in line
+    assert f"Change the requirement to 'flwr=={FLOWER_RELEASE}'" in line
+    assert buildah.image_id(name) is None  # nothing passes for built
     assert buildah.buildah("containers", "--quiet").stdout.strip() == ""  # no working container left
 
 

@@ -119,7 +119,7 @@ def test_check_flower_accepts_an_app_the_platforms_flower_satisfies(tmp_path, de
     assert f"the image installs the platform's flwr {PLATFORM_FLOWER}" in result.stdout
 
 
-@pytest.mark.parametrize("requirement", ["flwr==1.40.0", "flwr[simulation]<1.41", "flwr>=1.42"])
+@pytest.mark.parametrize("requirement", ["flwr==1.41.0", "flwr[simulation]<1.42", "flwr>=1.43"])
 def test_check_flower_refuses_an_app_pinning_another_flower(tmp_path, requirement):
     result = _check_flower(tmp_path, [requirement, "numpy"])
     assert result.returncode == 1

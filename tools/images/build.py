@@ -1,9 +1,11 @@
 """make images: builds flowerbed's images with Docker, or without it with buildah.
 
-    $REGISTRY/platform:$TAG     images/platform/Dockerfile
-    $REGISTRY/job:$TAG          images/job/Dockerfile, VARIANT=cuda   ($TAG-cpu for VARIANT=cpu)
+    $REGISTRY/platform:$TAG-flwr$V     images/platform/Dockerfile
+    $REGISTRY/job:$TAG-flwr$V          images/job/Dockerfile, VARIANT=cuda   (...-flwr$V-cpu for VARIANT=cpu)
     with APP=DIR only the job image of that Flower App (the platform image is shared):
-    $REGISTRY/job-<dir>:$TAG    images/job/Dockerfile, --build-context app=DIR
+    $REGISTRY/job-<dir>:$TAG-flwr$V    images/job/Dockerfile, --build-context app=DIR
+$V is the flwr of requirements/requirements.lock: the tag says which Flower release the image runs, and
+the program refuses images of another release at preview (components/flower_release.py).
 
 With Docker (an engine answers `docker info`) it runs `docker build` as it always has. Without,
 buildah builds the same Dockerfiles into this project's image store (tools/images/buildah.py):
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.flower_release import tag_suffix
 from tools.images import buildah, standin
 from tools.images.buildah import BuildahError
 from tools.images.recipe import JOB_DOCKERFILE, PLATFORM_DOCKERFILE, REPO, Recipe
@@ -52,12 +55,14 @@ class Result:
 
 
 def recipes(settings: Settings) -> list[Recipe]:
+    """What to build; every tag says the Flower release the image runs (components/flower_release.py)."""
     found = []
+    tag = settings.tag + tag_suffix(flower_version())
     if settings.app is None:
-        found.append(Recipe(f"{settings.registry}/platform:{settings.tag}", PLATFORM_DOCKERFILE))
+        found.append(Recipe(f"{settings.registry}/platform:{tag}", PLATFORM_DOCKERFILE))
     for variant in settings.variants:
         suffix = "" if variant == "cuda" else f"-{variant}"
-        found.append(Recipe(f"{settings.registry}/{settings.job_repository}:{settings.tag}{suffix}", JOB_DOCKERFILE,
+        found.append(Recipe(f"{settings.registry}/{settings.job_repository}:{tag}{suffix}", JOB_DOCKERFILE,
                             {"VARIANT": variant}, settings.app))
     return found
 

@@ -2,7 +2,8 @@
 before any builder runs, each bad value named in one line.
 
     REGISTRY      registry and path the images are named for      (default localhost:5000/flowerbed)
-    TAG           image tag                 (default: the commit, `git describe --always --dirty`)
+    TAG           image tag, before the -flwr<release> make images appends
+                                            (default: the commit, `git describe --always --dirty`)
     JOB_VARIANTS  job image variants, of cuda and cpu             (default "cuda")
     APP           a Flower App directory: build its job image instead of training/'s and the platform's
     PUSH=1        push every image once all are built
@@ -21,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ("cuda", "cpu")
 BUILDERS = ("auto", "docker", "buildah")
-# Docker's reference grammar: a lowercase repository path; a tag of at most 128 characters (124 here,
-# as the cpu variant appends "-cpu").
+# Docker's reference grammar: a lowercase repository path; a tag of at most 128 characters (100 here, as
+# "-flwr<release>" and the cpu variant's "-cpu" follow it).
 _REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9._:/-]*[a-z0-9])?$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,123}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*$")
 
 
@@ -75,8 +76,8 @@ def read(env: Mapping[str, str], cwd: Path) -> Settings:
                            "'_', '-', ':', '/'; e.g. registry.example.org/flowerbed)")
     tag = env.get("TAG") or default_tag()
     if not _TAG.match(tag):
-        raise SettingError(f"TAG: '{tag}' is not an image tag (A-Z, a-z, 0-9, '_', '.', '-'; at most 124 "
-                           "characters, as the cpu variant appends '-cpu'; not starting with '.' or '-')")
+        raise SettingError(f"TAG: '{tag}' is not an image tag (A-Z, a-z, 0-9, '_', '.', '-'; at most 100 "
+                           "characters, as -flwr<release> and the cpu variant's '-cpu' follow it; not starting with '.' or '-')")
     variants = tuple((env.get("JOB_VARIANTS") or "cuda").split())
     for variant in variants:
         if variant not in VARIANTS:

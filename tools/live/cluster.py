@@ -32,6 +32,7 @@ from typing import Any
 
 
 from components.config import ConfigError, FederationConfig, SiteConfig, flowerbed_values, parse, stack_file
+from components.flower_release import FLOWER_RELEASE, tag_suffix
 from tools.engine.offline import REPO, Pulumi
 from tools.engine.stack import shown
 from tools.images import build as image_build
@@ -50,6 +51,8 @@ STORAGE_CLASS = "local"
 GPUS_PER_NODE = 8
 # The placeholder kubeconfig lets the stack's config be validated before the planes exist.
 _PENDING = "set by make cluster"
+# An image placeholder the config accepts (its tag names the program's Flower release).
+_PENDING_IMAGE = f"set-by-make-cluster:pending{tag_suffix(FLOWER_RELEASE)}"
 
 
 class ClusterError(RuntimeError):
@@ -116,7 +119,7 @@ class LocalStack:
                                f"starts live control planes for clusters without renderDir (see Pulumi.local.yaml)")
         raw["clusters"] = {name: {**(entry or {}), "kubeconfig": _PENDING} for name, entry in clusters.items()}
         if self.real_nodes() and isinstance(raw.get("images"), Mapping):
-            raw["images"] = {"platform": _PENDING, "job": _PENDING, **raw["images"]}
+            raw["images"] = {"platform": _PENDING_IMAGE, "job": _PENDING_IMAGE, **raw["images"]}
         try:
             # Only this stack's own config: a consortium site stack's join bundle is not needed to start its planes.
             return parse(raw, self.project)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from components.flower_release import release_of, tag_suffix
 from tools.images import buildah
 from tools.live.build import KUBERNETES_VERSION, NodeBinaries, COREDNS_VERSION
 from tools.live.network import Network
@@ -85,8 +86,10 @@ class Registry:
         return False
 
     def publish(self, image: str, repository: str) -> str:
-        """Sends `image` (in the buildah store) as `<registry>/<repository>:<its image ID>`; returns that name."""
-        name = f"{self.address}/{repository}:i{buildah.image_id(image)[:16]}"
+        """Sends `image` (in the buildah store) as `<registry>/<repository>:i<its image ID>-flwr<release>`
+        (the release its own tag names); returns that name."""
+        release = release_of(image)
+        name = f"{self.address}/{repository}:i{buildah.image_id(image)[:16]}{tag_suffix(release) if release else ''}"
         buildah.push(image, f"docker://{name}", insecure=True)
         return name
 
