@@ -27,12 +27,14 @@ it when its last process ends.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +103,10 @@ class RealNode:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.root / "containerd" / "containerd.sock"
+        """In a short directory of its own: a Unix socket's path holds at most 108 bytes (containerd refuses
+        more than 104 for its `.ttrpc` twin), and the node's directory may be deep (a pytest base temp)."""
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"flowerbed-node-{digest}" / "containerd.sock"
 
     @property
     def cgroup_root(self) -> str:
@@ -127,6 +132,7 @@ class RealNode:
         for sub in ("pids", "logs", "pki", "containerd", "kubelet", "cni/net.d", "cni/ipam", "pod-logs",
                     "volume-plugins"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.containerd_socket.parent.mkdir(mode=0o700, exist_ok=True)
         started = time.monotonic()
 
         def left() -> float:
@@ -397,6 +403,7 @@ state = "{c / 'state'}"
         if leftovers:
             stopped.append(f"{len(leftovers)} container process(es)")
         self._remove_cgroups()
+        shutil.rmtree(self.containerd_socket.parent, ignore_errors=True)
         return stopped
 
     def _cgroup_dirs(self, file: str) -> list[Path]:
