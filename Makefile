@@ -11,7 +11,7 @@ pytest-both = $(PROGRAM_PY) -m pytest $(1) $(PROGRAM_TESTS); program=$$?; \
   $(PY) -m pytest $(1) $(addprefix --ignore=,$(PROGRAM_TESTS)); flower=$$?; exit $$((program || flower))
 STACK ?= dev
 
-.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy consortium images data run bench bench-learning bench-program bench-rounds bench-pods clean bench-stragglers test-images
+.PHONY: venv venv-program test test-fast federate toolchain cluster-binaries cluster cluster-down up preview destroy consortium images data run bench bench-learning bench-program bench-rounds bench-pods clean bench-stragglers test-images restore-state
 
 venv:
 	@tools/ensure-venv
@@ -78,6 +78,10 @@ data: venv-program toolchain
 # Submit the training app (or APP=DIR) to a deployed stack, a line per round, results to out/<stack>/runs/ (tools/ops/run.py).
 run: venv toolchain
 	@$(PY) -m tools.ops.run $(STACK) $(if $(APP),--app $(abspath $(APP))) $(ARGS)
+
+# Put a backup of the SuperLink's database back, e.g. to roll a Flower upgrade back (tools/ops/state.py).
+restore-state: venv toolchain
+	@$(PY) -m tools.ops.state $(STACK) $(if $(BACKUP),--backup $(BACKUP))
 
 bench: venv
 	PYTHONPATH=training $(PY) -m bench $(ARGS)

@@ -59,7 +59,7 @@ class Poll:
     source: str
 
 
-# Flower 1.41's waits on a message's way (tests/bench/test_rounds.py checks them against the installed flwr).
+# Flower 1.42's waits on a message's way (tests/bench/test_rounds.py checks them against the installed flwr).
 POLLS = (
     Poll("SuperNode pulls the SuperLink for a message", 3.0,
          "flwr/supernode/start_client_internal.py, start_client_internal: time.sleep(3) (hard-coded)"),

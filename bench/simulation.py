@@ -2,7 +2,7 @@
 
 Runs in .venv-bench-simulation (requirements/bench-simulation.in: flwr[simulation], i.e. Ray), never
 in .venv. It does what `flwr-simulation` does for `flwr run` against a local-simulation federation
-(flwr/simulation/app.py, flwr 1.41): `_run_simulation` with the app directory, the run's override
+(flwr/simulation/app.py, flwr 1.42): `_run_simulation` with the app directory, the run's override
 config fused with the app's pyproject defaults (the ServerApp's context and every virtual SuperNode's),
 Flower's default backend config (Ray, 2 CPUs per ClientApp actor); only the SuperLink that
 `flwr run` would start around it is left out, so the seconds are the runtime's own. The public

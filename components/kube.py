@@ -283,7 +283,7 @@ def baseline_policies(prefix: str, namespace_name: str, object_labels: Mapping[s
 
 # --- RBAC for the Flower Kubernetes executor ---------------------------------------------
 
-# Exactly the calls flwr 1.41's KubernetesExecutor makes for cold (one pod per task) dispatch
+# Exactly the calls flwr 1.42's KubernetesExecutor makes for cold (one pod per task) dispatch
 # (flwr/supercore/superexec/executor/kubernetes_executor.py): create/list/delete of the task
 # Pod and of its AppIO credential Secret. No get/watch (it lists), no patch or pods/exec (only
 # warm pools use them, and flowerbed configures none). The pending reaper in the executor's pod

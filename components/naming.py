@@ -22,6 +22,10 @@ FLEET_SERVICE = "superlink-fleet"
 RUNTIME_SERVICE = "superlink-runtime"
 CONTROL_SERVICE = "superlink-control"
 SUPERNODE_SERVICE = "supernode-runtime"
+# The SuperLink's state volume (its database, and the backups components/state_backup.py makes there).
+SUPERLINK_STATE_CLAIM = "superlink-state"
+SUPERLINK_STATE_DIR = "/var/lib/flowerbed"
+SUPERLINK_DATABASE = f"{SUPERLINK_STATE_DIR}/state.db"
 
 # Where things live inside the pods.
 TLS_DIR = "/etc/flowerbed/tls"
@@ -42,7 +46,7 @@ STATE_CLAIM = "clientapp-state"
 TASK_ENV = {"HOME": "/tmp", "FLWR_HOME": "/tmp/.flwr", "XDG_CACHE_HOME": "/tmp/.cache", "MPLCONFIGDIR": "/tmp/.mpl"}
 # SuperExec asks its Runtime API for a new task every second by default, so each launched task (the
 # ServerApp, every ClientApp message) waits 0.5 s on average before it starts. Flower allows
-# 0.01-60 s through this variable (flwr 1.41, flwr/supercore/superexec/run_superexec.py); 0.2 s is
+# 0.01-60 s through this variable (flwr 1.42, flwr/supercore/superexec/run_superexec.py); 0.2 s is
 # five cheap local calls a second per SuperExec.
 TASK_POLL_INTERVAL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 SUPEREXEC_ENV = {TASK_POLL_INTERVAL_ENV: "0.2"}

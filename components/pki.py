@@ -146,7 +146,7 @@ def new_supernode_key() -> SupernodeKey:
 def supernode_public_key(text: str) -> str:
     """`text` as the one-line OpenSSH public key SuperLink registers, its comment dropped.
 
-    Flower accepts EC keys on NIST curves only (flwr 1.41, `flwr.cli.supernode.register.try_load_public_key`);
+    Flower accepts EC keys on NIST curves only (flwr 1.42, `flwr.cli.supernode.register.try_load_public_key`);
     OpenSSH encodes P-256, P-384 and P-521. Raises ValueError saying what the text is instead.
     """
     try:

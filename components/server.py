@@ -20,12 +20,11 @@ SUPERLINK = naming.SUPERLINK
 EXECUTOR = "serverapp-executor"
 TASK = "serverapp-task"
 TLS_SECRET = "superlink-tls"
-STATE_CLAIM = "superlink-state"
+STATE_CLAIM = naming.SUPERLINK_STATE_CLAIM
 ARTIFACTS_CLAIM = "serverapp-artifacts"
 NGINX_CONFIG = "superlink-nginx"
 
-_STATE_DIR = "/var/lib/flowerbed"
-DATABASE = f"{_STATE_DIR}/state.db"
+_STATE_DIR = naming.SUPERLINK_STATE_DIR
 _NGINX_CONF_DIR = "/etc/flowerbed/nginx"
 _NGINX_RUN_DIR = "/run/nginx"
 
@@ -61,7 +60,7 @@ def superlink_args() -> list[str]:
         "--ssl-keyfile", f"{naming.TLS_DIR}/tls.key",
         "--ssl-ca-certfile", f"{naming.TLS_DIR}/ca.crt",
         "--enable-supernode-auth",
-        "--database", DATABASE,
+        "--database", naming.SUPERLINK_DATABASE,
         "--disable-runtime-dependency-installation",
         # All interfaces so kubelet probes reach it; NetworkPolicy admits only nginx's ports.
         "--host", "0.0.0.0",
@@ -185,7 +184,8 @@ class ServerSite(pulumi.ComponentResource):
                 kube.claim_volume("state", STATE_CLAIM),
                 k8s.core.v1.VolumeArgs(name="nginx-run", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
                     size_limit="256Mi")),
-            ], init_containers=[superlink_state.init_container(images, DATABASE, state_mount, "state-backup")]),
+            ], init_containers=[superlink_state.init_container(images, naming.SUPERLINK_DATABASE, state_mount,
+                                                               "state-backup")]),
                 self._contents)), opts=self._after([*depends_on, nginx, backup_script]))
 
     def _superlink_pods(self) -> dict[str, str]:

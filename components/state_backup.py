@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import sqlite3
 import sys
 from importlib.metadata import version
@@ -34,6 +35,8 @@ from pathlib import Path
 BACKUPS = "backups"
 RELEASE_SUFFIX = ".flwr-release"
 UNKNOWN = "unknown"  # a database from before flowerbed recorded releases
+_BACKUP_NAME = re.compile(rf"^state-flwr(?P<release>\d+\.\d+\.\d+(?:(?:a|b|rc)\d+)?|{UNKNOWN})"
+                          r"-\d{8}T\d{6}Z(?:-replaced)?\.db$")
 
 
 class StateError(RuntimeError):
@@ -113,12 +116,11 @@ def backup(database: Path, release: str, now: datetime.datetime) -> str:
 
 
 def release_of_backup(name: str) -> str:
-    """`state-flwr1.41.0-20261207T101500Z.db` -> `1.41.0`."""
-    stem = name.removeprefix("state-flwr").removesuffix(".db")
-    release, _, stamp = stem.rpartition("-")
-    if not name.startswith("state-flwr") or not name.endswith(".db") or not release or not stamp:
+    """`state-flwr1.41.0-20261207T101500Z.db` (or `...Z-replaced.db`) -> `1.41.0`."""
+    match = _BACKUP_NAME.match(name)
+    if match is None:
         raise StateError(f"BACKUP: {name!r} is not a backup's name (state-flwr<release>-<UTC time>.db)")
-    return release
+    return match["release"]
 
 
 def restore(database: Path, name: str, now: datetime.datetime) -> str:
@@ -130,7 +132,8 @@ def restore(database: Path, name: str, now: datetime.datetime) -> str:
         raise StateError(f"BACKUP: no {BACKUPS}/{name} on the state volume (it holds: {', '.join(held) or 'none'})")
     kept = ""
     if database.exists():
-        replaced = database.parent / BACKUPS / f"state-flwr{recorded_release(database)}-{now:%Y%m%dT%H%M%SZ}-replaced.db"
+        stamp = f"{now:%Y%m%dT%H%M%SZ}"
+        replaced = database.parent / BACKUPS / f"state-flwr{recorded_release(database)}-{stamp}-replaced.db"
         copy_database(database, replaced)
         kept = f"; the replaced database is kept as {BACKUPS}/{replaced.name}"
     for leftover in (database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")):

@@ -1,7 +1,7 @@
 """A SuperExec with Flower's Kubernetes executor: its Deployment and its executor config.
 
 Both sites run one: the server's launches ServerApp pods, each client site's
-launches ClientApp pods. The executor config's keys are flwr 1.41's
+launches ClientApp pods. The executor config's keys are flwr 1.42's
 (flwr/supercore/superexec/executor/factory.py); the executor takes the pod and
 container security contexts verbatim, so the launched pods get the same
 hardening as every container flowerbed declares itself.

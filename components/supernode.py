@@ -1,6 +1,6 @@
 """A site's SuperNode in a namespace of its own: the only namespace that holds the site's private key.
 
-Flower 1.41's Kubernetes executor lists the Secrets of the namespace it launches task pods into
+Flower 1.42's Kubernetes executor lists the Secrets of the namespace it launches task pods into
 (`list_namespaced_secret` with a label selector; RBAC cannot narrow a list to some Secrets), so
 its ServiceAccount can read every Secret there. The SuperNode, its authentication key and its
 Runtime API certificate therefore live in `SiteConfig.supernode_namespace`, where no Role grants

@@ -11,7 +11,7 @@ unregistered key for good, so a re-added site gets a new key). Then keys in DIR 
 does not know are registered. A second run changes nothing.
 
 `flwr supernode list` does not show public keys, so this talks to the Control API with the
-client the `flwr` CLI itself uses (flwr 1.41).
+client the `flwr` CLI itself uses (flwr 1.42).
 """
 
 from __future__ import annotations

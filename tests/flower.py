@@ -1,4 +1,4 @@
-"""Flower 1.41 as the tests of either environment reach it.
+"""Flower 1.42 as the tests of either environment reach it.
 
 flwr lives in the Flower environment (.venv, requirements.lock); the Pulumi program and the
 tests that run it under mocks live in the program environment (.venv-program, program.lock),
@@ -82,7 +82,7 @@ def _call(function: str, *args: Any) -> Any:
 
 
 def launched_pods(requests: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
-    """The Pods flwr 1.41's Kubernetes executor would create, one per (executor config YAML, task type,
+    """The Pods flwr 1.42's Kubernetes executor would create, one per (executor config YAML, task type,
     runtime address), from the executor's own (private, version-pinned) builders: exactly what
     SuperExec submits to the API server for one task. One call asks Flower once for all of them."""
     return _call("launched_pods", [list(r) for r in requests])

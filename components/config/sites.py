@@ -20,7 +20,7 @@ from components.config.wording import Invalid, Section, refused
 # Names this program derives from the federation and site names must stay DNS labels.
 SERVER_NAMESPACE_SUFFIX = "-server"
 # Each site's SuperNode (and its private key) lives in `<site namespace><suffix>`, a namespace the
-# site's executor has no Role in: the executor lists Secrets in its own namespace (flwr 1.41).
+# site's executor has no Role in: the executor lists Secrets in its own namespace (flwr 1.42).
 SUPERNODE_NAMESPACE_SUFFIX = "-supernode"
 # Seconds a launched task pod may take to start (scheduling, image pull) before the reaper deletes
 # it: below half a minute, ordinary scheduling and pulls would be cut off.

@@ -319,7 +319,7 @@ def test_no_cluster_wide_rbac(dev: Deployment) -> None:
 
 
 def test_no_executor_can_read_a_supernode_key(large: Deployment) -> None:
-    """flwr 1.41's executor lists Secrets by label, which RBAC cannot narrow: keys live where no Role reaches."""
+    """flwr 1.42's executor lists Secrets by label, which RBAC cannot narrow: keys live where no Role reaches."""
     reachable = {role.namespace for role in large.objects("Role")
                  if any("secrets" in rule["resources"] for rule in role.inputs["rules"])}
     keys = {secret.namespace for secret in large.objects("Secret") if secret.k8s_name == "supernode-auth"}

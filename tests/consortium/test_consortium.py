@@ -261,7 +261,7 @@ def test_site_made_keys_train_a_round_and_a_removed_and_a_rotated_key_are_refuse
         lines = local.register(hub)
         assert [line.split(" node ")[0] for line in lines] == [
             "hospital-a: unregistered", "hospital-b: unregistered", "hospital-b: registered"], lines
-        # Both connected SuperNodes are sent away (flwr 1.41 stops them) ...
+        # Both connected SuperNodes are sent away (flwr 1.42 stops them) ...
         for process in nodes.values():
             assert wait_for_exit(process, GIVE_UP_S) is not None, process.tail()
         local.forget(*nodes.values())

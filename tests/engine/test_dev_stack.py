@@ -13,6 +13,7 @@ import pytest
 import yaml
 from engine_project import StackCopy, site
 
+from components import kube
 from tests.manifest_rules import check_manifest
 from tools.engine.stack import preview, print_saved_diff, summary
 
@@ -115,4 +116,46 @@ def test_broken_config_fails_preview_with_the_validation_message(deployed: Stack
     assert result.returncode != 0
     assert "invalid stack configuration" in output
     assert "'Hospital_B' is not a DNS label" in output
+    assert "Traceback" not in output
+
+
+def _new_images(config: dict) -> None:
+    for role in ("platform", "job"):
+        image = config["flowerbed:images"][role]
+        config["flowerbed:images"][role] = image.replace(":0.1.0-", ":0.2.0-")
+
+
+def test_an_image_upgrade_previews_as_the_pods_that_roll_and_nothing_else(deployed: StackCopy) -> None:
+    """What a reviewer reads for an upgrade (README: Upgrading Flower): every Deployment's pods roll for
+    their image; each executor's config names the new job image (replaced; its digest rolls the
+    executor); the registration Job runs again from the new image; nothing else changes."""
+    with deployed.config_changed(_new_images):
+        steps = deployed.preview_steps()
+    deployments = sorted(s.name for s in steps if s.type == "kubernetes:apps/v1:Deployment")
+    assert deployments == ["demo-hospital-a-executor", "demo-hospital-a-supernode", "demo-hospital-b-executor",
+                           "demo-hospital-b-supernode", "demo-lab-c-executor", "demo-lab-c-supernode",
+                           "demo-server-executor", "demo-server-superlink"]
+    for step in (s for s in steps if s.type == "kubernetes:apps/v1:Deployment"):
+        # Why each rolls, as the diff shows it: its containers' images, and for an executor also the
+        # digest of the config it mounts (the job image it launches).
+        paths = list(step.raw["detailedDiff"])
+        assert step.op == "update" and any(path.endswith(".image") for path in paths), (step.name, paths)
+        assert all(path.endswith(".image") or kube.MOUNTED_DIGEST_ANNOTATION in path for path in paths), paths
+    others = sorted((s.op, s.type, s.name) for s in steps if s.type != "kubernetes:apps/v1:Deployment")
+    assert others == [("replace", "kubernetes:batch/v1:Job", "demo-server-registrar"),
+                      *[("replace", "kubernetes:core/v1:ConfigMap", f"demo-{owner}-executor-config")
+                        for owner in ("hospital-a", "hospital-b", "lab-c", "server")]]
+
+
+def test_images_of_another_flower_release_fail_preview_in_one_line(deployed: StackCopy) -> None:
+    def older(config: dict) -> None:
+        for role in ("platform", "job"):
+            config["flowerbed:images"][role] = config["flowerbed:images"][role].replace("-flwr1.42.0", "-flwr1.41.0")
+
+    with deployed.config_changed(older):
+        result = deployed.pulumi.run(["preview"], capture=True, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "images.platform: 'registry.example.org/flowerbed/platform:0.1.0-flwr1.41.0' runs Flower 1.41.0, but " \
+           "this flowerbed's flags and configs are written for Flower 1.42.0" in output
     assert "Traceback" not in output

@@ -23,7 +23,7 @@ from tests.federate.conftest import FederationFactory
 pytestmark = pytest.mark.e2e
 
 RECONNECT_S = 120.0
-# flwr 1.41's SuperNode logs this once a retried connection succeeds (it never retries before the restart).
+# flwr 1.42's SuperNode logs this once a retried connection succeeds (it never retries before the restart).
 RECONNECTED = "Connection successful after"
 
 

@@ -65,7 +65,7 @@ def test_a_removed_sites_key_is_refused_and_the_other_sites_keep_training(
     lines = registration_job(federation, [site.name for site in staying])  # the stack without lab-c
     assert lines[0].startswith(f"{REMOVED}: unregistered node ")
     assert lines[1:] == [f"{site.name}: already registered" for site in staying]
-    # The connected SuperNode is sent away (flwr 1.41 then stops it with exit code 0) ...
+    # The connected SuperNode is sent away (flwr 1.42 then stops it with exit code 0) ...
     assert wait_for_exit(removed, GIVE_UP_S) is not None, removed.tail()
     print(f"removed SuperNode stopped {time.monotonic() - started:.0f} s after the registration ran")
     # ... and its key never gets in again.

@@ -79,8 +79,8 @@ class Sandbox:
     # --- containers -----------------------------------------------------------------------------------
 
     def run(self, image: str, pod: Mapping[str, Any], container: str, *, namespace: str) -> Running:
-        """Starts `container` of the pod template spec `pod` (from a rendered Deployment or Job)."""
-        spec = next(c for c in pod["containers"] if c["name"] == container)
+        """Starts `container` (or init container) of the pod template spec `pod` (from a rendered Deployment or Job)."""
+        spec = next(c for c in [*(pod.get("initContainers") or []), *pod["containers"]] if c["name"] == container)
         pod_context = pod.get("securityContext") or {}
         context = {**pod_context, **(spec.get("securityContext") or {})}
         config = json.loads(buildah.buildah("inspect", "--type", "image", image).stdout)["Docker"]["config"]

@@ -88,6 +88,12 @@ def server_ca(rendered_dev, tmp_path_factory) -> Path:
 def test_superlink_serves_tls_with_the_stacks_certificate_and_answers_health(federation, built, rendered_dev,
                                                                            server_ca):
     pod = _deployment_pod(rendered_dev, "superlink", SERVER_NS)
+    # Its init container first, as the kubelet runs it: a new federation's state volume has no database yet.
+    [init] = pod["initContainers"]
+    backup = federation.run(built.platform, pod, init["name"], namespace=SERVER_NS)
+    wait_for(lambda: backup.exited() is not None, 60, "the state-backup init container")
+    assert backup.exited() == 0, backup.output()[-2000:]
+    assert f"state-backup: state.db: none yet; Flower {FLOWER_RELEASE} creates it" in backup.output()
     superlink = federation.run(built.platform, pod, "superlink", namespace=SERVER_NS)
     federation.run(built.platform, pod, "fleet-filter", namespace=SERVER_NS)
     wait_for(lambda: _https_get(federation, 8000, "/health", server_ca, "localhost") == 200
@@ -266,8 +272,8 @@ def test_an_unchanged_image_is_tagged_again_instead_of_built(built):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     for image in ("platform", "job"):
-        assert f"localhost:5000/flowerbed/{image}:local-flwr{FLOWER_RELEASE}: inputs unchanged since its last build; tagged again" \
-            in result.stdout
+        name = f"localhost:5000/flowerbed/{image}:local-flwr{FLOWER_RELEASE}"
+        assert f"{name}: inputs unchanged since its last build; tagged again" in result.stdout
     assert "building" not in result.stdout
 
 

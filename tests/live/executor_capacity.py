@@ -6,7 +6,7 @@ the site's live `executor.yaml`; prints one JSON object:
     {"active": <task pods counted against active-pod-budget>, "eligible": [<task types it would launch>]}
 
 `active` comes from the executor's own count, which raises on an API error (RBAC included);
-`eligible` is what SuperExec's dispatch loop asks before pulling a task (flwr 1.41,
+`eligible` is what SuperExec's dispatch loop asks before pulling a task (flwr 1.42,
 flwr/supercore/superexec/executor/kubernetes_executor.py).
 """
 

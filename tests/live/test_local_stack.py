@@ -129,7 +129,7 @@ def test_a_privileged_pod_is_rejected_by_pod_security(deployed: LiveStack) -> No
 ])
 def test_flowers_task_pod_is_admitted_when_the_executor_creates_it(
         deployed: LiveStack, cluster: str, namespace: str, role: str, task_type: str, runtime: str) -> None:
-    """The pod flwr 1.41's executor builds from the live executor config, created AS the executor."""
+    """The pod flwr 1.42's executor builds from the live executor config, created AS the executor."""
     kubectl = deployed.kubectl(cluster)
     config = kubectl.json("get", "configmap", f"{role}-executor", "-n", namespace)["data"]["executor.yaml"]
     pod = launched_pod(config, task_type, runtime)
@@ -151,7 +151,7 @@ def test_flowers_task_pod_is_admitted_when_the_executor_creates_it(
 VERBS = ("create", "get", "list", "watch", "update", "patch", "delete")
 RESOURCES = ("pods", "pods/exec", "secrets", "configmaps", "serviceaccounts", "roles.rbac.authorization.k8s.io",
              "persistentvolumeclaims", "deployments.apps", "events")
-# What flwr 1.41's Kubernetes executor calls without warm pools (kubernetes_executor.py), and the
+# What flwr 1.42's Kubernetes executor calls without warm pools (kubernetes_executor.py), and the
 # Event the pending reaper next to it records for a pod it deletes.
 EXECUTOR_RIGHTS = {("pods", "create"), ("pods", "list"), ("pods", "delete"),
                    ("secrets", "create"), ("secrets", "list"), ("secrets", "delete"), ("events", "create")}

@@ -136,7 +136,10 @@ def test_a_restore_that_cannot_work_says_so_and_changes_nothing(tmp_path, name, 
     assert (schema_revision(database), marker(database)) == (FLOWER_142_HEAD, FLOWER_RELEASE)
 
 
-def test_release_of_backup_reads_the_name_it_writes():
+def test_release_of_backup_reads_the_names_it_writes():
     assert release_of_backup("state-flwr1.43.0rc1-20270101T000000Z.db") == "1.43.0rc1"
-    with pytest.raises(StateError):
-        release_of_backup("state-flwr-20270101T000000Z.db")
+    assert release_of_backup("state-flwr1.42.0-20270101T000000Z-replaced.db") == "1.42.0"
+    assert release_of_backup("state-flwrunknown-20270101T000000Z.db") == "unknown"
+    for name in ("state-flwr-20270101T000000Z.db", "state-flwr1.42.0-yesterday.db", "state-flwr1.42.0-20270101T000000Z"):
+        with pytest.raises(StateError):
+            release_of_backup(name)

@@ -114,6 +114,13 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         time.sleep(interval)
 
 
+def volume_path(pods: PodsStack, cluster_name: str, namespace: str, claim: str) -> Path:
+    """Where a claim's local volume lives on this machine (tests read a run's progress or state there)."""
+    kubectl = pods.kubectl(cluster_name)
+    volume = kubectl.json("get", "pvc", claim, "-n", namespace)["spec"]["volumeName"]
+    return Path(kubectl.json("get", "pv", volume)["spec"]["local"]["path"])
+
+
 def exec_python(kubectl: Kubectl, namespace: str, pod: str, script: str, timeout: float = 60) -> str:
     result = subprocess.run(["kubectl", "--kubeconfig", str(kubectl.kubeconfig), "exec", "-n", namespace, pod, "--",
                              "python", "-c", script], capture_output=True, text=True, timeout=timeout)

@@ -1,7 +1,7 @@
 """Faults, injected by deleting real pods or breaking a real pull, and what becomes of the run.
 
 - The SuperLink pod deleted in the middle of a run: its Deployment starts another on the same state
-  volume, and `make run` follows the run through the restart. Flower 1.41's ServerApp retries until
+  volume, and `make run` follows the run through the restart. Flower 1.42's ServerApp retries until
   the new SuperLink answers and the SuperNodes reconnect; the run then finishes, unless the restart
   caught the ServerApp pushing messages (the push session lived in the old SuperLink's memory):
   then the run ends `failed`, its checkpoints are on the artifacts volume, and `resume` continues it.
@@ -24,18 +24,11 @@ from pathlib import Path
 import pytest
 
 from tests.live.conftest import say
-from tests.pods.conftest import DATASET, SERVER_NS, SITES, TRAINING_APP, PodsStack, wait_for
+from tests.pods.conftest import DATASET, SERVER_NS, SITES, TRAINING_APP, PodsStack, volume_path, wait_for
 from tools.ops.deployment import OpsError
 from tools.ops.run import run
 
 pytestmark = pytest.mark.pods
-
-
-def _volume_path(pods: PodsStack, cluster: str, namespace: str, claim: str) -> Path:
-    """Where a claim's local volume lives on this machine (the test reads the run's progress there)."""
-    kubectl = pods.kubectl(cluster)
-    volume = kubectl.json("get", "pvc", claim, "-n", namespace)["spec"]["volumeName"]
-    return Path(kubectl.json("get", "pv", volume)["spec"]["local"]["path"])
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +46,7 @@ class BackgroundRun:
         self.pods, self.overrides, self.out = pods, overrides, out
         self.result: tuple[str, Path] | None = None
         self.error: BaseException | None = None
-        self.artifacts = _volume_path(pods, "hub", SERVER_NS, "serverapp-artifacts")
+        self.artifacts = volume_path(pods, "hub", SERVER_NS, "serverapp-artifacts")
         self.before = {p.name for p in self.artifacts.iterdir()}
         self._thread = threading.Thread(target=self._run, daemon=True)
 

@@ -176,7 +176,7 @@ def test_sites_with_different_feature_counts_stop_the_run_before_training(tmp_pa
     assert read_metrics(run_dir(tmp_path / "artifacts")) == []
 
 
-# flwr 1.41's FAB builder uses a pathspec pattern class that pathspec deprecates; not ours to fix.
+# flwr 1.42's FAB builder uses a pathspec pattern class that pathspec deprecates; not ours to fix.
 @pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 def test_the_app_bundle_carries_only_training_code():
     fab = build_fab_from_disk(TRAINING_APP_DIR)

@@ -67,7 +67,9 @@ class Deployment:
     def pulumi(self) -> Pulumi:
         return Pulumi(self.project, self.stack)
 
-    def config(self) -> FederationConfig:
+    def config(self, images: str | None = None) -> FederationConfig:
+        """The stack's config; `images`: a stand-in for both images, for tools that take them from the
+        live objects instead (the stack may name images of a release this checkout refuses)."""
         if not (self.project / f"Pulumi.{self.stack}.yaml").exists():
             raise OpsError(f"no stack file Pulumi.{self.stack}.yaml in {self.project}")
         self.pulumi.select_or_init()
@@ -76,6 +78,8 @@ class Deployment:
             raise OpsError(f"stack {self.stack}: cannot read its config: {shown.stderr.strip()}")
         raw = {key.removeprefix("flowerbed:"): _value(entry) for key, entry in json.loads(shown.stdout).items()
                if key.startswith("flowerbed:")}
+        if images is not None and isinstance(raw.get("images"), dict):
+            raw["images"] = {**raw["images"], "platform": images, "job": images}
         try:
             config = parse(raw)
         except ConfigError as err:

@@ -180,7 +180,7 @@ def follow(cli: FlwrCli, forward: PortForward, run_id: str, report: Callable[[],
 
     Asks the Control API for the run's status every few seconds rather than following a log stream:
     a SuperLink restart ends every stream and port-forward (both are made again here), and the
-    run itself goes on (Flower 1.41: the ServerApp reconnects, the run's state is on the SuperLink's
+    run itself goes on (Flower 1.42: the ServerApp reconnects, the run's state is on the SuperLink's
     volume). OpsError when the run ends other than completed, with the ServerApp's last log lines.
     """
     deadline = time.monotonic() + timeout

@@ -1,6 +1,6 @@
 """SecAgg+ at the site: Flower's `secaggplus_mod` for the protocol, and the legacy layout adapted to the app's.
 
-Flower 1.41 has SecAgg+ only in its legacy workflow API (server/secagg.py): the
+Flower 1.42 has SecAgg+ only in its legacy workflow API (server/secagg.py): the
 protocol's four stages (setup, share keys, collect masked vectors, unmask) arrive as
 "train" messages in the legacy FitIns/FitRes layout, and evaluation as legacy
 EvaluateIns. `secagg_plus_mod` answers the stages with Flower's `secaggplus_mod` and

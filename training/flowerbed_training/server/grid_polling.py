@@ -1,6 +1,6 @@
 """The ServerApp waits for replies with a 0.1 s poll instead of Flower's 3 s.
 
-Flower 1.41's `HttpGrid.send_and_receive` (flwr/superlink/grid/http_grid.py), the
+Flower 1.42's `HttpGrid.send_and_receive` (flwr/superlink/grid/http_grid.py), the
 grid a `flwr-serverapp` process gets, pushes the messages and then pulls replies
 every 3 s: a round whose last reply is in at 3.1 s is seen at 6 s, so every
 exchange (survey query, train, evaluate) ends on a multiple of 3 s, 1.5 s late

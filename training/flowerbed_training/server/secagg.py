@@ -1,6 +1,6 @@
 """Secure aggregation (SecAgg+): the server only ever sees the masked sum of the sites' models.
 
-Flower 1.41 has SecAgg+ only in its legacy workflow API: on the server,
+Flower 1.42 has SecAgg+ only in its legacy workflow API: on the server,
 `DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))` driving a legacy
 `FedAvg` through a `LegacyContext`; at each site, `secaggplus_mod` answering
 the protocol's four stages (setup, share keys, collect masked vectors,
