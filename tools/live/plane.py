@@ -253,7 +253,7 @@ class ControlPlane:
 
     def _spawn_kwok(self, ports: Ports) -> None:
         self._spawn("kwok", [
-            str(self.binaries.kwok), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
+            str(self.binaries.kwok), f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--manage-nodes-with-label-selector=",
             "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
