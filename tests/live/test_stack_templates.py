@@ -24,7 +24,7 @@ def test_the_staging_template_previews_cleanly_against_live_clusters(tmp_path_fa
                 "kubernetes:core/v1:PersistentVolumeClaim", "kubernetes:batch/v1:Job"} <= kinds
         providers = [s for s in steps if s["urn"].split("::")[2].split("$")[-1] == "pulumi:providers:kubernetes"]
         assert len(providers) == len(live.planes) == 2
-        ports = [port for plane in live.planes.values() for port in vars(plane.ports()).values()]
+        ports = [port for plane in live.planes.values() for port in plane.ports().numbers()]
         pids = [pid for plane in live.planes.values() for pid in plane.pids().values()]
         roots = [plane.root for plane in live.planes.values()]
     # make cluster-down: exactly the processes it started are gone, their data too, nothing listens.

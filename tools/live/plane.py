@@ -58,6 +58,10 @@ class Ports:
     # Where kube-apiserver listens: loopback (kwok planes), or its address on the nodes' bridge.
     api_address: str = "127.0.0.1"
 
+    def numbers(self) -> list[int]:
+        """Every port number, the API server's included."""
+        return [self.etcd_client, self.etcd_peer, self.api_server, self.controller_manager, self.scheduler, self.kwok]
+
     @classmethod
     def free(cls, api_address: str = "127.0.0.1", api_port: int | None = None) -> Ports:
         """Loopback ports the kernel has just handed out (all held open until all are chosen); the API
