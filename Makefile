@@ -22,7 +22,7 @@ venv-program:
 
 # The whole suite. Engine tests need the Pulumi CLI and plugins, live and pods tests the control-plane
 # and node binaries, the image and pods tests the images: all built (once, cached) first, side by
-# side; then three pytest runs side by side (tools/test-suites).
+# side; then three pytest runs (tools/test-suites: two side by side, then the real nodes alone).
 test: venv
 	@$(MAKE) --no-print-directory -j3 toolchain cluster-binaries test-images
 	@tools/test-suites

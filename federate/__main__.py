@@ -251,6 +251,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C (SIGINT) stops it even when started from a background job, which inherits SIGINT
+    # ignored (Python then raises no KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         federate(args)
     except KeyboardInterrupt:

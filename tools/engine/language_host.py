@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent import futures
@@ -128,6 +129,10 @@ class PythonLanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
 
 
 def main() -> None:
+    # The engine stops its plugins with SIGINT. A process started from a background job (`cmd &` in a
+    # script, as tools/test-suites runs pytest) inherits SIGINT ignored, and Python then raises no
+    # KeyboardInterrupt: take the signal back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     engine_address = sys.argv[-1]
     # The launcher points at the runner script installed beside it in .toolchain/bin.
     runner = Path(os.environ["PULUMI_LANGUAGE_PYTHON_EXEC"])
