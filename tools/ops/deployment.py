@@ -9,10 +9,12 @@ does), never from the environment.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,8 +62,13 @@ class Deployment:
 
     project: Path
     stack: str
-    _scratch: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(
-        prefix="flowerbed-ops-"))
+    # The clusters' kubeconfigs while the tool runs (mode 0600), removed when the Deployment is collected
+    # or the interpreter exits; a finalizer rather than TemporaryDirectory, which warns (ResourceWarning)
+    # whenever it is cleaned up implicitly.
+    _scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="flowerbed-ops-")))
+
+    def __post_init__(self) -> None:
+        weakref.finalize(self, shutil.rmtree, self._scratch, True)
 
     @property
     def pulumi(self) -> Pulumi:
@@ -98,7 +105,7 @@ class Deployment:
         return outputs
 
     def kubectl(self, cluster: ClusterConfig) -> Kubectl:
-        path = Path(self._scratch.name) / f"{cluster.name}.kubeconfig"
+        path = self._scratch / f"{cluster.name}.kubeconfig"
         path.write_text(cluster.kubeconfig or "")
         path.chmod(0o600)
         return Kubectl(path, cluster.context)
