@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -241,11 +240,3 @@ def _spec(bundle: Path, rootfs: str, args: list[str], env: dict[str, str], cwd: 
     return spec
 
 
-def wait_for(check, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            assert result, f"{what}: not within {timeout:.0f} s"
-            return result
-        time.sleep(interval)

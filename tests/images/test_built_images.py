@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from containers import Sandbox, wait_for
+from containers import Sandbox
 from imagefiles import REPO
 from components.flower_release import FLOWER_RELEASE
+from tests.live.conftest import wait_for
 from tools.images import buildah
 from tools.images.buildah import BuildahError
 from tools.images.recipe import PLATFORM_DOCKERFILE, Recipe

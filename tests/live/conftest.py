@@ -108,15 +108,16 @@ def condition(obj: dict[str, Any], kind: str) -> str | None:
     return next((c["status"] for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Polls `check` until it returns something truthy; fails naming `what` after `timeout` seconds."""
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Polls `check` every `interval` seconds until it returns something truthy; fails naming `what`
+    after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result or time.monotonic() > deadline:
             assert result, f"{what}: not within {timeout:.0f} s"
             return result
-        time.sleep(0.5)
+        time.sleep(interval)
 
 
 # A program run as a local process with the in-cluster config of a pod: the ServiceAccount token and

@@ -23,6 +23,7 @@ import pytest
 
 from tests.engine.engine_project import StackCopy
 from tests.live.conftest import Kubectl, require_toolchain_and_binaries, say
+from tests.live.conftest import wait_for as live_wait_for
 from tools.live import build, cluster, hostcheck
 from tools.live.plane import ControlPlane
 from tools.ops.data import upload
@@ -105,13 +106,8 @@ def pods(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            assert result, f"{what}: not within {timeout:.0f} s"
-            return result
-        time.sleep(interval)
+    """tests/live's, polling once a second: each check here asks an API server."""
+    return live_wait_for(check, timeout, what, interval)
 
 
 def volume_path(pods: PodsStack, cluster_name: str, namespace: str, claim: str) -> Path:
