@@ -23,6 +23,11 @@ def tag_suffix(release: str) -> str:
     return f"-flwr{release}"
 
 
+def stand_in_image(source: str) -> str:
+    """An image reference the config accepts where the real one is set later; `source` names where from."""
+    return f"{source}:pending{tag_suffix(FLOWER_RELEASE)}"
+
+
 def image_tag(image: str) -> str | None:
     """The tag of an image reference (`registry:5000/path/name:tag@sha256:...` -> `tag`); None without one."""
     name = image.split("@", 1)[0].rsplit("/", 1)[-1]

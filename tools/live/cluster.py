@@ -32,7 +32,7 @@ from typing import Any
 
 
 from components.config import ConfigError, FederationConfig, SiteConfig, flowerbed_values, parse, stack_file
-from components.flower_release import FLOWER_RELEASE, tag_suffix
+from components.flower_release import stand_in_image
 from tools.engine.offline import REPO, Pulumi
 from tools.engine.stack import shown
 from tools.images import build as image_build
@@ -52,7 +52,7 @@ GPUS_PER_NODE = 8
 # The placeholder kubeconfig lets the stack's config be validated before the planes exist.
 _PENDING = "set by make cluster"
 # An image placeholder the config accepts (its tag names the program's Flower release).
-_PENDING_IMAGE = f"set-by-make-cluster:pending{tag_suffix(FLOWER_RELEASE)}"
+_PENDING_IMAGE = stand_in_image("set-by-make-cluster")
 
 
 class ClusterError(RuntimeError):

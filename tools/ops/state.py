@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from components import hardening, naming, state_backup
-from components.flower_release import FLOWER_RELEASE, tag_suffix
+from components.flower_release import stand_in_image
 from tools.engine.offline import REPO
 from tools.live.plane import wait_until
 from tools.ops.deployment import Deployment, Kubectl, OpsError, require_real_nodes, volume_pod
@@ -41,7 +41,7 @@ def restore(deployment: Deployment, backup: str) -> str:
     state_backup.release_of_backup(backup)  # a name that cannot be a backup stops here, before anything changes
     # The images come from the live Deployment: a rollback's stack may name an older release's images,
     # which this checkout's config refuses.
-    config = deployment.config(images=f"set-by-the-live-deployment:pending{tag_suffix(FLOWER_RELEASE)}")
+    config = deployment.config(images=stand_in_image("set-by-the-live-deployment"))
     namespace = config.server.namespace
     kubectl = deployment.kubectl(config.clusters[config.server.cluster])
     require_real_nodes(kubectl, config.server.cluster, "no pod can restore the SuperLink's database there")
