@@ -15,10 +15,12 @@ Beside the database on the state volume:
                                           `PRAGMA integrity_check`, named for the release it belongs to
 
 `backup` (every SuperLink start): no database yet -> records the release; the same release as last
-time -> nothing; another release -> a backup first, then the new release recorded; a database whose
-schema revision this flwr does not know (opened by a newer release: a downgrade) -> exit 1 naming the
-backup to restore, before the SuperLink can fail on it. `restore` (`make restore-state`, SuperLink
-stopped): the backup becomes the database, the replaced one is kept in backups/ as `...-replaced.db`.
+time -> nothing; another release -> a backup first, then the new release recorded (a database without
+a marker, left by flowerbed before it recorded releases, belongs to the release whose schema head it is
+at, `RELEASE_OF_SCHEMA_HEAD`, else to `unknown`); a database whose schema revision this flwr does not
+know (opened by a newer release: a downgrade) -> exit 1 naming the backup to restore, before the
+SuperLink can fail on it. `restore` (`make restore-state`, SuperLink stopped): the backup becomes
+the database, the replaced one is kept in backups/ as `...-replaced.db`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ from pathlib import Path
 
 BACKUPS = "backups"
 RELEASE_SUFFIX = ".flwr-release"
-UNKNOWN = "unknown"  # a database from before flowerbed recorded releases
+UNKNOWN = "unknown"  # a database from before flowerbed recorded releases, at a schema of no known release
+# Schema head revision -> the Flower release whose migrations end there, for databases left by flowerbed
+# before it recorded releases (which pinned flwr 1.41.0): d90a2f91f23c is the newest revision in flwr
+# 1.41.0's flwr/supercore/state/alembic/versions (1.42.0 adds d9bd9d502cf9 on top of it).
+RELEASE_OF_SCHEMA_HEAD = {"d90a2f91f23c": "1.41.0"}
 _BACKUP_NAME = re.compile(rf"^state-flwr(?P<release>\d+\.\d+\.\d+(?:(?:a|b|rc)\d+)?|{UNKNOWN})"
                           r"-\d{8}T\d{6}Z(?:-replaced)?\.db$")
 
@@ -67,8 +73,11 @@ def schema_revision(database: Path) -> str | None:
 
 
 def recorded_release(database: Path) -> str:
+    """The release that last opened `database`: its marker's, else the one its schema head says, else UNKNOWN."""
     marker = database.with_name(database.name + RELEASE_SUFFIX)
-    return marker.read_text().strip() if marker.exists() else UNKNOWN
+    if marker.exists():
+        return marker.read_text().strip()
+    return RELEASE_OF_SCHEMA_HEAD.get(schema_revision(database) or "", UNKNOWN)
 
 
 def record_release(database: Path, release: str) -> None:

@@ -85,8 +85,18 @@ def test_an_upgrade_backs_up_the_old_releases_database_before_the_new_one_migrat
     assert len(list((tmp_path / BACKUPS).iterdir())) == 1
 
 
-def test_a_database_from_before_releases_were_recorded_is_backed_up_as_unknown(tmp_path):
-    database = flower_database(tmp_path / "state.db")
+def test_a_database_from_before_releases_were_recorded_is_backed_up_under_the_release_of_its_schema(tmp_path):
+    # What the flowerbed release before this one (flwr 1.41.0, no marker) leaves on the state volume.
+    database = flower_database(tmp_path / "state.db", FLOWER_141_HEAD)
+    result = state_backup("backup", "--database", str(database))
+    assert result.returncode == 0, result.stderr
+    [backup] = (tmp_path / BACKUPS).iterdir()
+    assert backup.name.startswith("state-flwr1.41.0-")
+    assert "before Flower 1.42.0 opens what Flower 1.41.0 left" in result.stdout
+
+
+def test_an_unmarked_database_at_a_schema_of_no_known_release_is_backed_up_as_unknown(tmp_path):
+    database = flower_database(tmp_path / "state.db")  # this release's head, yet no marker: not one we wrote
     assert state_backup("backup", "--database", str(database)).returncode == 0
     [backup] = (tmp_path / BACKUPS).iterdir()
     assert backup.name.startswith("state-flwrunknown-")
