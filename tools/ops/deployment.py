@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components import hardening
+from components import hardening, naming
 from components.config import ClusterConfig, ConfigError, FederationConfig, parse
 from tools.engine.offline import Pulumi
 
@@ -109,6 +109,14 @@ class Deployment:
         path.write_text(cluster.kubeconfig or "")
         path.chmod(0o600)
         return Kubectl(path, cluster.context)
+
+
+def live_platform_image(kubectl: Kubectl, namespace: str) -> str:
+    """The platform image the SuperLink Deployment runs now: what a tool's own pods run, whatever the
+    stack config names (mid-upgrade it may name the next release's images, or an older release's that
+    this checkout refuses)."""
+    deployment = kubectl.json("get", "deployment", naming.SUPERLINK, "-n", namespace)
+    return next(c["image"] for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "superlink")
 
 
 def _value(entry: Mapping[str, Any]) -> Any:

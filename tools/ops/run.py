@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from components import naming
+from components.flower_release import stand_in_image
 from federate.app import PER_RUN_ROOT_KEY, SHARED_DIR_KEY, FlowerApp
 from federate.flwr_cli import FlwrCli, FlwrCommandFailed
 from federate.job import COMPLETED, run_status, submit
 from federate.processes import without_colours
 from federate.progress import Progress
 from tools.engine.offline import REPO
-from tools.ops.deployment import Deployment, Kubectl, OpsError, require_real_nodes, volume_pod
+from tools.ops.deployment import Deployment, Kubectl, OpsError, live_platform_image, require_real_nodes, volume_pod
 
 ARTIFACTS_CLAIM = "serverapp-artifacts"  # components/server.py's claim, mounted at naming.ARTIFACTS_DIR
 TRAINING_APP = REPO / "training"
@@ -127,7 +128,9 @@ def run(deployment: Deployment, app_dir: Path, overrides: dict[str, Any], timeou
     """Submits `app_dir`, prints its rounds, fetches its results to `out_root/<stack>/runs/<run id>/`;
     returns (run id, results directory)."""
     stack = deployment.stack
-    config = deployment.config()
+    # A run needs no image from the config (the executors name the job image): a stack mid-upgrade, or
+    # one still on an older release's images, takes runs from this checkout too.
+    config = deployment.config(images=stand_in_image("set-by-the-live-deployment"))
     kubectl = deployment.kubectl(config.clusters[config.server.cluster])
     require_real_nodes(kubectl, config.server.cluster, "no ServerApp or ClientApp pod can run there")
     outputs = deployment.outputs()
@@ -142,7 +145,8 @@ def run(deployment: Deployment, app_dir: Path, overrides: dict[str, Any], timeou
     namespace = config.server.namespace
     with tempfile.TemporaryDirectory(prefix="flowerbed-run-") as tmp, \
             port_forward(kubectl, namespace, Path(tmp) / "port-forward.log") as forward, \
-            volume_pod(kubectl, namespace, ARTIFACTS_CLAIM, config.images.platform, config.images.pull_secrets,
+            volume_pod(kubectl, namespace, ARTIFACTS_CLAIM, live_platform_image(kubectl, namespace),
+                       config.images.pull_secrets,
                        read_only=shared_dir is None, role="artifacts-reader") as pod:
         ca = Path(tmp) / "ca.crt"
         ca.write_text(outputs["caCertificate"])

@@ -6,9 +6,11 @@ The SuperLink pod's init container backs its database up on the state volume bef
 release opens it (components/state_backup.py). This puts one of those backups back, for any live
 stack: SuperLink is scaled to 0 (its pods gone, so nothing writes), a short-lived restricted pod
 with the deployed platform image mounts the state volume and runs the same script's `restore`
-(the replaced database is kept beside the backups), and SuperLink is scaled back and waited for.
-Its init container then checks the restored database against the release it runs: one it knows is
-migrated forward again; one from a newer release stops it, naming what to restore.
+(the replaced database is kept beside the backups). When the deployed SuperLink runs the backup's
+Flower release, SuperLink is scaled back and waited for. When it runs another (a rollback: the
+backup is the older release's), SuperLink stays stopped, since the newer one would migrate the
+backup forward again at once; `pulumi up` of the flowerbed release written for the backup's Flower,
+with its images, starts it (README: Upgrading Flower).
 """
 
 from __future__ import annotations
@@ -18,18 +20,13 @@ import sys
 from pathlib import Path
 
 from components import hardening, naming, state_backup
-from components.flower_release import stand_in_image
+from components.flower_release import release_of, stand_in_image
 from tools.engine.offline import REPO
 from tools.live.plane import wait_until
-from tools.ops.deployment import Deployment, Kubectl, OpsError, require_real_nodes, volume_pod
+from tools.ops.deployment import Deployment, Kubectl, OpsError, live_platform_image, require_real_nodes, volume_pod
 
 ROLLOUT_TIMEOUT_S = 600
 _VOLUME_DATABASE = "/volume/" + Path(naming.SUPERLINK_DATABASE).name
-
-
-def _superlink_image(kubectl: Kubectl, namespace: str) -> str:
-    deployment = kubectl.json("get", "deployment", naming.SUPERLINK, "-n", namespace)
-    return next(c["image"] for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "superlink")
 
 
 def _scale(kubectl: Kubectl, namespace: str, replicas: int) -> None:
@@ -37,8 +34,12 @@ def _scale(kubectl: Kubectl, namespace: str, replicas: int) -> None:
 
 
 def restore(deployment: Deployment, backup: str) -> str:
-    """Puts `backup` (a file name in the state volume's backups/) back; returns what the script did, one line."""
-    state_backup.release_of_backup(backup)  # a name that cannot be a backup stops here, before anything changes
+    """Puts `backup` (a file name in the state volume's backups/) back; returns what was done, one line.
+
+    SuperLink starts again when the deployed image runs the backup's Flower release. Otherwise it stays
+    stopped (a newer SuperLink would migrate a rollback's backup forward again at once), and the line
+    says to deploy the flowerbed release of the backup's Flower, whose `pulumi up` starts it."""
+    backup_release = state_backup.release_of_backup(backup)  # a name that cannot be a backup stops here
     # The images come from the live Deployment: a rollback's stack may name an older release's images,
     # which this checkout's config refuses.
     config = deployment.config(images=stand_in_image("set-by-the-live-deployment"))
@@ -47,9 +48,12 @@ def restore(deployment: Deployment, backup: str) -> str:
     require_real_nodes(kubectl, config.server.cluster, "no pod can restore the SuperLink's database there")
     if kubectl.run("get", "deployment", naming.SUPERLINK, "-n", namespace, check=False).returncode != 0:
         raise OpsError(f"stack {deployment.stack}: no SuperLink Deployment in namespace {namespace}: deploy it first")
-    image = _superlink_image(kubectl, namespace)
+    image = live_platform_image(kubectl, namespace)
+    running = release_of(image)
+    restart = backup_release in (running, state_backup.UNKNOWN)
     selector = ",".join(f"{k}={v}" for k, v in hardening.selector(config.federation, naming.SUPERLINK).items())
     _scale(kubectl, namespace, 0)
+    done = None
     try:
         if not wait_until(lambda: not kubectl.run("get", "pods", "-l", selector, "-n", namespace, "-o",
                                                   "name").stdout.strip(), 300, 1):
@@ -63,10 +67,16 @@ def restore(deployment: Deployment, backup: str) -> str:
         if done.returncode != 0:
             raise OpsError(done.stderr.strip().removeprefix("state-backup: ") or f"restore exited {done.returncode}")
     finally:
-        _scale(kubectl, namespace, 1)  # back as declared, restored or not: nothing stays half-done
+        if restart or done is None or done.returncode != 0:
+            _scale(kubectl, namespace, 1)  # back as declared unless restored for another release
+    line = done.stdout.strip().removeprefix("state-backup: ")
+    if not restart:
+        return (f"{line}; SuperLink stays stopped: the deployed image runs Flower {running or 'of no named release'}, "
+                f"which would migrate Flower {backup_release}'s database forward again; pulumi up the flowerbed "
+                f"release for Flower {backup_release} with its images to start it (README: Upgrading Flower)")
     kubectl.run("rollout", "status", f"deployment/{naming.SUPERLINK}", "-n", namespace,
                 f"--timeout={ROLLOUT_TIMEOUT_S}s", timeout=ROLLOUT_TIMEOUT_S + 30)
-    return done.stdout.strip().removeprefix("state-backup: ")
+    return f"{line}; SuperLink is running again"
 
 
 def main(argv: list[str]) -> int:
@@ -79,7 +89,7 @@ def main(argv: list[str]) -> int:
     except (OpsError, state_backup.StateError) as err:
         print(f"make restore-state: {err}", file=sys.stderr)
         return 1
-    print(f"make restore-state: {line}; SuperLink is running again")
+    print(f"make restore-state: {line}")
     return 0
 
 
