@@ -314,9 +314,7 @@ def up_real(stack: LocalStack, config: FederationConfig, binaries: build.Binarie
     registry = Registry(network, stack.node_network_dir)
     registry.start()
     started = time.monotonic()
-    job_repository = job.jobs[0].rsplit("/", 1)[1].split(":")[0]  # job, or job-<app>
-    images = {"platform": registry.publish(platform.platform, "flowerbed/platform"),
-              "job": registry.publish(job.jobs[0], f"flowerbed/{job_repository}")}
+    images = {"platform": _publish(registry, platform.platform), "job": _publish(registry, job.jobs[0])}
     infra = registry.infra_images(node_binaries)
     print(f"images: {images['platform']}, {images['job']} in the registry on {network.registry} "
           f"({time.monotonic() - started:.0f} s)")
@@ -342,16 +340,39 @@ def up_real(stack: LocalStack, config: FederationConfig, binaries: build.Binarie
         _hand_over(stack, cluster, plane)
         planes[cluster] = plane
         nodes.append(node)
-    # Flower hands a task back when its pod has not started within about 30 s, and the executor
-    # launches another: the several-GB job image must be on the node before the first task.
-    started = time.monotonic()
-    with ThreadPoolExecutor(len(nodes)) as pool:
-        list(pool.map(lambda node: node.pull(list(images.values())), nodes))
-    print(f"images pulled by every node in {time.monotonic() - started:.0f} s")
+    _pull_everywhere(nodes, list(images.values()))
     for role, image in images.items():
         set_config(stack, f"images.{role}", image)
     print(f"clusters.<name>.kubeconfig and images set in {stack.stack_file.name}; next: make up STACK={stack.stack}")
     return planes
+
+
+def _publish(registry: Registry, image: str) -> str:
+    """`image` of the buildah store sent to the registry, as flowerbed/<its repository's last part>."""
+    return registry.publish(image, "flowerbed/" + image.rsplit("/", 1)[1].split(":")[0])
+
+
+def _pull_everywhere(nodes: list[RealNode], images: list[str]) -> None:
+    # Flower hands a task back when its pod has not started within about 30 s, and the executor
+    # launches another: the several-GB job image must be on the node before the first task.
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        list(pool.map(lambda node: node.pull(images), nodes))
+    print(f"images pulled by every node in {time.monotonic() - started:.0f} s")
+
+
+def send_images(stack: LocalStack, images: Mapping[str, str]) -> dict[str, str]:
+    """More images of the buildah store for the running real nodes of `stack` (e.g. another release's,
+    for an upgrade): sent to its registry and pulled by every node; returns their registry names, by key."""
+    network = stack.network()
+    if network is None or not stack.started_clusters():
+        raise ClusterError(f"stack {stack.stack}: no real nodes are running; make cluster STACK={stack.stack} first")
+    registry = Registry(network, stack.node_network_dir)
+    registry.start()
+    names = {key: _publish(registry, image) for key, image in images.items()}
+    _pull_everywhere([RealNode(stack.plane(cluster), network) for cluster in stack.started_clusters()],
+                     list(names.values()))
+    return names
 
 
 def _running_networks(project: Path) -> list[Network]:
