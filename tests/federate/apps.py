@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from textwrap import dedent
 
+from components.flower_release import FLOWER_RELEASE
+
 PYPROJECT = """\
 [build-system]
 requires = ["hatchling"]
@@ -20,7 +22,7 @@ name = "{name}"
 version = "1.0.0"
 description = "a test app"
 license = "Apache-2.0"
-dependencies = ["flwr==1.42.0", "numpy"]
+dependencies = ["flwr=={flwr}", "numpy"]
 
 [tool.hatch.build.targets.wheel]
 packages = ["{package}"]
@@ -150,21 +152,24 @@ def main(grid: Grid, context: Context) -> None:
 '''
 
 
-def write_app(directory: Path, package: str, config: str, server: str, client: str) -> Path:
+def write_app(directory: Path, package: str, config: str, server: str, client: str,
+              flwr: str = FLOWER_RELEASE) -> Path:
     (directory / package).mkdir(parents=True)
-    (directory / "pyproject.toml").write_text(PYPROJECT.format(name=package.replace("_", "-"), package=package, config=dedent(config).strip()))
+    (directory / "pyproject.toml").write_text(PYPROJECT.format(name=package.replace("_", "-"), package=package,
+                                                               config=dedent(config).strip(), flwr=flwr))
     (directory / package / "__init__.py").write_text("")
     (directory / package / "server_app.py").write_text(server.lstrip())
     (directory / package / "client_app.py").write_text(client.lstrip())
     return directory
 
 
-def message_api_app(directory: Path) -> Path:
+def message_api_app(directory: Path, flwr: str = FLOWER_RELEASE) -> Path:
+    """`flwr`: the Flower release the app asks for (its job image must run the same)."""
     return write_app(directory, "message_app", """
         num-server-rounds = 3
         target = 2.0
         artifacts-dir = "artifacts"
-    """, MESSAGE_SERVER, MESSAGE_CLIENT)
+    """, MESSAGE_SERVER, MESSAGE_CLIENT, flwr)
 
 
 def legacy_app(directory: Path) -> Path:
