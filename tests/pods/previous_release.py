@@ -47,7 +47,8 @@ def build_images(tree: Path, app: Path) -> dict[str, str]:
     done = subprocess.run([sys.executable, "-c", script, str(app)], cwd=tree, capture_output=True, text=True,
                           timeout=1800)
     if done.returncode != 0:
-        raise RuntimeError(f"building flowerbed {COMMIT[:7]}'s images failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+        raise RuntimeError(f"building flowerbed {COMMIT[:7]}'s images failed:\n"
+                           f"{done.stdout[-2000:]}{done.stderr[-3000:]}")
     platform, job = done.stdout.strip().splitlines()[-2:]
     return {"platform": platform, "job": job}
 

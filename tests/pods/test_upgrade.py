@@ -21,8 +21,8 @@ from components.flower_release import FLOWER_RELEASE
 from components.state_backup import BACKUPS, RELEASE_SUFFIX
 from tests.live.conftest import say
 from tests.pods import previous_release
-from tests.pods.conftest import (DATASET, FEDERATION, SERVER_NS, SITES, TRAINING_APP, PodsStack, install_release, run_history,
-                                 state_backup_log, superlink_pod, volume_path, wait_for)
+from tests.pods.conftest import (DATASET, FEDERATION, SERVER_NS, SITES, TRAINING_APP, PodsStack, install_release,
+                                 run_history, state_backup_log, superlink_pod, volume_path, wait_for)
 from tools.ops.run import run
 from tools.ops.state import restore
 
