@@ -29,7 +29,6 @@ import numpy as np
 import pytest
 
 from components import naming
-from components.flower_release import stand_in_image
 from federate.flwr_cli import FlwrCli
 from federate.job import run_status, submit
 from tests.engine.engine_project import StackCopy
@@ -37,12 +36,13 @@ from tests.federate.apps import message_api_app
 from tests.live.conftest import Kubectl, require_toolchain_and_binaries, say
 from tests.live.conftest import wait_for as live_wait_for
 from tests.pods import previous_release
-from tools.engine.offline import REPO
+from tools.engine.offline import REPO, copy_program
 from tools.live import build, cluster, hostcheck
 from tools.live.plane import ControlPlane
 from tools.ops.data import upload
 from tools.ops.deployment import Deployment
-from tools.ops.run import ARTIFACTS_CLAIM, port_forward, run
+from tools.ops.run import ARTIFACTS_CLAIM, run
+from tools.ops.run import control_api as tools_control_api
 
 STACK = "pods"
 FEDERATION = "pods"
@@ -161,7 +161,7 @@ def exec_python(kubectl: Kubectl, namespace: str, pod: str, script: str, timeout
 def install_release(pods: PodsStack, tree: Path | None, images: dict[str, str]) -> float:
     """`pulumi up` of a flowerbed release's program (`tree`: its files; None: this checkout) with these
     images; returns its seconds."""
-    previous_release.install_program(pods.copy.root, tree or REPO)
+    copy_program(pods.copy.root, [], tree or REPO)
     pods.copy.change_config(lambda config: config["flowerbed:images"].update(images))
     started = time.monotonic()
     pods.copy.up()
@@ -173,13 +173,11 @@ def control_api(pods: PodsStack) -> Iterator[FlwrCli]:
     """`flwr` against the stack's Control API through a port-forward, as administrators reach it
     (whatever release the stack's images are: the config's images are not needed)."""
     deployment = pods.deployment()
-    config = deployment.config(images=stand_in_image("set-by-the-live-deployment"))
+    config = deployment.live_config()
     with tempfile.TemporaryDirectory(prefix="flowerbed-control-") as tmp, \
-            port_forward(deployment.kubectl(config.clusters[config.server.cluster]), SERVER_NS,
-                         Path(tmp) / "port-forward.log") as forward:
-        ca = Path(tmp) / "ca.crt"
-        ca.write_text(deployment.outputs()["caCertificate"])
-        yield FlwrCli.configure(Path(tmp) / "flwr-home", FEDERATION, f"localhost:{forward.port}", ca)
+            tools_control_api(deployment, config, deployment.kubectl(config.clusters[config.server.cluster]),
+                              Path(tmp)) as (cli, _):
+        yield cli
 
 
 def run_history(pods: PodsStack) -> dict[str, str]:
@@ -218,8 +216,8 @@ def upgraded_from_previous_release(pods: PodsStack, tmp_path_factory: pytest.Tem
                                    request: pytest.FixtureRequest) -> Upgrade:
     """The federation deployed by the previous release with its Flower 1.41.0 images, a run trained to
     the end and another in progress, then this checkout's `pulumi up` with this release's images."""
-    images = dict(pods.copy.read_config()["config"]["flowerbed:images"])  # this release's, set by make cluster
-    images = {role: images[role] for role in ("platform", "job")}
+    set_by_make_cluster = pods.copy.read_config()["config"]["flowerbed:images"]  # this release's
+    images = {role: set_by_make_cluster[role] for role in ("platform", "job")}
     tree = previous_release.export(tmp_path_factory.mktemp("previous-release"))
     # An app of its own (no study data needed), asking for the Flower of that release.
     app = message_api_app(tmp_path_factory.mktemp("apps") / "ownapp", previous_release.FLOWER)

@@ -9,12 +9,11 @@ reads the running release from.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tools.engine.offline import PROGRAM_DIRS, PROGRAM_FILES, REPO
+from tools.engine.offline import REPO
 
 # main just before the Flower 1.42 merge: the last commit written for Flower 1.41.0.
 COMMIT = "8e2986ad1373bfcab367c2579fe2661c7eb3e7a8"
@@ -52,11 +51,3 @@ def build_images(tree: Path, app: Path) -> dict[str, str]:
     platform, job = done.stdout.strip().splitlines()[-2:]
     return {"platform": platform, "job": job}
 
-
-def install_program(project: Path, source: Path) -> None:
-    """The Pulumi program of `source` (a release's files, or this checkout) in the project copy `project`."""
-    for name in PROGRAM_DIRS:
-        shutil.rmtree(project / name)
-        shutil.copytree(source / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in PROGRAM_FILES:
-        shutil.copy2(source / name, project / name)

@@ -39,14 +39,16 @@ PROGRAM_FILES = ("Pulumi.yaml", "__main__.py")
 PROGRAM_DIRS = ("components",)
 
 
-def copy_program(target: Path, stack_files: Sequence[Path]) -> Path:
-    """A runnable copy of the program in `target` with these `Pulumi.<stack>.yaml` files, using this
-    checkout's program environment; its state stays in `target` (offline_env)."""
+def copy_program(target: Path, stack_files: Sequence[Path], source: Path = REPO) -> Path:
+    """A runnable copy of the program of `source` (this checkout, or another flowerbed release's files)
+    in `target` with these `Pulumi.<stack>.yaml` files, using this checkout's program environment; its
+    state stays in `target` (offline_env). A program already there is replaced whole."""
     target.mkdir(parents=True, exist_ok=True)
-    for path in (*(REPO / name for name in PROGRAM_FILES), *stack_files):
+    for path in (*(source / name for name in PROGRAM_FILES), *stack_files):
         shutil.copy2(path, target / path.name)
     for name in PROGRAM_DIRS:
-        shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        shutil.rmtree(target / name, ignore_errors=True)
+        shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
     venv = target / PROGRAM_VENV
     if not venv.exists():
         venv.symlink_to((REPO / PROGRAM_VENV).resolve())

@@ -23,6 +23,7 @@ from typing import Any
 
 from components import hardening, naming
 from components.config import ClusterConfig, ConfigError, FederationConfig, parse
+from components.flower_release import stand_in_image
 from tools.engine.offline import Pulumi
 
 POD_START_TIMEOUT_S = 180
@@ -96,6 +97,11 @@ class Deployment:
             raise OpsError(f"stack {self.stack}: cluster {rendered[0]} is in render mode (renderDir): nothing runs "
                            "there; use a stack whose clusters are live (make cluster STACK=pods, or your own)")
         return config
+
+    def live_config(self) -> FederationConfig:
+        """The config for tools that take the images from the live objects (`live_platform_image`):
+        mid-upgrade, or still on an older release, the stack may name images this checkout refuses."""
+        return self.config(images=stand_in_image("set-by-the-live-deployment"))
 
     def outputs(self) -> dict[str, Any]:
         shown = self.pulumi.run(["stack", "output", "--json", "--show-secrets"], capture=True, check=False)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from components import naming
-from components.flower_release import stand_in_image
+from components.config import FederationConfig
 from federate.app import PER_RUN_ROOT_KEY, SHARED_DIR_KEY, FlowerApp
 from federate.flwr_cli import FlwrCli, FlwrCommandFailed
 from federate.job import COMPLETED, run_status, submit
@@ -94,6 +94,17 @@ def port_forward(kubectl: Kubectl, namespace: str, log: Path) -> Iterator[PortFo
         forward.close()
 
 
+@contextmanager
+def control_api(deployment: Deployment, config: FederationConfig, kubectl: Kubectl,
+                directory: Path) -> Iterator[tuple[FlwrCli, PortForward]]:
+    """`flwr` against the stack's Control API as administrators reach it: the port-forward, TLS verified
+    with the stack's CA (its `caCertificate` output), Flower's files in `directory`."""
+    with port_forward(kubectl, config.server.namespace, directory / "port-forward.log") as forward:
+        ca = directory / "ca.crt"
+        ca.write_text(deployment.outputs()["caCertificate"])
+        yield FlwrCli.configure(directory / "flwr-home", config.federation, f"localhost:{forward.port}", ca), forward
+
+
 class ArtifactsReader:
     """The run's directory on the artifacts volume, read through a pod that mounts it read-only."""
 
@@ -130,10 +141,9 @@ def run(deployment: Deployment, app_dir: Path, overrides: dict[str, Any], timeou
     stack = deployment.stack
     # A run needs no image from the config (the executors name the job image): a stack mid-upgrade, or
     # one still on an older release's images, takes runs from this checkout too.
-    config = deployment.config(images=stand_in_image("set-by-the-live-deployment"))
+    config = deployment.live_config()
     kubectl = deployment.kubectl(config.clusters[config.server.cluster])
     require_real_nodes(kubectl, config.server.cluster, "no ServerApp or ClientApp pod can run there")
-    outputs = deployment.outputs()
     app = FlowerApp.load(app_dir)
     if app.artifacts_key == SHARED_DIR_KEY and SHARED_DIR_KEY not in overrides:
         # An app writing to one `artifacts-dir`: a directory of its own on the ServerApp pod's artifacts volume.
@@ -144,13 +154,9 @@ def run(deployment: Deployment, app_dir: Path, overrides: dict[str, Any], timeou
     progress = Progress(rounds, [s.name for s in config.sites], sys.stdout)
     namespace = config.server.namespace
     with tempfile.TemporaryDirectory(prefix="flowerbed-run-") as tmp, \
-            port_forward(kubectl, namespace, Path(tmp) / "port-forward.log") as forward, \
+            control_api(deployment, config, kubectl, Path(tmp)) as (cli, forward), \
             volume_pod(kubectl, namespace, ARTIFACTS_CLAIM, live_platform_image(kubectl, namespace),
-                       config.images.pull_secrets,
-                       read_only=shared_dir is None, role="artifacts-reader") as pod:
-        ca = Path(tmp) / "ca.crt"
-        ca.write_text(outputs["caCertificate"])
-        cli = FlwrCli.configure(Path(tmp) / "flwr-home", config.federation, f"localhost:{forward.port}", ca)
+                       config.images.pull_secrets, read_only=shared_dir is None, role="artifacts-reader") as pod:
         progress.say(f"Control API of stack {stack} through kubectl port-forward on localhost:{forward.port}; "
                      f"submitting {app.name}/ to {len(config.sites)} sites: {', '.join(s.name for s in config.sites)}")
         reader = ArtifactsReader(kubectl, namespace, pod)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from components import hardening, naming, state_backup
-from components.flower_release import release_of, stand_in_image
+from components.flower_release import release_of
 from tools.engine.offline import REPO
 from tools.live.plane import wait_until
 from tools.ops.deployment import Deployment, Kubectl, OpsError, live_platform_image, require_real_nodes, volume_pod
@@ -40,9 +40,7 @@ def restore(deployment: Deployment, backup: str) -> str:
     stopped (a newer SuperLink would migrate a rollback's backup forward again at once), and the line
     says to deploy the flowerbed release of the backup's Flower, whose `pulumi up` starts it."""
     backup_release = state_backup.release_of_backup(backup)  # a name that cannot be a backup stops here
-    # The images come from the live Deployment: a rollback's stack may name an older release's images,
-    # which this checkout's config refuses.
-    config = deployment.config(images=stand_in_image("set-by-the-live-deployment"))
+    config = deployment.live_config()  # a rollback's stack may name an older release's images
     namespace = config.server.namespace
     kubectl = deployment.kubectl(config.clusters[config.server.cluster])
     require_real_nodes(kubectl, config.server.cluster, "no pod can restore the SuperLink's database there")
@@ -53,7 +51,7 @@ def restore(deployment: Deployment, backup: str) -> str:
     restart = backup_release in (running, state_backup.UNKNOWN)
     selector = ",".join(f"{k}={v}" for k, v in hardening.selector(config.federation, naming.SUPERLINK).items())
     _scale(kubectl, namespace, 0)
-    done = None
+    restored = False
     try:
         if not wait_until(lambda: not kubectl.run("get", "pods", "-l", selector, "-n", namespace, "-o",
                                                   "name").stdout.strip(), 300, 1):
@@ -66,8 +64,9 @@ def restore(deployment: Deployment, backup: str) -> str:
                                stdin=Path(state_backup.__file__).read_text(), check=False)
         if done.returncode != 0:
             raise OpsError(done.stderr.strip().removeprefix("state-backup: ") or f"restore exited {done.returncode}")
+        restored = True
     finally:
-        if restart or done is None or done.returncode != 0:
+        if restart or not restored:
             _scale(kubectl, namespace, 1)  # back as declared unless restored for another release
     line = done.stdout.strip().removeprefix("state-backup: ")
     if not restart:
